@@ -1,0 +1,63 @@
+"""The shapes of the API's request and response bodies.
+
+Input fields are strict about JSON types: a name must be a JSON string and an
+amount a JSON integer (not true, 1.5, "5" or null), where DRF would coerce.
+"""
+
+from rest_framework import serializers
+
+from coupons.models import MAX_AMOUNT
+from coupons.validators import validate_coupon_name, validate_identifier_text
+
+MAX_TEXT_LENGTH = 255
+
+
+class StrictCharField(serializers.CharField):
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def __init__(self, **kwargs):
+        # Identifiers are kept exactly as sent: no silent trimming.
+        super().__init__(max_length=MAX_TEXT_LENGTH, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    default_error_messages = {"invalid": "Must be an integer."}
+
+    def to_internal_value(self, data):
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+class CouponCreateInputSerializer(serializers.Serializer):
+    name = StrictCharField(validators=[validate_coupon_name])
+    amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
+
+
+class ClaimInputSerializer(serializers.Serializer):
+    user_id = StrictCharField(validators=[validate_identifier_text])
+    coupon_name = StrictCharField(validators=[validate_coupon_name])
+
+
+class CouponSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    amount = serializers.IntegerField()
+    remaining_amount = serializers.IntegerField()
+
+
+class CouponDetailSerializer(CouponSerializer):
+    claimed_by = serializers.ListField(child=serializers.CharField(), help_text="User ids, in claim order.")
+
+
+class ClaimSerializer(serializers.Serializer):
+    user_id = serializers.CharField()
+    coupon_name = serializers.CharField(source="coupon.name")
+
+
+class ErrorSerializer(serializers.Serializer):
+    error = serializers.CharField()

@@ -1,0 +1,101 @@
+"""The HTTP API: validate the input, call one service or selector, render."""
+
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from coupons.api.serializers import (
+    ClaimInputSerializer,
+    ClaimSerializer,
+    CouponCreateInputSerializer,
+    CouponDetailSerializer,
+    CouponSerializer,
+    ErrorSerializer,
+)
+from coupons.selectors import get_coupon_detail
+from coupons.services import claim_coupon, create_coupon
+
+
+def _error(description):
+    return OpenApiResponse(ErrorSerializer, description=description)
+
+
+# Failures any endpoint can answer with.
+COMMON_ERRORS = {
+    503: _error("The database is unreachable; retry after the Retry-After delay."),
+}
+BODY_ERRORS = {
+    413: _error("The request body is larger than the limit."),
+    415: _error("The body is not sent as application/json."),
+}
+DETAIL_RESPONSES = {
+    200: CouponDetailSerializer,
+    404: _error("No coupon has this name."),
+    **COMMON_ERRORS,
+}
+
+
+def coupon_detail_response(name):
+    return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
+
+
+class CouponCreateApi(APIView):
+    @extend_schema(
+        operation_id="coupons_create",
+        summary="Create a coupon",
+        request=CouponCreateInputSerializer,
+        responses={
+            201: CouponSerializer,
+            400: _error("Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range."),
+            409: _error("A coupon with this name already exists."),
+            **BODY_ERRORS,
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request):
+        serializer = CouponCreateInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        coupon = create_coupon(**serializer.validated_data)
+        return Response(CouponSerializer(coupon).data, status=status.HTTP_201_CREATED)
+
+
+class ClaimApi(APIView):
+    @extend_schema(
+        operation_id="coupons_claim",
+        summary="Claim a coupon for a user",
+        request=ClaimInputSerializer,
+        responses={
+            201: ClaimSerializer,
+            400: _error("Invalid input, or the coupon has no stock left."),
+            404: _error("No coupon has this name."),
+            409: _error("This user has already claimed this coupon."),
+            **BODY_ERRORS,
+            **COMMON_ERRORS,
+        },
+    )
+    def post(self, request):
+        serializer = ClaimInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        claim = claim_coupon(**serializer.validated_data)
+        return Response(ClaimSerializer(claim).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(
+        operation_id="coupons_retrieve_claim",
+        summary='Read the coupon named "claim"',
+        description="This path is also the claim endpoint; a GET reads the coupon whose name is `claim`.",
+        responses=DETAIL_RESPONSES,
+    )
+    def get(self, request):
+        return coupon_detail_response("claim")
+
+
+class CouponDetailApi(APIView):
+    @extend_schema(
+        operation_id="coupons_retrieve",
+        summary="Read a coupon and its claimers",
+        description="The name is percent-encoded in the path (spaces, `/`, `?`, `#`, `%`, non-ASCII).",
+        responses=DETAIL_RESPONSES,
+    )
+    def get(self, request, name):
+        return coupon_detail_response(name)

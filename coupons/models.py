@@ -1,0 +1,54 @@
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from coupons.validators import validate_coupon_name, validate_identifier_text
+
+# Amounts live in a 32-bit signed integer column on every backend.
+MAX_AMOUNT = 2**31 - 1
+
+
+class Coupon(models.Model):
+    name = models.CharField(max_length=255, unique=True, validators=[validate_coupon_name])
+    amount = models.IntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_AMOUNT)])
+    # Set from `amount` when the coupon is created, then only ever changed by claims.
+    remaining_amount = models.IntegerField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(amount__gte=1), name="coupon_amount_at_least_one"),
+            models.CheckConstraint(
+                condition=models.Q(remaining_amount__gte=0) & models.Q(remaining_amount__lte=models.F("amount")),
+                name="coupon_remaining_within_amount",
+            ),
+        ]
+
+    def __str__(self):
+        return self.name
+
+    def save(self, *args, **kwargs):
+        if self._state.adding and self.remaining_amount is None:
+            self.remaining_amount = self.amount  # a new coupon starts with its full stock
+        super().save(*args, **kwargs)
+
+    @property
+    def claimed_amount(self):
+        return self.amount - self.remaining_amount
+
+
+class Claim(models.Model):
+    user_id = models.CharField(max_length=255, validators=[validate_identifier_text])
+    # The unique constraint below leads with `coupon`, so its index serves
+    # every per-coupon lookup and a separate foreign-key index is redundant.
+    coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="claims", db_index=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["coupon", "user_id"], name="claim_one_per_user_per_coupon"),
+        ]
+
+    def __str__(self):
+        return f"{self.user_id} → {self.coupon_id}"

@@ -1,0 +1,24 @@
+from django.conf import settings
+from django.http import JsonResponse
+
+
+class RequestBodyLimitMiddleware:
+    """Refuses oversized request bodies with a JSON 413 before anything reads them.
+
+    Django's DATA_UPLOAD_MAX_MEMORY_SIZE only guards `request.body`; DRF's
+    parsers read the stream directly, so the limit is enforced here, on the
+    declared Content-Length (the WSGI server never hands over more than that).
+    """
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        try:
+            content_length = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            return JsonResponse({"error": "Invalid Content-Length header."}, status=400)
+        limit = settings.MAX_REQUEST_BODY_BYTES
+        if content_length > limit:
+            return JsonResponse({"error": f"Request body too large: the limit is {limit} bytes."}, status=413)
+        return self.get_response(request)

@@ -1,0 +1,20 @@
+from django.contrib import admin
+from django.urls import include, path, re_path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from couponsite import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    re_path(r"^health/?$", views.health, name="health"),
+    re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
+    re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api/", include("coupons.api.urls")),
+    # Every other path: a JSON 404, with DEBUG on as well as off.
+    re_path(r"", views.page_not_found),
+]
+
+handler400 = views.bad_request
+handler403 = views.permission_denied
+handler404 = views.page_not_found
+handler500 = views.server_error

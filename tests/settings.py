@@ -1,0 +1,19 @@
+"""Settings for test runs: the project's settings on the test database.
+
+Used by pytest (pyproject.toml) and by `python manage.py test` (manage.py).
+"""
+
+import os
+
+from tests.database import select_test_database
+
+TEST_DATABASE_NOTICE = select_test_database()
+# Printed once per run: the process that chose the backend, not its workers.
+if "PYTEST_XDIST_WORKER" not in os.environ and "PYTEST_VERSION" not in os.environ:
+    print(TEST_DATABASE_NOTICE)
+
+from couponsite.settings import *  # noqa: E402, F403
+
+# Password hashing is deliberately slow; tests log in staff users often.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+TEST_RUNNER = "tests.runner.CouponTestRunner"
