@@ -151,11 +151,16 @@ class CreateCouponApiTests(ApiTestCase):
         self.assertEqual(response.status_code, 201)
 
     def test_answers_json_whatever_the_accept_header(self):
-        response = self.client.post(
-            "/api/coupons", data=b'{"name": "P", "amount": 1}', content_type="application/json", HTTP_ACCEPT="text/html"
-        )
-        self.assertEqual(response.status_code, 201)
-        self.assertEqual(response["Content-Type"], "application/json")
+        for accept in ["text/html", "application/xml", "text/plain"]:
+            with self.subTest(accept):
+                response = self.client.post(
+                    "/api/coupons",
+                    data=json.dumps({"name": accept, "amount": 1}),
+                    content_type="application/json",
+                    HTTP_ACCEPT=accept,
+                )
+                self.assertEqual(response.status_code, 201)
+                self.assertEqual(response["Content-Type"], "application/json")
 
     def test_get_is_not_allowed(self):
         self.assert_error(self.client.get("/api/coupons"), 405)

@@ -5,7 +5,7 @@ Every error body is {"error": "<message>"}.
 
 from django.db import InterfaceError, OperationalError
 from rest_framework import status
-from rest_framework.exceptions import ParseError
+from rest_framework.exceptions import NotAcceptable, ParseError
 from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
@@ -72,8 +72,11 @@ class StrictJSONParser(JSONParser):
             raise ParseError("JSON parse error - nested too deeply.") from None
 
 
-class JSONOnlyContentNegotiation(DefaultContentNegotiation):
-    """The API answers in JSON whatever the Accept header asks for, never 406."""
+class LenientContentNegotiation(DefaultContentNegotiation):
+    """Answer in the first renderer's format (JSON) rather than 406 when nothing matches Accept."""
 
     def select_renderer(self, request, renderers, format_suffix=None):
-        return renderers[0], renderers[0].media_type
+        try:
+            return super().select_renderer(request, renderers, format_suffix)
+        except NotAcceptable:
+            return renderers[0], renderers[0].media_type

@@ -1,0 +1,22 @@
+# The two commands of the README: `make run` starts the service, `make test` runs the tests.
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: run test superuser
+
+run: $(VENV)/.installed
+	$(BIN)/python manage.py migrate --noinput
+	$(BIN)/gunicorn --config gunicorn.conf.py couponsite.wsgi
+
+test: $(VENV)/.installed
+	$(BIN)/pytest -n auto
+
+superuser: $(VENV)/.installed
+	$(BIN)/python manage.py createsuperuser
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@

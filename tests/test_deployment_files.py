@@ -1,0 +1,77 @@
+"""docker compose cannot run here (no Docker engine), so check what the files reference."""
+
+import re
+import shlex
+from pathlib import Path
+
+import yaml
+from django.test import SimpleTestCase
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class DockerfileTests(SimpleTestCase):
+    def setUp(self):
+        self.lines = [
+            line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines() if line.strip() and line[0] != "#"
+        ]
+
+    def instructions(self, name):
+        return [line[len(name) + 1 :] for line in self.lines if line.startswith(name + " ")]
+
+    def test_copied_paths_exist(self):
+        copies = self.instructions("COPY")
+        self.assertTrue(copies)
+        for copy in copies:
+            *sources, _destination = shlex.split(copy)
+            for source in sources:
+                with self.subTest(source=source):
+                    self.assertTrue((ROOT / source).exists(), f"COPY {source}: no such file")
+
+    def test_installs_the_pinned_requirements_and_runs_migrations_then_gunicorn(self):
+        self.assertIn("pip install -r requirements.txt", self.instructions("RUN"))
+        command = " ".join(self.instructions("CMD"))
+        self.assertLess(command.index("manage.py migrate"), command.index("gunicorn"))
+        self.assertIn("gunicorn.conf.py", command)
+        self.assertIn("couponsite.wsgi", command)
+        self.assertIn("8000", " ".join(self.instructions("EXPOSE")))
+
+    def test_every_runtime_requirement_is_pinned(self):
+        for line in (ROOT / "requirements.txt").read_text().splitlines():
+            if line.strip() and not line.startswith("#"):
+                with self.subTest(line=line):
+                    self.assertRegex(line, r"^[A-Za-z0-9_.\-\[\],]+==[0-9][^ ]*$")
+
+
+class ComposeTests(SimpleTestCase):
+    def setUp(self):
+        self.compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+        self.services = self.compose["services"]
+
+    def test_postgres_with_a_healthcheck(self):
+        database = self.services["db"]
+        self.assertTrue(database["image"].startswith("postgres:"))
+        self.assertIn("pg_isready", " ".join(database["healthcheck"]["test"]))
+
+    def test_web_builds_this_directory_and_waits_for_a_healthy_database(self):
+        web = self.services["web"]
+        self.assertEqual(web["build"], ".")
+        self.assertTrue((ROOT / "Dockerfile").exists())
+        self.assertEqual(web["depends_on"]["db"]["condition"], "service_healthy")
+        self.assertIn("8000:8000", web["ports"])
+
+    def test_web_reaches_the_composed_database(self):
+        environment = self.services["web"]["environment"]
+        database = self.services["db"]["environment"]
+        match = re.fullmatch(r"postgres://(\w+):(\w+)@db:5432/(\w+)", environment["DATABASE_URL"])
+        self.assertIsNotNone(match)
+        self.assertEqual(
+            match.groups(), (database["POSTGRES_USER"], database["POSTGRES_PASSWORD"], database["POSTGRES_DB"])
+        )
+        self.assertEqual(environment["DEBUG"], "0")
+
+    def test_named_volumes_are_declared(self):
+        for volume in self.services["db"].get("volumes", []):
+            name = volume.split(":")[0]
+            with self.subTest(volume=name):
+                self.assertIn(name, self.compose["volumes"])

@@ -1,0 +1,58 @@
+import io
+import json
+
+from django.core.management import call_command
+from django.test import SimpleTestCase, TestCase
+
+
+class SchemaTests(SimpleTestCase):
+    def setUp(self):
+        response = self.client.get("/api/schema/", {"format": "json"})
+        self.assertEqual(response.status_code, 200)
+        self.schema = json.loads(response.content)
+
+    def statuses(self, path, method):
+        return set(self.schema["paths"][path][method]["responses"])
+
+    def test_lists_every_endpoint(self):
+        self.assertEqual(
+            set(self.schema["paths"]),
+            {"/api/coupons", "/api/coupons/claim", "/api/coupons/{name}"},
+        )
+
+    def test_documents_every_status_code(self):
+        self.assertEqual(self.statuses("/api/coupons", "post"), {"201", "400", "409", "413", "415", "503"})
+        self.assertEqual(self.statuses("/api/coupons/claim", "post"), {"201", "400", "404", "409", "413", "415", "503"})
+        self.assertEqual(self.statuses("/api/coupons/{name}", "get"), {"200", "404", "503"})
+        self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
+
+    def test_error_bodies_are_documented(self):
+        error = self.schema["components"]["schemas"]["Error"]
+        self.assertEqual(error["required"], ["error"])
+        not_found = self.schema["paths"]["/api/coupons/{name}"]["get"]["responses"]["404"]
+        self.assertEqual(not_found["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error")
+
+    def test_strict_request_bodies(self):
+        create = self.schema["components"]["schemas"]["CouponCreateInput"]
+        self.assertEqual(create["properties"]["amount"]["type"], "integer")
+        self.assertEqual(create["properties"]["amount"]["minimum"], 1)
+        self.assertEqual(create["properties"]["name"]["maxLength"], 255)
+
+    def test_generates_without_warnings(self):
+        call_command("spectacular", "--fail-on-warn", "--validate", stdout=io.StringIO(), stderr=io.StringIO())
+
+    def test_swagger_ui_is_served_without_a_cdn(self):
+        response = self.client.get("/api/docs/")
+        self.assertEqual(response.status_code, 200)
+        html = response.content.decode()
+        self.assertIn("drf_spectacular_sidecar", html)
+        self.assertNotIn("cdn.jsdelivr", html)
+
+
+class StaticFilesTests(TestCase):
+    def test_swagger_assets_are_served(self):
+        response = self.client.get("/api/docs/")
+        asset = next(
+            line.split('"')[1] for line in response.content.decode().splitlines() if "swagger-ui-bundle.js" in line
+        )
+        self.assertEqual(self.client.get(asset).status_code, 200)

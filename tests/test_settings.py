@@ -1,0 +1,62 @@
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+from django.test import SimpleTestCase, override_settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args, **environment):
+    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
+    env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+PRODUCTION = {
+    "DEBUG": "0",
+    "SECRET_KEY": secrets.token_urlsafe(50),
+    "SECURE_SSL_REDIRECT": "1",
+    "SECURE_HSTS_SECONDS": "31536000",
+    "SECURE_HSTS_PRELOAD": "1",
+}
+
+
+class DeploySettingsTests(SimpleTestCase):
+    def test_production_settings_pass_the_deploy_checks(self):
+        result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        self.assertIn("no issues", result.stdout)
+
+    def test_missing_secret_key_is_flagged(self):
+        result = manage("check", "--deploy", **{**PRODUCTION, "SECRET_KEY": ""})
+        self.assertIn("security.W009", result.stderr)
+
+    def test_invalid_boolean_is_refused_loudly(self):
+        result = manage("check", DEBUG="maybe")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("DEBUG must be a boolean", result.stderr)
+
+
+@override_settings(DEBUG=False, ROOT_URLCONF="tests.urls_failing")
+class ServerErrorTests(SimpleTestCase):
+    def setUp(self):
+        self.client.raise_request_exception = False
+
+    def test_a_bug_is_a_json_500_without_internals(self):
+        for path in ["/broken", "/api/broken"]:
+            with self.subTest(path=path):
+                response = self.client.get(path)
+                self.assertEqual(response.status_code, 500)
+                self.assertEqual(response["Content-Type"], "application/json")
+                self.assertEqual(response.json(), {"error": "Internal server error."})
+                self.assertNotIn(b"secret internals", response.content)
+
+    def test_unknown_host_is_a_json_400(self):
+        response = self.client.get("/health", HTTP_HOST="evil.example")
+        self.assertEqual(response.status_code, 400)
+        self.assertEqual(response.json(), {"error": "Bad request."})
