@@ -56,6 +56,9 @@ class ServerErrorTests(SimpleTestCase):
                 self.assertEqual(response.json(), {"error": "Internal server error."})
                 self.assertNotIn(b"secret internals", response.content)
 
+
+@override_settings(DEBUG=False)
+class DisallowedHostTests(SimpleTestCase):
     def test_unknown_host_is_a_json_400(self):
         response = self.client.get("/health", HTTP_HOST="evil.example")
         self.assertEqual(response.status_code, 400)
