@@ -35,10 +35,11 @@ def select_test_database():
 
 
 def _describe(url):
-    scheme = url.partition(":")[0]
-    backend = "SQLite" if scheme.startswith("sqlite") else "PostgreSQL" if scheme.startswith("postgres") else scheme
-    host = url.rpartition("@")[2] if "@" in url else url.partition("://")[2]
-    return f"{backend} at {host}"
+    scheme, _, rest = url.partition("://")
+    if scheme.startswith("sqlite"):
+        return f"SQLite ({rest.removeprefix('/') or 'in memory'})"
+    # Never print credentials: only what follows the "@".
+    return f"{'PostgreSQL' if scheme.startswith('postgres') else scheme} at {rest.rpartition('@')[2]}"
 
 
 def _docker_unreachable_reason():
@@ -48,7 +49,7 @@ def _docker_unreachable_reason():
         client = docker.from_env(timeout=3)
         client.ping()
     except Exception as exc:  # any failure means "no usable engine"
-        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else 'no answer'}"
+        return type(exc).__name__
     return None
 
 
