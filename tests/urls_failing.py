@@ -3,7 +3,8 @@
 from django.urls import path
 from rest_framework.decorators import api_view
 
-from couponsite.urls import handler500, urlpatterns as project_urlpatterns
+from couponsite.urls import handler500
+from couponsite.urls import urlpatterns as project_urlpatterns
 
 
 def broken_view(request):
