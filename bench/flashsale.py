@@ -1,0 +1,566 @@
+#!/usr/bin/env python
+"""Flash-sale benchmark: the service under wrk, against the database's own ceiling.
+
+    python bench/flashsale.py                      # 3 runs of 15 s per scenario
+    python bench/flashsale.py --runs 1 --duration 3   # a quick smoke run
+
+It starts the service the way production runs it (gunicorn with
+gunicorn.conf.py) on PostgreSQL — DATABASE_URL if set, else a private
+cluster it creates with initdb/pg_ctl and removes afterwards — and drives it
+with wrk (bench/claim.lua). In the same run it measures the ceilings on the
+same database: pgbench running the classic lock-then-write transaction,
+pgbench running the very SQL the service's claim issues (captured from
+Django's query log), and GET /health through the same server.
+
+It prints a table and the target ratios, checks every scenario against the
+database, and writes bench/results/latest.json and latest.png.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+LUA_SCRIPT = ROOT / "bench" / "claim.lua"
+RESULTS_DIR = ROOT / "bench" / "results"
+HUGE_STOCK = 2**31 - 1
+CONNECTIONS = 64
+OVERLOAD_CONNECTIONS = 512
+
+
+# Database ----------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def private_cluster():
+    """A throwaway PostgreSQL cluster with default settings (fsync on), on a free port."""
+    bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
+    workdir = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
+    data = workdir / "data"
+    port = free_port()
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    if as_postgres:
+        shutil.chown(workdir, "postgres")  # initdb refuses to run as root
+    try:
+        run([*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"])
+        options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1"
+        run([*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", workdir / "log", "-w", "start"])
+        try:
+            yield f"postgres://postgres@127.0.0.1:{port}/postgres"
+        finally:
+            run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"])
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def database_processes(url):
+    """The PostgreSQL server processes behind this URL (all of them on a shared instance)."""
+    port = urlsplit(url).port or 5432
+    for process in psutil.process_iter(["name", "cmdline"]):
+        if process.info["name"] == "postgres" and "-D" in (process.info["cmdline"] or []):
+            cmdline = " ".join(process.info["cmdline"])
+            if f"-p {port}" in cmdline or (port == 5432 and "-p " not in cmdline):
+                return [process, *process.children(recursive=True)]
+    return [p for p in psutil.process_iter(["name"]) if p.info["name"] == "postgres"]
+
+
+# Server ------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def gunicorn_server(env):
+    port = free_port()
+    server_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+        cwd=ROOT,
+        env=server_env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(RESULTS_DIR / "gunicorn.log", "w"),  # noqa: SIM115 - closed with the process
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(base_url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit("gunicorn did not come up: see bench/results/gunicorn.log") from None
+                time.sleep(0.2)
+        yield base_url, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def process_tree(process):
+    root = psutil.Process(process.pid)
+    return [root, *root.children(recursive=True)]
+
+
+def cpu_seconds(processes):
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+# Load --------------------------------------------------------------------------
+
+
+@dataclass
+class Measurement:
+    name: str
+    requests_per_second: float
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    statuses: dict = field(default_factory=dict)
+    socket_errors: int = 0
+    server_cpu: float | None = None  # percent of one core
+    database_cpu: float | None = None
+    duration_s: float = 0.0
+    verdict: str = ""
+    status_rates: dict = field(default_factory=dict)  # status code -> responses per second
+
+    def rate(self, status):
+        return self.statuses.get(status, 0) / self.duration_s if self.duration_s else 0.0
+
+
+class Progress:
+    def __init__(self, total):
+        self.total, self.done = total, 0
+
+    def step(self, label, seconds):
+        self.done += 1
+        started = time.monotonic()
+        return lambda: self.show(f"[{self.done:2}/{self.total}] {label} · {seconds - (time.monotonic() - started):4.0f}s left")
+
+    @staticmethod
+    def show(text):
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\r{text:<78}")
+        sys.stderr.flush()
+
+    def finish(self):
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + " " * 78 + "\r")
+
+
+def watch(process, on_tick):
+    while process.poll() is None:
+        on_tick()
+        time.sleep(1)
+    return process.communicate()
+
+
+def run_wrk(base_url, *, connections, duration, args, tick):
+    command = [
+        "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+        "-s", str(LUA_SCRIPT), base_url, "--", *args,
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stdout, stderr = watch(process, tick)
+    line = next((line for line in stdout.splitlines() if line.startswith("BENCH_RESULT ")), None)
+    if line is None:
+        raise SystemExit(f"wrk failed:\n{stdout}\n{stderr}")
+    return json.loads(line.removeprefix("BENCH_RESULT "))
+
+
+def run_pgbench(url, script, *, clients, duration, tick):
+    parts = urlsplit(url)
+    with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as file:
+        file.write(script)
+    command = [
+        "pgbench", "-n", "-M", "prepared", f"-c{clients}", "-j2", f"-T{duration}", "-f", file.name,
+        "-h", parts.hostname, "-p", str(parts.port or 5432), "-U", parts.username or "postgres",
+        parts.path.lstrip("/"),
+    ]  # fmt: skip
+    env = {**os.environ, "PGPASSWORD": parts.password or ""}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    stdout, stderr = watch(process, tick)
+    os.unlink(file.name)
+    tps = re.search(r"tps = ([\d.]+)", stdout)
+    if process.returncode != 0 or tps is None:
+        raise SystemExit(f"pgbench failed:\n{stdout}\n{stderr}\n--- script ---\n{script}")
+    latency = re.search(r"latency average = ([\d.]+) ms", stdout)
+    return float(tps.group(1)), float(latency.group(1)) if latency else None
+
+
+# Scenarios ---------------------------------------------------------------------
+
+
+class Benchmark:
+    def __init__(self, options, database_url, base_url, server):
+        self.options = options
+        self.database_url = database_url
+        self.base_url = base_url
+        self.server = server
+        self.db_processes = database_processes(database_url)
+        self.tag = secrets.token_hex(3)
+
+    def measured(self, name, connections, wrk_args, tick):
+        server_processes = process_tree(self.server)
+        server_before, db_before = cpu_seconds(server_processes), cpu_seconds(self.db_processes)
+        started = time.monotonic()
+        result = run_wrk(
+            self.base_url, connections=connections, duration=self.options.duration, args=wrk_args, tick=tick
+        )
+        elapsed = time.monotonic() - started
+        latency = result["latency_us"]
+        return Measurement(
+            name=name,
+            requests_per_second=result["requests"] / (result["duration_us"] / 1e6),
+            p50_ms=latency["p50"] / 1000,
+            p90_ms=latency["p90"] / 1000,
+            p99_ms=latency["p99"] / 1000,
+            statuses={int(code): count for code, count in result["statuses"].items()},
+            socket_errors=sum(result["errors"].values()),
+            server_cpu=100 * (cpu_seconds(process_tree(self.server)) - server_before) / elapsed,
+            database_cpu=100 * (cpu_seconds(self.db_processes) - db_before) / elapsed,
+            duration_s=result["duration_us"] / 1e6,
+        )
+
+    def coupon_names(self, label, run, count=1):
+        return [f"bench-{label}-{self.tag}-{run}-{i}" for i in range(count)]
+
+    def claim_scenario(self, name, run, tick, *, stock, coupons=1, pool=0, connections=CONNECTIONS, allowed):
+        from coupons.services import create_coupon
+
+        names = self.coupon_names(name.split()[0], run, coupons)
+        for coupon_name in names:
+            create_coupon(name=coupon_name, amount=stock)
+        measurement = self.measured(
+            name, connections, ["claim", f"{self.tag}{run}", ",".join(names), str(pool)], tick
+        )
+        measurement.verdict = verify_claims(
+            measurement, names, connections=connections, allowed=allowed, stock=stock, pool=pool
+        )
+        return measurement
+
+    def read_scenario(self, run, tick):
+        from coupons.models import Claim, Coupon
+        from coupons.services import create_coupon
+
+        (name,) = self.coupon_names("read", run)
+        coupon = create_coupon(name=name, amount=10_000)
+        Claim.objects.bulk_create(Claim(coupon=coupon, user_id=f"reader-{i}") for i in range(10_000))
+        Coupon.objects.filter(pk=coupon.pk).update(remaining_amount=0)
+        measurement = self.measured("read 10k claims", CONNECTIONS, ["get", "-", f"/api/coupons/{name}"], tick)
+        measurement.verdict = verify_statuses(measurement, {200})
+        return measurement
+
+    def health(self, run, tick):
+        measurement = self.measured("GET /health", CONNECTIONS, ["get", "-", "/health"], tick)
+        measurement.verdict = verify_statuses(measurement, {200})
+        return measurement
+
+    def pgbench(self, name, script, tick):
+        db_before = cpu_seconds(self.db_processes)
+        started = time.monotonic()
+        tps, latency = run_pgbench(
+            self.database_url, script, clients=CONNECTIONS, duration=self.options.duration, tick=tick
+        )
+        cpu = 100 * (cpu_seconds(self.db_processes) - db_before) / (time.monotonic() - started)
+        return Measurement(name=name, requests_per_second=tps, p50_ms=latency, database_cpu=cpu, verdict="-")
+
+
+def verify_statuses(measurement, allowed):
+    unexpected = {code: n for code, n in measurement.statuses.items() if code not in allowed}
+    if unexpected or measurement.socket_errors:
+        return f"FAIL: statuses {unexpected}, socket errors {measurement.socket_errors}"
+    return "ok"
+
+
+def verify_claims(measurement, names, *, connections, allowed, stock, pool):
+    """Stock arithmetic exact in the database; client-counted successes = claim rows.
+
+    Only requests cut off in flight when wrk stops (at most one per
+    connection) may have committed without their 201 being counted.
+    """
+    from django.db.models import Count
+
+    from coupons.models import Coupon
+
+    problems = []
+    status_verdict = verify_statuses(measurement, allowed)
+    if status_verdict != "ok":
+        problems.append(status_verdict)
+    coupons = list(Coupon.objects.filter(name__in=names).annotate(rows=Count("claims")))
+    rows = sum(coupon.rows for coupon in coupons)
+    for coupon in coupons:
+        if coupon.remaining_amount != coupon.amount - coupon.rows:
+            problems.append(f"{coupon.name}: remaining {coupon.remaining_amount} != {coupon.amount} - {coupon.rows}")
+    uncounted = rows - measurement.statuses.get(201, 0)
+    if not 0 <= uncounted <= connections:
+        problems.append(f"{rows} claim rows vs {measurement.statuses.get(201, 0)} successes counted")
+    if rows > stock * len(names):
+        problems.append(f"oversold: {rows} claims of {stock * len(names)}")
+    if pool and rows > pool * len(names):
+        problems.append(f"{rows} claims by a pool of {pool} users")
+    return "; ".join(problems) or f"ok ({rows} claims, {uncounted} cut off in flight)"
+
+
+def classic_transaction(coupon_id):
+    return f"""\\set r random(1, 1000000000000)
+BEGIN;
+SELECT id, remaining_amount FROM coupons_coupon WHERE id = {coupon_id} FOR UPDATE;
+INSERT INTO coupons_claim (user_id, coupon_id, created_at) VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now());
+UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = {coupon_id};
+COMMIT;
+"""
+
+
+def service_transaction(coupon_name):
+    """The SQL one successful claim_coupon() sends, from Django's query log, as a pgbench script."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from coupons.services import claim_coupon
+
+    placeholder = "bench-user-placeholder"
+    with CaptureQueriesContext(connection) as queries:
+        claim_coupon(user_id=placeholder, coupon_name=coupon_name)
+    lines = ["\\set r random(1, 1000000000000)"]
+    for query in queries.captured_queries:
+        sql = query["sql"].replace(f"'{placeholder}'", "('pgb-' || :client_id || '-' || :r)")
+        sql = re.sub(r"'\d{4}-\d\d-\d\d[ T][\d:.+-]+'::timestamptz", "now()", sql)
+        lines.append(sql.rstrip(";") + ";")
+    return "\n".join(lines) + "\n"
+
+
+# Report ------------------------------------------------------------------------
+
+
+def medians(runs):
+    """Per scenario, the median of each figure over the runs."""
+    by_name = {}
+    for measurement in runs:
+        by_name.setdefault(measurement.name, []).append(measurement)
+    result = {}
+    for name, measurements in by_name.items():
+        def median(attribute, measurements=measurements):
+            values = [getattr(m, attribute) for m in measurements if getattr(m, attribute) is not None]
+            return statistics.median(values) if values else None
+
+        statuses = {}
+        for m in measurements:
+            for code, count in m.statuses.items():
+                statuses[code] = statuses.get(code, 0) + count
+        result[name] = Measurement(
+            name=name,
+            requests_per_second=median("requests_per_second"),
+            p50_ms=median("p50_ms"),
+            p90_ms=median("p90_ms"),
+            p99_ms=median("p99_ms"),
+            statuses=statuses,
+            socket_errors=sum(m.socket_errors for m in measurements),
+            server_cpu=median("server_cpu"),
+            database_cpu=median("database_cpu"),
+            verdict="ok" if all(m.verdict.startswith(("ok", "-")) for m in measurements) else "FAIL",
+        )
+        result[name].status_rates = {
+            code: statistics.median(m.rate(code) for m in measurements) for code in statuses
+        }
+    return result
+
+
+def ratios(summary):
+    hot, classic = summary["hot claim"], summary["pgbench classic"]
+    health, soldout, dip = summary["GET /health"], summary["sold-out stampede"], summary["double-dip storm"]
+    overload = summary["overload 512"]
+    rejections = soldout.status_rates.get(400, 0)
+    repeats = dip.status_rates.get(409, 0)
+    overload_5xx = sum(n for code, n in overload.statuses.items() if code >= 500)
+    return [
+        ("hot claims/s ÷ pgbench classic (64)", hot.status_rates.get(201, 0) / classic.requests_per_second, ">= 1.0"),
+        ("hot claims/s ÷ pgbench service SQL (64)",
+         hot.status_rates.get(201, 0) / summary["pgbench service SQL"].requests_per_second, "info"),
+        ("sold-out rejections/s ÷ /health req/s", rejections / health.requests_per_second, ">= 0.7"),
+        ("sold-out rejections/s ÷ hot claims/s", rejections / max(hot.status_rates.get(201, 0), 1e-9), ">= 3"),
+        ("double-dip 409/s ÷ /health req/s", repeats / health.requests_per_second, ">= 0.7"),
+        ("hot claim p99 (ms)", hot.p99_ms, "<= 100"),
+        ("overload: 5xx responses", overload_5xx, "== 0"),
+        ("overload: socket errors", overload.socket_errors, "== 0"),
+    ]  # fmt: skip
+
+
+def meets(value, target):
+    if target == "info":
+        return "info"
+    operator, threshold = target.split()
+    ok = {"<=": value <= float(threshold), ">=": value >= float(threshold), "==": value == float(threshold)}
+    return "met" if ok[operator] else "MISSED"
+
+
+def print_report(summary, ratio_rows):
+    header = f"{'scenario':<20} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'srv CPU':>7} {'db CPU':>7}  statuses / verdict"
+    print(header)
+    print("-" * len(header))
+    for m in summary.values():
+        def ms(value):
+            return f"{value:7.1f}" if value is not None else "      -"
+
+        def pct(value):
+            return f"{value:6.0f}%" if value is not None else "      -"
+
+        statuses = " ".join(f"{code}:{count}" for code, count in sorted(m.statuses.items()))
+        errors = f" sockerr:{m.socket_errors}" if m.socket_errors else ""
+        print(
+            f"{m.name:<20} {m.requests_per_second:8.0f} {ms(m.p50_ms)} {ms(m.p90_ms)} {ms(m.p99_ms)}"
+            f" {pct(m.server_cpu)} {pct(m.database_cpu)}  {statuses}{errors} [{m.verdict}]"
+        )
+    print("\n(req/s: median of runs; p50/p90/p99 in ms; CPU in % of one core; statuses summed over runs;")
+    print(" pgbench rows: transactions/s and average latency in the p50 column)\n")
+    for label, value, target in ratio_rows:
+        print(f"{label:<44} {value:9.2f}   target {target:<7} {meets(value, target)}")
+
+
+def write_results(summary, ratio_rows, all_runs, options, context):
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    document = {
+        "context": context,
+        "options": {"runs": options.runs, "duration_s": options.duration},
+        "medians": {name: {**vars(m), "statuses": m.statuses} for name, m in summary.items()},
+        "ratios": [{"ratio": label, "value": value, "target": target, "result": meets(value, target)}
+                   for label, value, target in ratio_rows],
+        "runs": [vars(m) for m in all_runs],
+    }  # fmt: skip
+    (RESULTS_DIR / "latest.json").write_text(json.dumps(document, indent=2, default=str))
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary)
+    figure, (throughput, latency) = plt.subplots(1, 2, figsize=(13, 5))
+    throughput.barh(names, [summary[n].requests_per_second for n in names], color="#4477aa")
+    throughput.set_xlabel("requests (or transactions) per second, median")
+    throughput.invert_yaxis()
+    latency_names = [n for n in names if summary[n].p99_ms is not None and not n.startswith("pgbench")]
+    latency.barh(latency_names, [summary[n].p99_ms for n in latency_names], color="#cc6677")
+    latency.set_xlabel("p99 latency (ms), median")
+    latency.invert_yaxis()
+    figure.suptitle(f"flash-sale benchmark — {context['cpus']} CPUs, {context['gunicorn_workers']} gunicorn workers")
+    figure.tight_layout()
+    figure.savefig(RESULTS_DIR / "latest.png", dpi=100)
+
+
+# Main --------------------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def run(command):
+    subprocess.run([str(part) for part in command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (medians are reported)")
+    parser.add_argument("--duration", type=int, default=15, help="seconds per scenario and run")
+    options = parser.parse_args()
+    for tool in ("wrk", "pgbench", "pg_config"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"{tool} is missing: apt-get install wrk postgresql-client (make bench does it)")
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+
+    with contextlib.ExitStack() as stack:
+        private = not os.environ.get("DATABASE_URL")
+        database_url = stack.enter_context(private_cluster()) if private else os.environ["DATABASE_URL"]
+        if not database_url.startswith("postgres"):
+            raise SystemExit("the benchmark needs PostgreSQL: unset DATABASE_URL to get a private cluster")
+        env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50)}
+        os.environ.update(env)
+        os.environ["DJANGO_SETTINGS_MODULE"] = "couponsite.settings"
+        sys.path.insert(0, str(ROOT))
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+
+        call_command("migrate", verbosity=0)
+        base_url, server = stack.enter_context(gunicorn_server(env))
+        benchmark = Benchmark(options, database_url, base_url, server)
+        return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL")
+
+
+def run_all(benchmark, options, database):
+    from coupons.services import create_coupon
+
+    scenarios = [
+        ("hot claim", lambda run, tick: benchmark.claim_scenario("hot claim", run, tick, stock=HUGE_STOCK, allowed={201})),
+        ("sold-out stampede", lambda run, tick: benchmark.claim_scenario(
+            "sold-out stampede", run, tick, stock=100, allowed={201, 400})),
+        ("double-dip storm", lambda run, tick: benchmark.claim_scenario(
+            "double-dip storm", run, tick, stock=HUGE_STOCK, pool=50, allowed={201, 409})),
+        ("spread 100 coupons", lambda run, tick: benchmark.claim_scenario(
+            "spread 100 coupons", run, tick, stock=HUGE_STOCK, coupons=100, allowed={201})),
+        ("overload 512", lambda run, tick: benchmark.claim_scenario(
+            "overload 512", run, tick, stock=HUGE_STOCK, connections=OVERLOAD_CONNECTIONS, allowed={201})),
+        ("read 10k claims", benchmark.read_scenario),
+        ("GET /health", benchmark.health),
+    ]  # fmt: skip
+    pgbench_coupon = create_coupon(name=f"bench-pgbench-{benchmark.tag}", amount=HUGE_STOCK)
+    service_script = service_transaction(pgbench_coupon.name)
+    ceilings = [
+        ("pgbench classic", classic_transaction(pgbench_coupon.pk)),
+        ("pgbench service SQL", service_script),
+    ]
+    progress = Progress(options.runs * (len(scenarios) + len(ceilings)))
+    all_runs = []
+    for run_number in range(options.runs):
+        for name, scenario in scenarios:
+            all_runs.append(scenario(run_number, progress.step(f"run {run_number + 1}/{options.runs} · {name}",
+                                                               options.duration)))  # fmt: skip
+        for name, script in ceilings:
+            tick = progress.step(f"run {run_number + 1}/{options.runs} · {name}", options.duration)
+            all_runs.append(benchmark.pgbench(name, script, tick))
+    progress.finish()
+
+    summary = medians(all_runs)
+    ratio_rows = ratios(summary)
+    print_report(summary, ratio_rows)
+    print("\nthe claim's SQL, as replayed by pgbench:\n" + service_script)
+    context = {
+        "cpus": os.cpu_count(),
+        "gunicorn_workers": int(os.environ.get("WEB_CONCURRENCY", 2 * os.cpu_count() + 1)),
+        "database": database,
+        "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    write_results(summary, ratio_rows, all_runs, options, context)
+    print(f"results: {RESULTS_DIR / 'latest.json'}, chart: {RESULTS_DIR / 'latest.png'}")
+    failed = [m for m in all_runs if not m.verdict.startswith(("ok", "-"))]
+    for m in failed:
+        print(f"INCORRECT: {m.name}: {m.verdict}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
