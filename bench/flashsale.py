@@ -18,6 +18,7 @@ database, and writes bench/results/latest.json and latest.png.
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import re
@@ -117,13 +118,34 @@ def process_tree(process):
     return [root, *root.children(recursive=True)]
 
 
-def cpu_seconds(processes):
-    total = 0.0
-    for process in processes:
-        with contextlib.suppress(psutil.Error):
-            times = process.cpu_times()
-            total += times.user + times.system
-    return total
+class CpuMeter:
+    """CPU used by a changing set of processes (found anew at every sample) over a window.
+
+    Processes that start during the window (pgbench's backends, a recycled
+    worker) count from zero; those already running count from the start.
+    """
+
+    def __init__(self, find_processes):
+        self.find_processes = find_processes
+
+    def start(self):
+        self.started = time.time()
+        self.baseline, self.latest = {}, {}
+        self.sample()
+
+    def sample(self):
+        for process in self.find_processes():
+            with contextlib.suppress(psutil.Error):
+                times, created = process.cpu_times(), process.create_time()
+                key = (process.pid, created)
+                self.baseline.setdefault(key, times.user + times.system if created < self.started else 0.0)
+                self.latest[key] = times.user + times.system
+
+    def percent(self):
+        """Percent of one core, since start()."""
+        self.sample()
+        used = sum(self.latest[key] - self.baseline[key] for key in self.latest)
+        return 100 * used / (time.time() - self.started)
 
 
 # Load --------------------------------------------------------------------------
@@ -155,7 +177,8 @@ class Progress:
     def step(self, label, seconds):
         self.done += 1
         started = time.monotonic()
-        return lambda: self.show(f"[{self.done:2}/{self.total}] {label} · {seconds - (time.monotonic() - started):4.0f}s left")
+        prefix = f"[{self.done:2}/{self.total}] {label}"
+        return lambda: self.show(f"{prefix} · {seconds - (time.monotonic() - started):4.0f}s left")
 
     @staticmethod
     def show(text):
@@ -217,17 +240,30 @@ class Benchmark:
         self.database_url = database_url
         self.base_url = base_url
         self.server = server
-        self.db_processes = database_processes(database_url)
+        self.server_cpu = CpuMeter(lambda: process_tree(server))
+        self.database_cpu = CpuMeter(lambda: database_processes(database_url))
         self.tag = secrets.token_hex(3)
 
+    def metered(self, tick):
+        """Start both CPU meters; the returned tick also samples them every second."""
+        self.server_cpu.start()
+        self.database_cpu.start()
+
+        def metered_tick():
+            tick()
+            self.server_cpu.sample()
+            self.database_cpu.sample()
+
+        return metered_tick
+
     def measured(self, name, connections, wrk_args, tick):
-        server_processes = process_tree(self.server)
-        server_before, db_before = cpu_seconds(server_processes), cpu_seconds(self.db_processes)
-        started = time.monotonic()
         result = run_wrk(
-            self.base_url, connections=connections, duration=self.options.duration, args=wrk_args, tick=tick
+            self.base_url,
+            connections=connections,
+            duration=self.options.duration,
+            args=wrk_args,
+            tick=self.metered(tick),
         )
-        elapsed = time.monotonic() - started
         latency = result["latency_us"]
         return Measurement(
             name=name,
@@ -237,8 +273,8 @@ class Benchmark:
             p99_ms=latency["p99"] / 1000,
             statuses={int(code): count for code, count in result["statuses"].items()},
             socket_errors=sum(result["errors"].values()),
-            server_cpu=100 * (cpu_seconds(process_tree(self.server)) - server_before) / elapsed,
-            database_cpu=100 * (cpu_seconds(self.db_processes) - db_before) / elapsed,
+            server_cpu=self.server_cpu.percent(),
+            database_cpu=self.database_cpu.percent(),
             duration_s=result["duration_us"] / 1e6,
         )
 
@@ -251,9 +287,7 @@ class Benchmark:
         names = self.coupon_names(name.split()[0], run, coupons)
         for coupon_name in names:
             create_coupon(name=coupon_name, amount=stock)
-        measurement = self.measured(
-            name, connections, ["claim", f"{self.tag}{run}", ",".join(names), str(pool)], tick
-        )
+        measurement = self.measured(name, connections, ["claim", f"{self.tag}{run}", ",".join(names), str(pool)], tick)
         measurement.verdict = verify_claims(
             measurement, names, connections=connections, allowed=allowed, stock=stock, pool=pool
         )
@@ -277,13 +311,12 @@ class Benchmark:
         return measurement
 
     def pgbench(self, name, script, tick):
-        db_before = cpu_seconds(self.db_processes)
-        started = time.monotonic()
         tps, latency = run_pgbench(
-            self.database_url, script, clients=CONNECTIONS, duration=self.options.duration, tick=tick
+            self.database_url, script, clients=CONNECTIONS, duration=self.options.duration, tick=self.metered(tick)
         )
-        cpu = 100 * (cpu_seconds(self.db_processes) - db_before) / (time.monotonic() - started)
-        return Measurement(name=name, requests_per_second=tps, p50_ms=latency, database_cpu=cpu, verdict="-")
+        return Measurement(
+            name=name, requests_per_second=tps, p50_ms=latency, database_cpu=self.database_cpu.percent(), verdict="-"
+        )
 
 
 def verify_statuses(measurement, allowed):
@@ -326,7 +359,8 @@ def classic_transaction(coupon_id):
     return f"""\\set r random(1, 1000000000000)
 BEGIN;
 SELECT id, remaining_amount FROM coupons_coupon WHERE id = {coupon_id} FOR UPDATE;
-INSERT INTO coupons_claim (user_id, coupon_id, created_at) VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now());
+INSERT INTO coupons_claim (user_id, coupon_id, created_at)
+    VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now());
 UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = {coupon_id};
 COMMIT;
 """
@@ -360,6 +394,7 @@ def medians(runs):
         by_name.setdefault(measurement.name, []).append(measurement)
     result = {}
     for name, measurements in by_name.items():
+
         def median(attribute, measurements=measurements):
             values = [getattr(m, attribute) for m in measurements if getattr(m, attribute) is not None]
             return statistics.median(values) if values else None
@@ -380,9 +415,7 @@ def medians(runs):
             database_cpu=median("database_cpu"),
             verdict="ok" if all(m.verdict.startswith(("ok", "-")) for m in measurements) else "FAIL",
         )
-        result[name].status_rates = {
-            code: statistics.median(m.rate(code) for m in measurements) for code in statuses
-        }
+        result[name].status_rates = {code: statistics.median(m.rate(code) for m in measurements) for code in statuses}
     return result
 
 
@@ -415,10 +448,12 @@ def meets(value, target):
 
 
 def print_report(summary, ratio_rows):
-    header = f"{'scenario':<20} {'req/s':>8} {'p50':>7} {'p90':>7} {'p99':>7} {'srv CPU':>7} {'db CPU':>7}  statuses / verdict"
+    columns = ["req/s", "p50", "p90", "p99", "srv CPU", "db CPU"]
+    header = f"{'scenario':<20} {columns[0]:>8} " + " ".join(f"{c:>7}" for c in columns[1:]) + "  statuses / verdict"
     print(header)
     print("-" * len(header))
     for m in summary.values():
+
         def ms(value):
             return f"{value:7.1f}" if value is not None else "      -"
 
@@ -514,19 +549,21 @@ def main():
 def run_all(benchmark, options, database):
     from coupons.services import create_coupon
 
+    claim_scenarios = {
+        "hot claim": {"stock": HUGE_STOCK, "allowed": {201}},
+        "sold-out stampede": {"stock": 100, "allowed": {201, 400}},
+        "double-dip storm": {"stock": HUGE_STOCK, "pool": 50, "allowed": {201, 409}},
+        "spread 100 coupons": {"stock": HUGE_STOCK, "coupons": 100, "allowed": {201}},
+        "overload 512": {"stock": HUGE_STOCK, "connections": OVERLOAD_CONNECTIONS, "allowed": {201}},
+    }
     scenarios = [
-        ("hot claim", lambda run, tick: benchmark.claim_scenario("hot claim", run, tick, stock=HUGE_STOCK, allowed={201})),
-        ("sold-out stampede", lambda run, tick: benchmark.claim_scenario(
-            "sold-out stampede", run, tick, stock=100, allowed={201, 400})),
-        ("double-dip storm", lambda run, tick: benchmark.claim_scenario(
-            "double-dip storm", run, tick, stock=HUGE_STOCK, pool=50, allowed={201, 409})),
-        ("spread 100 coupons", lambda run, tick: benchmark.claim_scenario(
-            "spread 100 coupons", run, tick, stock=HUGE_STOCK, coupons=100, allowed={201})),
-        ("overload 512", lambda run, tick: benchmark.claim_scenario(
-            "overload 512", run, tick, stock=HUGE_STOCK, connections=OVERLOAD_CONNECTIONS, allowed={201})),
+        *(
+            (name, functools.partial(benchmark.claim_scenario, name, **settings))
+            for name, settings in claim_scenarios.items()
+        ),
         ("read 10k claims", benchmark.read_scenario),
         ("GET /health", benchmark.health),
-    ]  # fmt: skip
+    ]
     pgbench_coupon = create_coupon(name=f"bench-pgbench-{benchmark.tag}", amount=HUGE_STOCK)
     service_script = service_transaction(pgbench_coupon.name)
     ceilings = [
@@ -536,12 +573,11 @@ def run_all(benchmark, options, database):
     progress = Progress(options.runs * (len(scenarios) + len(ceilings)))
     all_runs = []
     for run_number in range(options.runs):
+        label = f"run {run_number + 1}/{options.runs}"
         for name, scenario in scenarios:
-            all_runs.append(scenario(run_number, progress.step(f"run {run_number + 1}/{options.runs} · {name}",
-                                                               options.duration)))  # fmt: skip
+            all_runs.append(scenario(run_number, progress.step(f"{label} · {name}", options.duration)))
         for name, script in ceilings:
-            tick = progress.step(f"run {run_number + 1}/{options.runs} · {name}", options.duration)
-            all_runs.append(benchmark.pgbench(name, script, tick))
+            all_runs.append(benchmark.pgbench(name, script, progress.step(f"{label} · {name}", options.duration)))
     progress.finish()
 
     summary = medians(all_runs)

@@ -5,7 +5,7 @@ from django.db.models import F
 
 from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
-from coupons.selectors import has_claimed
+from coupons.selectors import get_claim_eligibility, has_claimed
 
 
 def create_coupon(*, name: str, amount: int) -> Coupon:
@@ -24,36 +24,51 @@ def create_coupon(*, name: str, amount: int) -> Coupon:
 def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
-    The coupon row is locked for the whole transaction, so claims of one
-    coupon run one at a time and each sees the previous one's result: stock
-    can never be oversold and a user's second claim always sees the first.
-    On PostgreSQL the lock is `SELECT ... FOR UPDATE`. On SQLite
-    `select_for_update()` does nothing; there the transaction itself starts
-    with BEGIN IMMEDIATE (settings: transaction_mode), taking the database's
-    write lock before the first read, which serialises claims just the same.
+    Most requests of a flash sale are refused, so refusals come first, from
+    one lock-free read: a user who already holds the coupon (409, checked
+    before stock, so that a repeat click after the sell-out still hears
+    "already claimed") or an empty stock (400). Both facts only ever become
+    true, never false again, so the read proves them without the lock.
 
-    A repeat claimer is refused before the stock check, so that a user who
-    already holds the coupon hears "already claimed" (409) rather than "sold
-    out" (400) once stock runs out.
+    Then one transaction, which holds the coupon row lock for as little as
+    possible: the claim is inserted first (the unique (coupon, user_id)
+    index refuses a concurrent duplicate), then the row is locked with
+    `SELECT ... FOR NO KEY UPDATE` (which, unlike FOR UPDATE, does not block
+    other claims' foreign-key checks), the stock re-checked under the lock
+    and decremented with an F() expression, and the transaction committed.
+    Claims of one coupon thus pass the lock one at a time, each seeing the
+    previous one's result: stock is never oversold.
+
+    On SQLite `select_for_update()` does nothing; there the transaction
+    starts with BEGIN IMMEDIATE (settings: transaction_mode), taking the
+    database's write lock before the insert, which serialises claims just
+    the same.
     """
+    eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
+    if eligibility.already_claimed:
+        raise AlreadyClaimed()
+    if eligibility.remaining_amount <= 0:
+        raise OutOfStock()
+    coupon_id = eligibility.coupon_id
     try:
         with transaction.atomic():
+            claim = Claim.objects.create(coupon_id=coupon_id, user_id=user_id)
             try:
-                coupon = Coupon.objects.select_for_update().get(name=coupon_name)
+                remaining_amount = (
+                    Coupon.objects.select_for_update(no_key=True)
+                    .values_list("remaining_amount", flat=True)
+                    .get(pk=coupon_id)
+                )
             except Coupon.DoesNotExist:
-                raise CouponNotFound() from None
-            if has_claimed(coupon_id=coupon.pk, user_id=user_id):
-                raise AlreadyClaimed()
-            if coupon.remaining_amount <= 0:
-                raise OutOfStock()
-            claim = Claim.objects.create(coupon=coupon, user_id=user_id)
-            Coupon.objects.filter(pk=coupon.pk).update(remaining_amount=F("remaining_amount") - 1)
+                raise CouponNotFound() from None  # deleted since the read
+            if remaining_amount <= 0:
+                raise OutOfStock()  # sold out since the read: the insert is rolled back
+            Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - 1)
     except IntegrityError as exc:
-        # The unique (coupon, user_id) constraint is the last line of defence
-        # should a duplicate ever get past the locked check. The error is
-        # caught outside atomic(): the whole transaction has been rolled
-        # back, so nothing was claimed and no connection is left broken.
-        if has_claimed(coupon_id=coupon.pk, user_id=user_id):
+        # A concurrent claim by the same user committed first. The error is
+        # caught outside atomic(): the transaction was rolled back as a
+        # whole (no savepoint needed), so nothing was claimed.
+        if has_claimed(coupon_id=coupon_id, user_id=user_id):
             raise AlreadyClaimed() from exc
         raise
     return claim

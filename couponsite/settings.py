@@ -103,7 +103,10 @@ DEFAULT_DATABASE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 
 def database_settings(url):
     """DATABASES["default"] for a DATABASE_URL, tuned for concurrent claims."""
-    config = dj_database_url.parse(url, conn_health_checks=True)
+    # Health checks cost a `SELECT 1` round trip on every request. Without
+    # them a connection broken by a database restart fails one request (a
+    # 503) and is then replaced.
+    config = dj_database_url.parse(url, conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", False))
     engine = config["ENGINE"]
     if engine == "django.db.backends.sqlite3":
         # SQLite has no row locks (select_for_update is a no-op there): every
@@ -121,7 +124,13 @@ def database_settings(url):
         # tests need a real file that many connections can share.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name("test_" + Path(config["NAME"]).name))}
     elif engine == "django.db.backends.postgresql":
-        config["OPTIONS"] = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5)}
+        config["OPTIONS"] = {
+            "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
+            # Bind parameters on the server, so psycopg prepares the claim's
+            # statements once per connection instead of PostgreSQL parsing
+            # and planning them on every request.
+            "server_side_binding": env_bool("DATABASE_SERVER_SIDE_BINDING", True),
+        }
         pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 0)
         if pool_max_size:
             # psycopg's pool replaces persistent connections (Django requires

@@ -1,3 +1,4 @@
+import contextlib
 from unittest import mock
 
 from django.db import IntegrityError, connection, transaction
@@ -8,7 +9,7 @@ from django.test.utils import CaptureQueriesContext
 from coupons import services
 from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
-from coupons.selectors import get_coupon_detail
+from coupons.selectors import get_claim_eligibility, get_coupon_detail
 from coupons.services import claim_coupon, create_coupon
 
 
@@ -88,20 +89,54 @@ class ClaimCouponTests(TestCase):
 
         self.assertEqual(Claim.objects.filter(user_id="user_1").count(), 2)
 
-    def test_duplicate_past_the_check_is_stopped_by_the_unique_constraint(self):
-        """If the locked check ever missed a duplicate, the database still refuses it."""
+
+class StaleReadTests(TransactionTestCase):
+    """Races lost between the lock-free eligibility read and the locked write.
+
+    Each test takes a real eligibility read, lets the world move on, then
+    claims with that stale read, exactly as a request that lost the race.
+    """
+
+    def setUp(self):
+        self.coupon = create_coupon(name="PROMO", amount=2)
+
+    def claim_with(self, stale, user_id):
+        with mock.patch.object(services, "get_claim_eligibility", return_value=stale):
+            return claim_coupon(user_id=user_id, coupon_name="PROMO")
+
+    def test_duplicate_is_stopped_by_the_unique_constraint(self):
+        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
         claim_coupon(user_id="user_1", coupon_name="PROMO")
 
-        # Simulate a check that lost a race; the insert then hits the real constraint.
-        with mock.patch.object(services, "has_claimed", side_effect=[False, True]):
-            with self.assertRaises(AlreadyClaimed):
-                claim_coupon(user_id="user_1", coupon_name="PROMO")
+        with self.assertRaises(AlreadyClaimed):
+            self.claim_with(stale, "user_1")
 
         # Rolled back as a whole: no second row, no unit taken, connection usable.
         self.coupon.refresh_from_db()
         self.assertEqual(self.coupon.remaining_amount, 1)
         self.assertEqual(Claim.objects.filter(user_id="user_1").count(), 1)
         claim_coupon(user_id="user_2", coupon_name="PROMO")
+
+    def test_sold_out_since_the_read_is_rechecked_under_the_lock(self):
+        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_3")
+        claim_coupon(user_id="user_1", coupon_name="PROMO")
+        claim_coupon(user_id="user_2", coupon_name="PROMO")
+
+        with self.assertRaises(OutOfStock):
+            self.claim_with(stale, "user_3")
+
+        self.assertFalse(Claim.objects.filter(user_id="user_3").exists())
+        self.coupon.refresh_from_db()
+        self.assertEqual(self.coupon.remaining_amount, 0)
+
+    def test_coupon_deleted_since_the_read(self):
+        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
+        self.coupon.delete()
+
+        with self.assertRaises(CouponNotFound):
+            self.claim_with(stale, "user_1")
+
+        self.assertFalse(Claim.objects.exists())
 
 
 class ConstraintTests(TestCase):
@@ -168,19 +203,39 @@ class CouponDetailSelectorTests(TestCase):
             get_coupon_detail(name="NOPE")
 
 
-class ClaimQueryCountTests(TransactionTestCase):
-    """Outside any surrounding transaction, as in a request: the claim's own atomic() is outermost."""
+class ClaimStatementTests(TransactionTestCase):
+    """What a claim sends, outside any surrounding transaction (as in a request)."""
 
-    def test_claim_is_four_statements_with_no_savepoint(self):
-        create_coupon(name="PROMO", amount=5)
+    def capture_claim(self, user_id):
         with CaptureQueriesContext(connection) as queries:
-            claim_coupon(user_id="u1", coupon_name="PROMO")
-        sql = [query["sql"] for query in queries.captured_queries]
-        statements = [s for s in sql if not s.startswith(("BEGIN", "COMMIT"))]
-        self.assertEqual(len(statements), 4, statements)
+            with contextlib.suppress(AlreadyClaimed, OutOfStock):
+                claim_coupon(user_id=user_id, coupon_name="PROMO")
+        return [query["sql"] for query in queries.captured_queries]
+
+    def test_success_locks_the_row_only_for_the_decrement(self):
+        create_coupon(name="PROMO", amount=5)
+
+        sql = self.capture_claim("u1")
+
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
+        read, begin, insert, lock, update, commit = sql
+        self.assertNotIn("FOR", read)  # the eligibility read takes no lock
+        self.assertTrue(insert.startswith("INSERT"))
+        self.assertTrue(update.startswith("UPDATE"))
+        self.assertEqual(commit, "COMMIT")
         if connection.vendor == "sqlite":
             # No row locks on SQLite: the write lock taken at BEGIN serialises claims.
-            self.assertEqual(sql[0], "BEGIN IMMEDIATE")
+            self.assertEqual(begin, "BEGIN IMMEDIATE")
         else:
-            self.assertIn("FOR UPDATE", statements[0])
+            self.assertEqual(begin, "BEGIN")
+            self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
+
+    def test_refusals_are_one_read_without_a_transaction(self):
+        create_coupon(name="PROMO", amount=1)
+        claim_coupon(user_id="u1", coupon_name="PROMO")
+
+        for user_id in ["u1", "u2"]:  # already claimed, then sold out
+            with self.subTest(user_id=user_id):
+                sql = self.capture_claim(user_id)
+                self.assertEqual(len(sql), 1, sql)
+                self.assertTrue(sql[0].startswith("SELECT"))

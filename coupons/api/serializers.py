@@ -56,7 +56,7 @@ class CouponDetailSerializer(CouponSerializer):
 
 class ClaimSerializer(serializers.Serializer):
     user_id = serializers.CharField()
-    coupon_name = serializers.CharField(source="coupon.name")
+    coupon_name = serializers.CharField()
 
 
 class ErrorSerializer(serializers.Serializer):

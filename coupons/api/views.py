@@ -77,8 +77,8 @@ class ClaimApi(APIView):
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        claim = claim_coupon(**serializer.validated_data)
-        return Response(ClaimSerializer(claim).data, status=status.HTTP_201_CREATED)
+        claim_coupon(**serializer.validated_data)
+        return Response(ClaimSerializer(serializer.validated_data).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         operation_id="coupons_retrieve_claim",
