@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser
+.PHONY: run test superuser bench
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -11,6 +11,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto
+
+# The flash-sale benchmark (README, Performance): wrk and pgbench from Debian's packages.
+bench: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/flashsale.py $(ARGS)
 
 superuser: $(VENV)/.installed
 	$(BIN)/python manage.py createsuperuser

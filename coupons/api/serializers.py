@@ -50,8 +50,17 @@ class CouponSerializer(serializers.Serializer):
     remaining_amount = serializers.IntegerField()
 
 
+class UserIdListField(serializers.ListField):
+    """A list of user ids, passed through as-is: a coupon may have 100,000 claimers."""
+
+    child = serializers.CharField()
+
+    def to_representation(self, data):
+        return data
+
+
 class CouponDetailSerializer(CouponSerializer):
-    claimed_by = serializers.ListField(child=serializers.CharField(), help_text="User ids, in claim order.")
+    claimed_by = UserIdListField(help_text="User ids, in claim order.")
 
 
 class ClaimSerializer(serializers.Serializer):
