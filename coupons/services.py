@@ -3,7 +3,7 @@
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
+from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
 from coupons.selectors import has_claimed
 
@@ -57,3 +57,27 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
             raise AlreadyClaimed() from exc
         raise
     return claim
+
+
+def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
+    """Set the coupon's amount, moving its remaining stock by the same difference.
+
+    Raising the amount from 100 to 150 adds 50 units to what is left to claim;
+    lowering it takes units away, but never below what has already been
+    claimed, so `remaining_amount` stays within 0..amount. The coupon row is
+    locked as claim_coupon locks it, so a restock and concurrent claims apply
+    one after the other and none of their changes is lost. `amount` must
+    already have passed the model field's validators (1..MAX_AMOUNT).
+    """
+    with transaction.atomic():
+        try:
+            coupon = Coupon.objects.select_for_update().get(name=coupon_name)
+        except Coupon.DoesNotExist:
+            raise CouponNotFound() from None
+        claimed = coupon.claimed_amount
+        if amount < claimed:
+            raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        coupon.remaining_amount = amount - claimed
+        coupon.amount = amount
+        coupon.save(update_fields=["amount", "remaining_amount"])
+    return coupon
