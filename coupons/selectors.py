@@ -1,6 +1,8 @@
 """Reads: queries the API and the admin render."""
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from coupons.exceptions import CouponNotFound
 from coupons.models import Claim, Coupon
@@ -39,3 +41,26 @@ def get_coupon_detail(*, name: str) -> CouponDetail:
 
 def has_claimed(*, coupon_id: int, user_id: str) -> bool:
     return Claim.objects.filter(coupon_id=coupon_id, user_id=user_id).exists()
+
+
+def coupon_claims(*, coupon_id: int):
+    """The coupon's claims, newest first, as rows of user id and claim time (to be sliced into pages)."""
+    return Claim.objects.filter(coupon_id=coupon_id).order_by("-id").values("user_id", "created_at")
+
+
+# Rows fetched per round trip when streaming claims out.
+EXPORT_CHUNK_SIZE = 2000
+
+
+def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, str, datetime]]:
+    """(coupon name, user id, claim time) for every claim of the coupons, in claim order.
+
+    Streamed in chunks (a server-side cursor on PostgreSQL): memory stays
+    flat however many claims there are.
+    """
+    return (
+        Claim.objects.filter(coupon_id__in=list(coupon_ids))
+        .order_by("coupon_id", "id")
+        .values_list("coupon__name", "user_id", "created_at")
+        .iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    )
