@@ -5,6 +5,7 @@ reads stock from the coupon row (no join with claims), and a coupon's page
 reads one page of its claims.
 """
 
+import structlog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
@@ -24,6 +25,8 @@ from coupons.selectors import coupon_claims
 from coupons.services import create_coupon, restock_coupon
 
 CLAIMS_PER_PAGE = 50
+
+logger = structlog.get_logger(__name__)
 
 
 class StockFilter(admin.SimpleListFilter):
@@ -164,6 +167,14 @@ class CouponAdmin(admin.ModelAdmin):
             else:
                 change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
                 self.log_change(request, restocked, change)
+                logger.info(
+                    "coupon_restocked",
+                    coupon=restocked.name,
+                    amount_before=coupon.amount,
+                    amount=restocked.amount,
+                    remaining_amount=restocked.remaining_amount,
+                    operator=request.user.get_username(),
+                )
                 self.message_user(request, f"“{restocked}”: {change}", messages.SUCCESS)
                 return redirect("admin:coupons_coupon_change", restocked.pk)
         context = {

@@ -242,8 +242,18 @@ class RestockTests(OperatorTestCase):
         form = self.client.get(self.url)
         self.assertContains(form, 'value="3"')
 
-        response = self.client.post(self.url, {"amount": 10}, follow=True)
+        with self.assertLogs("coupons.admin", "INFO") as logs:
+            response = self.client.post(self.url, {"amount": 10}, follow=True)
 
+        expected = {
+            "event": "coupon_restocked",
+            "coupon": "PROMO",
+            "amount_before": 3,
+            "amount": 10,
+            "remaining_amount": 7,
+            "operator": "operator",
+        }
+        self.assertLessEqual(expected.items(), logs.records[0].msg.items())
         self.assertRedirects(response, change_page(self.coupon))
         self.assert_stock(10, 7)
         self.assertContains(response, "Restocked: amount 3 → 10, 7 left.")
