@@ -44,6 +44,19 @@ class StockFilter(admin.SimpleListFilter):
         return queryset
 
 
+class CountedPaginator(Paginator):
+    """A paginator told how many rows there are instead of counting them.
+
+    A coupon's claims number exactly `amount - remaining_amount` (every claim
+    takes one unit in the same transaction, and claims are never deleted):
+    reading that from the coupon row saves a COUNT(*) over 100,000 claims.
+    """
+
+    def __init__(self, object_list, per_page, *, count):
+        super().__init__(object_list, per_page)
+        self.count = count
+
+
 class RestockForm(forms.Form):
     amount = forms.IntegerField(
         label="New amount",
@@ -137,7 +150,9 @@ class CouponAdmin(admin.ModelAdmin):
         coupon = self.get_object(request, unquote(object_id))
         extra_context = dict(extra_context or {}, can_restock=self.has_restock_permission(request))
         if coupon is not None:
-            paginator = Paginator(coupon_claims(coupon_id=coupon.pk), CLAIMS_PER_PAGE)
+            paginator = CountedPaginator(
+                coupon_claims(coupon_id=coupon.pk), CLAIMS_PER_PAGE, count=coupon.claimed_amount
+            )
             page = paginator.get_page(request.GET.get("claims_page"))
             extra_context.update(
                 claims_page=page,
@@ -204,6 +219,8 @@ class ClaimAdmin(admin.ModelAdmin):
     list_filter = ("coupon",)
     search_fields = ("user_id",)
     date_hierarchy = "created_at"
+    # A filtered list says "N claims" without also counting the whole table.
+    show_full_result_count = False
 
     # Claims are made by users through the API, never by hand: stock
     # arithmetic depends on every claim having gone through claim_coupon().
