@@ -246,10 +246,14 @@ configure_structlog()
 LOGGING = logging_config(renderer=LOG_FORMAT, level=LOG_LEVEL)
 
 # django-structlog: one `request_finished` line per request (status, method
-# and path, client IP, request_id); `request_started` only at DEBUG. A 4xx
-# (sold out, already claimed) is routine in a flash sale: logged at INFO.
+# and path, request_id); `request_started` only at DEBUG. A 4xx (sold out,
+# already claimed) is routine in a flash sale: logged at INFO.
 DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG
 DJANGO_STRUCTLOG_STATUS_4XX_LOG_LEVEL = logging.INFO
+# No client IP: behind a proxy it is the proxy's, or whatever X-Forwarded-For
+# claims, and working it out costs every request more than the rest of the
+# log line; the proxy's access log has the real one.
+DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
 # In our log lines `user_id` is the user who claims a coupon, not a staff
 # member logged in to the admin.
 DJANGO_STRUCTLOG_USER_ID_FIELD = None

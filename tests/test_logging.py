@@ -1,7 +1,9 @@
+import io
 import json
+import logging
 import uuid
 
-from django.test import SimpleTestCase, TestCase
+from django.test import SimpleTestCase, TestCase, override_settings
 
 from tests.test_settings import manage
 
@@ -62,4 +64,25 @@ class RequestLogTests(TestCase):
         self.assertEqual(len(set(request_ids)), 2)
         for request_id in request_ids:
             uuid.UUID(request_id)
-        self.assertTrue(all("user_id" not in event for event in events))
+        # Neither a staff user's id (our user_id is the claimer) nor a client IP.
+        self.assertEqual([key for event in events for key in ["user_id", "ip"] if key in event], [])
+
+
+@override_settings(DEBUG=False, ROOT_URLCONF="tests.urls_failing")
+class ServerErrorLogTests(SimpleTestCase):
+    def test_a_bug_is_logged_with_its_traceback_and_request_id(self):
+        self.client.raise_request_exception = False
+        handler = logging.getLogger().handlers[0]  # the service's own, as configured by LOGGING
+        output = io.StringIO()
+        previous = handler.setStream(output)
+        try:
+            self.assertEqual(self.client.get("/broken").status_code, 500)
+        finally:
+            handler.setStream(previous)
+
+        lines = [json.loads(line) for line in output.getvalue().splitlines()]
+        [failed] = [line for line in lines if line["event"] == "request_failed"]
+        self.assertEqual((failed["code"], failed["level"], failed["request"]), (500, "error", "GET /broken"))
+        self.assertIn("RuntimeError: secret internals", failed["exception"])
+        [django_error] = [line for line in lines if line["event"] == "Internal Server Error: /broken"]
+        self.assertEqual(django_error["request_id"], failed["request_id"])
