@@ -146,20 +146,17 @@ class CouponAdmin(admin.ModelAdmin):
             *super().get_urls(),
         ]
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        coupon = self.get_object(request, unquote(object_id))
-        extra_context = dict(extra_context or {}, can_restock=self.has_restock_permission(request))
-        if coupon is not None:
-            paginator = CountedPaginator(
-                coupon_claims(coupon_id=coupon.pk), CLAIMS_PER_PAGE, count=coupon.claimed_amount
-            )
+    def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
+        if obj is not None:
+            paginator = CountedPaginator(coupon_claims(coupon_id=obj.pk), CLAIMS_PER_PAGE, count=obj.claimed_amount)
             page = paginator.get_page(request.GET.get("claims_page"))
-            extra_context.update(
+            context.update(
+                can_restock=self.has_restock_permission(request),
                 claims_page=page,
                 claims_page_range=paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
-                claims_changelist_url=reverse("admin:coupons_claim_changelist") + f"?coupon__id__exact={coupon.pk}",
+                claims_changelist_url=reverse("admin:coupons_claim_changelist") + f"?coupon__id__exact={obj.pk}",
             )
-        return super().change_view(request, object_id, form_url, extra_context)
+        return super().render_change_form(request, context, add, change, form_url, obj)
 
     def get_viewable_coupon(self, request, object_id):
         coupon = self.get_object(request, unquote(object_id))
@@ -195,7 +192,6 @@ class CouponAdmin(admin.ModelAdmin):
         context = {
             **self.admin_site.each_context(request),
             "title": f"Restock {coupon}",
-            "subtitle": None,
             "opts": self.opts,
             "original": coupon,
             "form": form,
