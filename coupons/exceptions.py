@@ -25,3 +25,7 @@ class AlreadyClaimed(CouponError):
 
 class OutOfStock(CouponError):
     default_message = "This coupon has no stock left."
+
+
+class AmountBelowClaimed(CouponError):
+    default_message = "The amount cannot be lower than the number of units already claimed."

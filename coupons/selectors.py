@@ -1,7 +1,9 @@
 """Reads: queries the API and the admin render."""
 
 import functools
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from django.db import connection
 
@@ -60,8 +62,9 @@ def _eligibility_sql():
 def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility:
     """The coupon's stock and whether the user holds it, in one lock-free read.
 
-    Claims are never deleted and stock only goes down, so a read that shows
-    the user's claim or an empty stock proves the answer without the lock.
+    It sees committed state: a claim shown is never undone, and an empty
+    stock was empty at that moment, so either proves a refusal without the
+    row lock.
 
     Every claim request makes this read, so it is written in SQL (portable
     to PostgreSQL and SQLite): building the same query with the ORM's
@@ -78,3 +81,26 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
 
 def has_claimed(*, coupon_id: int, user_id: str) -> bool:
     return Claim.objects.filter(coupon_id=coupon_id, user_id=user_id).exists()
+
+
+def coupon_claims(*, coupon_id: int):
+    """The coupon's claims, newest first, as rows of user id and claim time (to be sliced into pages)."""
+    return Claim.objects.filter(coupon_id=coupon_id).order_by("-id").values("user_id", "created_at")
+
+
+# Rows fetched per round trip when streaming claims out.
+EXPORT_CHUNK_SIZE = 2000
+
+
+def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, str, datetime]]:
+    """(coupon name, user id, claim time) for every claim of the coupons, in claim order.
+
+    Streamed in chunks (a server-side cursor on PostgreSQL): memory stays
+    flat however many claims there are.
+    """
+    return (
+        Claim.objects.filter(coupon_id__in=list(coupon_ids))
+        .order_by("coupon_id", "id")
+        .values_list("coupon__name", "user_id", "created_at")
+        .iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    )

@@ -3,7 +3,7 @@
 from django.db import IntegrityError, transaction
 from django.db.models import F
 
-from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
+from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
 from coupons.selectors import get_claim_eligibility, has_claimed
 
@@ -27,8 +27,10 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     Most requests of a flash sale are refused, so refusals come first, from
     one lock-free read: a user who already holds the coupon (409, checked
     before stock, so that a repeat click after the sell-out still hears
-    "already claimed") or an empty stock (400). Both facts only ever become
-    true, never false again, so the read proves them without the lock.
+    "already claimed") or an empty stock (400). The read sees committed
+    state, so the refusal is true of a moment within the request (a claim is
+    never undone; a restock after that moment is a later event), and it
+    needs no lock.
 
     Then one transaction, which holds the coupon row lock for as little as
     possible: the claim is inserted first (the unique (coupon, user_id)
@@ -72,3 +74,27 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
             raise AlreadyClaimed() from exc
         raise
     return claim
+
+
+def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
+    """Set the coupon's amount, moving its remaining stock by the same difference.
+
+    Raising the amount from 100 to 150 adds 50 units to what is left to claim;
+    lowering it takes units away, but never below what has already been
+    claimed, so `remaining_amount` stays within 0..amount. The coupon row is
+    locked as claim_coupon locks it, so a restock and concurrent claims apply
+    one after the other and none of their changes is lost. `amount` must
+    already have passed the model field's validators (1..MAX_AMOUNT).
+    """
+    with transaction.atomic():
+        try:
+            coupon = Coupon.objects.select_for_update().get(name=coupon_name)
+        except Coupon.DoesNotExist:
+            raise CouponNotFound() from None
+        claimed = coupon.claimed_amount
+        if amount < claimed:
+            raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        coupon.remaining_amount = amount - claimed
+        coupon.amount = amount
+        coupon.save(update_fields=["amount", "remaining_amount"])
+    return coupon

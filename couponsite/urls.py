@@ -10,6 +10,8 @@ urlpatterns = [
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("coupons.api.urls")),
+    # GET /metrics: Prometheus text format, every gunicorn worker added up.
+    path("", include("django_prometheus.urls")),
     # Every other path: a JSON 404, with DEBUG on as well as off.
     re_path(r"", views.page_not_found),
 ]

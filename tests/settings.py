@@ -17,3 +17,7 @@ from couponsite.settings import *  # noqa: E402, F403
 # Password hashing is deliberately slow; tests log in staff users often.
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 TEST_RUNNER = "tests.runner.CouponTestRunner"
+
+# The service logs a line per request and per claim: a test run prints only
+# warnings and errors (the tests of log lines capture them at their own level).
+LOGGING = logging_config(renderer=LOG_FORMAT, level="WARNING")  # noqa: F405

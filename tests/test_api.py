@@ -2,8 +2,9 @@ import json
 from urllib.parse import quote
 
 from django.conf import settings
-from django.test import TestCase
+from django.test import SimpleTestCase, TestCase
 
+from coupons.exceptions import CouponError
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
 
@@ -325,3 +326,14 @@ class NoRedirectsAndJsonEverywhereTests(ApiTestCase):
         for path in ["/", "/nope", "/api", "/api/", "/api/coupons/", "/api/claim", "/admin"]:
             with self.subTest(path=path):
                 self.assert_error(self.client.get(path), 404)
+
+
+class DomainErrorMappingTests(SimpleTestCase):
+    def test_every_domain_error_has_a_client_error_status(self):
+        # Imported here: coupons.api.errors is loaded through DRF's settings,
+        # which it imports itself.
+        from coupons.api.errors import DOMAIN_ERROR_STATUS
+
+        for error in CouponError.__subclasses__():
+            with self.subTest(error=error.__name__):
+                self.assertIn(DOMAIN_ERROR_STATUS[error], range(400, 500))

@@ -5,7 +5,7 @@ import shlex
 from pathlib import Path
 
 import yaml
-from django.test import SimpleTestCase
+from django.test import SimpleTestCase, override_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -75,3 +75,22 @@ class ComposeTests(SimpleTestCase):
             name = volume.split(":")[0]
             with self.subTest(volume=name):
                 self.assertIn(name, self.compose["volumes"])
+
+    def test_prometheus_scrapes_the_web_service_by_its_name(self):
+        prometheus = self.services["prometheus"]
+        source, target = prometheus["volumes"][0].split(":")[:2]
+        self.assertEqual(target, "/etc/prometheus/prometheus.yml")
+        config = yaml.safe_load((ROOT / source).read_text())
+        [job] = config["scrape_configs"]
+        self.assertEqual(job["metrics_path"], "/metrics")
+        self.assertEqual(job["static_configs"][0]["targets"], ["web:8000"])
+
+        # The service answers a scrape addressed to "web:8000" with its compose settings.
+        allowed_hosts = self.services["web"]["environment"]["ALLOWED_HOSTS"].split(",")
+        with override_settings(ALLOWED_HOSTS=allowed_hosts):
+            response = self.client.get("/metrics", HTTP_HOST="web:8000")
+        self.assertEqual(response.status_code, 200)
+        self.assertIn(b"django_http_requests_latency_including_middlewares_seconds", response.content)
+
+    def test_web_logs_json_lines(self):
+        self.assertEqual(self.services["web"]["environment"]["LOG_FORMAT"], "json")

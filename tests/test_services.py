@@ -7,10 +7,11 @@ from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
 from coupons import services
-from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
+from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
 from coupons.selectors import get_claim_eligibility, get_coupon_detail
-from coupons.services import claim_coupon, create_coupon
+from coupons.services import claim_coupon, create_coupon, restock_coupon
+from tests.stress.base import run_simultaneously
 
 
 class CreateCouponTests(TestCase):
@@ -239,3 +240,105 @@ class ClaimStatementTests(TransactionTestCase):
                 sql = self.capture_claim(user_id)
                 self.assertEqual(len(sql), 1, sql)
                 self.assertTrue(sql[0].startswith("SELECT"))
+
+
+class RestockCouponTests(TestCase):
+    def setUp(self):
+        self.coupon = create_coupon(name="PROMO", amount=3)
+        claim_coupon(user_id="u1", coupon_name="PROMO")
+        claim_coupon(user_id="u2", coupon_name="PROMO")
+
+    def assert_stock(self, amount, remaining_amount):
+        self.coupon.refresh_from_db()
+        self.assertEqual((self.coupon.amount, self.coupon.remaining_amount), (amount, remaining_amount))
+
+    def test_raising_the_amount_adds_the_difference_to_the_remaining_stock(self):
+        coupon = restock_coupon(coupon_name="PROMO", amount=10)
+
+        self.assertEqual((coupon.amount, coupon.remaining_amount), (10, 8))
+        self.assert_stock(10, 8)
+
+    def test_a_sold_out_coupon_is_back_on_sale(self):
+        claim_coupon(user_id="u3", coupon_name="PROMO")
+        restock_coupon(coupon_name="PROMO", amount=4)
+
+        claim_coupon(user_id="u4", coupon_name="PROMO")
+
+        self.assert_stock(4, 0)
+
+    def test_lowering_to_exactly_what_is_claimed_sells_out(self):
+        restock_coupon(coupon_name="PROMO", amount=2)
+
+        self.assert_stock(2, 0)
+        with self.assertRaises(OutOfStock):
+            claim_coupon(user_id="u3", coupon_name="PROMO")
+
+    def test_lowering_below_what_is_claimed_is_refused_and_changes_nothing(self):
+        with self.assertRaisesMessage(AmountBelowClaimed, "2 units already claimed"):
+            restock_coupon(coupon_name="PROMO", amount=1)
+
+        self.assert_stock(3, 1)
+
+    def test_unknown_coupon(self):
+        with self.assertRaises(CouponNotFound):
+            restock_coupon(coupon_name="NOPE", amount=5)
+
+
+def done_or_refused(action, refusal):
+    """Run `action`; "refused" if it raised the domain error `refusal`, else "done"."""
+    try:
+        action()
+    except refusal:
+        return "refused"
+    return "done"
+
+
+class RestockRaceTests(TransactionTestCase):
+    """A restock and claims at the same moment, on real threads: every change lands, none is lost."""
+
+    ROUNDS = 5
+
+    def race(self, name, *, claimers, restock_to):
+        claims_before = Claim.objects.filter(coupon__name=name).count()
+        calls = [
+            lambda user_id=f"user_{i}": done_or_refused(
+                lambda: claim_coupon(user_id=user_id, coupon_name=name), OutOfStock
+            )
+            for i in range(claimers)
+        ]
+        calls.append(
+            lambda: done_or_refused(lambda: restock_coupon(coupon_name=name, amount=restock_to), AmountBelowClaimed)
+        )
+        outcomes = run_simultaneously(calls)
+        coupon = Coupon.objects.get(name=name)
+        claims = Claim.objects.filter(coupon=coupon).count()
+        # Whichever order the row lock gave them, every success has its row
+        # and the stock is exactly what the claims left.
+        self.assertEqual(claims_before + outcomes[:-1].count("done"), claims)
+        self.assertEqual(coupon.remaining_amount, coupon.amount - claims)
+        return outcomes[-1], coupon.amount, claims
+
+    def test_raising_while_the_crowd_claims(self):
+        for round_number in range(self.ROUNDS):
+            with self.subTest(round=round_number):
+                name = f"RAISE RACE {round_number}"
+                create_coupon(name=name, amount=2)
+
+                restock, amount, claims = self.race(name, claimers=5, restock_to=4)
+
+                self.assertEqual((restock, amount), ("done", 4))
+                self.assertIn(claims, range(2, 5))
+
+    def test_lowering_while_the_crowd_claims_never_undercuts_a_claim(self):
+        for round_number in range(self.ROUNDS):
+            with self.subTest(round=round_number):
+                name = f"LOWER RACE {round_number}"
+                create_coupon(name=name, amount=6)
+                claim_coupon(user_id="early", coupon_name=name)
+
+                restock, amount, claims = self.race(name, claimers=3, restock_to=3)
+
+                # Lowered before the fourth claim: the stock stops at three.
+                # Otherwise four are claimed and the lower amount is refused.
+                expected = ("done", 3, 3) if restock == "done" else ("refused", 6, 4)
+                self.assertEqual((restock, amount, claims), expected)

@@ -11,13 +11,21 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
-from coupons.exceptions import AlreadyClaimed, CouponAlreadyExists, CouponError, CouponNotFound, OutOfStock
+from coupons.exceptions import (
+    AlreadyClaimed,
+    AmountBelowClaimed,
+    CouponAlreadyExists,
+    CouponError,
+    CouponNotFound,
+    OutOfStock,
+)
 
 DOMAIN_ERROR_STATUS = {
     CouponNotFound: status.HTTP_404_NOT_FOUND,
     CouponAlreadyExists: status.HTTP_409_CONFLICT,
     AlreadyClaimed: status.HTTP_409_CONFLICT,
     OutOfStock: status.HTTP_400_BAD_REQUEST,
+    AmountBelowClaimed: status.HTTP_409_CONFLICT,
 }
 
 # Seconds a client should wait before retrying when the database is away.

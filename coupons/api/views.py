@@ -5,6 +5,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coupons.api.claim_outcomes import record_claim_outcome
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -74,6 +75,7 @@ class ClaimApi(APIView):
             **COMMON_ERRORS,
         },
     )
+    @record_claim_outcome
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

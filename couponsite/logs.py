@@ -1,0 +1,75 @@
+"""Structured logs: one JSON object per line, or aligned human-readable lines for development.
+
+Every line goes through the same structlog processors, whether it comes from
+a structlog logger (the claim outcomes, django-structlog's request events)
+or from standard logging (Django, gunicorn): each has a timestamp, a level,
+the logger's name and, inside a request, the request's `request_id`.
+"""
+
+import logging
+
+import structlog
+
+RENDERERS = ("json", "console")
+
+# Applied to every line, from structlog and standard logging alike.
+_SHARED_PROCESSORS = [
+    structlog.contextvars.merge_contextvars,  # request_id, bound per request by django-structlog
+    structlog.stdlib.add_logger_name,
+    structlog.stdlib.add_log_level,
+    structlog.processors.TimeStamper(fmt="iso", utc=True),
+]
+
+
+def configure_structlog():
+    """structlog hands its events to standard logging, whose handler renders them (see `logging_config`)."""
+    structlog.configure(
+        processors=[
+            # Drop a disabled level before any work is done on the event.
+            structlog.stdlib.filter_by_level,
+            *_SHARED_PROCESSORS,
+            structlog.stdlib.PositionalArgumentsFormatter(),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        logger_factory=structlog.stdlib.LoggerFactory(),
+        wrapper_class=structlog.stdlib.BoundLogger,
+        cache_logger_on_first_use=True,
+    )
+
+
+def structured_formatter(renderer):
+    """The logging.Formatter that renders every record as `renderer` ("json" or "console")."""
+    if renderer == "json":
+        final = [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+    else:
+        final = [structlog.dev.ConsoleRenderer(colors=False)]
+    return structlog.stdlib.ProcessorFormatter(
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *final],
+        foreign_pre_chain=[*_SHARED_PROCESSORS, structlog.stdlib.ExtraAdder()],
+    )
+
+
+def logging_config(*, renderer, level):
+    """Django's LOGGING: everything to stderr through the structured formatter."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"structured": {"()": structured_formatter, "renderer": renderer}},
+        "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "structured"}},
+        "root": {"handlers": ["console"], "level": level},
+        "loggers": {
+            # Django's default configuration gives these loggers handlers of
+            # their own (console, with DEBUG on): everything goes to ours.
+            "django": {"handlers": [], "propagate": True},
+            "django.server": {"handlers": [], "propagate": True},
+            # 4xx answers (sold out, already claimed) are the normal course of
+            # a flash sale, not warnings: Django logs only server errors.
+            "django.request": {"level": "ERROR"},
+        },
+    }
+
+
+def restyle_handlers(logger: logging.Logger, renderer):
+    """Render the lines of a logger that set up its own handlers (gunicorn's) the same way."""
+    for handler in logger.handlers:
+        handler.setFormatter(structured_formatter(renderer))
