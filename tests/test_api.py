@@ -1,31 +1,15 @@
 import json
-from urllib.parse import quote
 
 from django.conf import settings
 from django.test import TestCase
 
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
+from tests.helpers import JsonApiAssertions
 
 
-class ApiTestCase(TestCase):
-    def post_json(self, path, body):
-        return self.post_raw(path, json.dumps(body).encode())
-
-    def post_raw(self, path, data, content_type="application/json"):
-        return self.client.post(path, data=data, content_type=content_type)
-
-    def assert_error(self, response, status_code):
-        self.assertEqual(response.status_code, status_code, response.content)
-        self.assertEqual(response["Content-Type"], "application/json")
-        body = response.json()
-        self.assertEqual(list(body), ["error"])
-        self.assertIsInstance(body["error"], str)
-        self.assertTrue(body["error"])
-        return body["error"]
-
-    def get_coupon(self, name):
-        return self.client.get("/api/coupons/" + quote(name, safe=""))
+class ApiTestCase(JsonApiAssertions, TestCase):
+    pass
 
 
 class CreateCouponApiTests(ApiTestCase):

@@ -1,21 +1,8 @@
-import os
 import secrets
-import subprocess
-import sys
-from pathlib import Path
 
 from django.test import SimpleTestCase, override_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def manage(*args, **environment):
-    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
-    env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-
+from tests.helpers import manage
 
 PRODUCTION = {
     "DEBUG": "0",
