@@ -121,7 +121,17 @@ def database_settings(url):
         # tests need a real file that many connections can share.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name("test_" + Path(config["NAME"]).name))}
     elif engine == "django.db.backends.postgresql":
-        config["OPTIONS"] = {"connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5)}
+        # Bounds (seconds, 0: none) on one statement and on one wait for a
+        # row lock: a stuck lock or a runaway query ends in an
+        # OperationalError, answered with a 503, instead of holding a worker
+        # until gunicorn kills it. Both are far above what a claim waits in
+        # a flash-sale queue (see the README).
+        statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT", 15) * 1000
+        lock_timeout_ms = env_int("DATABASE_LOCK_TIMEOUT", 10) * 1000
+        config["OPTIONS"] = {
+            "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
+            "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
+        }
         pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 0)
         if pool_max_size:
             # psycopg's pool replaces persistent connections (Django requires
