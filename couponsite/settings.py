@@ -6,6 +6,7 @@ a SQLite file; set DATABASE_URL to use PostgreSQL.
 """
 
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "coupons",
@@ -181,7 +183,51 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 APPEND_SLASH = False
 
 
+# Cache and rate limits ----------------------------------------------------------
+
+
+def cache_settings(redis_url):
+    """CACHES: Redis at `redis_url` (django-redis), else local memory."""
+    if not redis_url:
+        # Per process: with several gunicorn workers, each counts on its own.
+        return {
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "OPTIONS": {"MAX_ENTRIES": 100_000},
+            }
+        }
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": "couponsite",
+            "OPTIONS": {
+                # The cache only counts requests for the rate limit: should
+                # Redis be away, claims go on unthrottled rather than fail
+                # (and the error is logged).
+                "IGNORE_EXCEPTIONS": True,
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+            },
+        }
+    }
+
+
+CACHES = cache_settings(os.environ.get("REDIS_URL", ""))
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# Claims per client address, e.g. "100/s", "1000/m" (a fixed window per
+# second, minute, hour or day); empty: no limit.
+CLAIM_RATE_LIMIT = os.environ.get("CLAIM_RATE_LIMIT", "")
+if CLAIM_RATE_LIMIT and not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", CLAIM_RATE_LIMIT):
+    raise ImproperlyConfigured(f'CLAIM_RATE_LIMIT must look like "100/s" or "1000/m", got {CLAIM_RATE_LIMIT!r}.')
+
+
 # API --------------------------------------------------------------------------
+
+# Off: anyone may create coupons (the API contract). On: only authenticated
+# staff users, by DRF token or admin session.
+COUPON_CREATE_REQUIRES_STAFF = env_bool("COUPON_CREATE_REQUIRES_STAFF", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -189,6 +235,10 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
+    # Proxies in front of the service whose X-Forwarded-For is trusted to
+    # name the client for the rate limit; 0: the socket's address, so that a
+    # client cannot dodge the limit with a forged header.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "coupons.api.errors.LenientContentNegotiation",
     "EXCEPTION_HANDLER": "coupons.api.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

@@ -19,9 +19,13 @@ def free_port():
 
 
 def manage(*args, **environment):
-    """Run manage.py in a fresh process on the project's own settings, with DEBUG and SECRET_KEY unset."""
+    """Run manage.py in a fresh process on the project's own settings, with DEBUG and SECRET_KEY unset.
+
+    `environment` adds variables; a value of None removes one.
+    """
     env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
     env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
+    env = {key: value for key, value in env.items() if value is not None}
     return subprocess.run(
         [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
     )

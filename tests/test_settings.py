@@ -1,8 +1,9 @@
+import re
 import secrets
 
 from django.test import SimpleTestCase, override_settings
 
-from tests.helpers import manage
+from tests.helpers import ROOT, manage
 
 PRODUCTION = {
     "DEBUG": "0",
@@ -18,6 +19,21 @@ class DeploySettingsTests(SimpleTestCase):
         result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("no issues", result.stdout)
+
+    def test_every_deploy_warning_of_a_partial_configuration_is_explained_in_the_readme(self):
+        readme = (ROOT / "README.md").read_text()
+        for label, environment in {
+            "DEBUG off, a real key, the rest at defaults": {"DEBUG": "0", "SECRET_KEY": PRODUCTION["SECRET_KEY"]},
+            "no SECRET_KEY": {"DEBUG": "0"},
+            "HSTS without preload": {**PRODUCTION, "SECURE_HSTS_PRELOAD": "0"},
+        }.items():
+            with self.subTest(label):
+                result = manage("check", "--deploy", **environment)
+                self.assertEqual(result.returncode, 0, result.stderr)  # warnings only
+                reported = re.findall(r"^\?: \((\w+\.\w+)\)", result.stderr, re.MULTILINE)
+                self.assertTrue(reported, result.stderr)
+                for check_id in reported:
+                    self.assertIn(f"`{check_id}`", readme, f"{check_id} is reported but the README does not explain it")
 
     def test_missing_secret_key_is_flagged(self):
         result = manage("check", "--deploy", **{**PRODUCTION, "SECRET_KEY": ""})

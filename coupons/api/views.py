@@ -5,6 +5,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coupons.api.permissions import StaffOnlyWhenRestricted
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -13,6 +14,7 @@ from coupons.api.serializers import (
     CouponSerializer,
     ErrorSerializer,
 )
+from coupons.api.throttling import ClaimRateThrottle
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon
 
@@ -40,7 +42,7 @@ def coupon_detail_response(name):
     return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
 
 
-class CouponCreateApi(APIView):
+class CouponCreateApi(StaffOnlyWhenRestricted, APIView):
     @extend_schema(
         operation_id="coupons_create",
         summary="Create a coupon",
@@ -48,6 +50,8 @@ class CouponCreateApi(APIView):
         responses={
             201: CouponSerializer,
             400: _error("Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range."),
+            401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
+            403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
             409: _error("A coupon with this name already exists."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
@@ -61,6 +65,8 @@ class CouponCreateApi(APIView):
 
 
 class ClaimApi(APIView):
+    throttle_classes = [ClaimRateThrottle]
+
     @extend_schema(
         operation_id="coupons_claim",
         summary="Claim a coupon for a user",
@@ -70,6 +76,7 @@ class ClaimApi(APIView):
             400: _error("Invalid input, or the coupon has no stock left."),
             404: _error("No coupon has this name."),
             409: _error("This user has already claimed this coupon."),
+            429: _error("Over CLAIM_RATE_LIMIT for this client; retry after the Retry-After delay."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
