@@ -68,6 +68,10 @@ class CreateCouponApiTests(ApiTestCase):
             "name with DEL": {"name": "a\x7fb", "amount": 1},
             "name with zero-width space": {"name": "a\u200bb", "amount": 1},
             "name with line separator": {"name": "a\u2028b", "amount": 1},
+            # Found by Schemathesis (tests/test_fuzz.py): C1 controls, unassigned and private-use code points.
+            "name with C1 control": {"name": "a\x90b", "amount": 1},
+            "name with unassigned code point": {"name": "a\U0006eb66", "amount": 1},
+            "name with private-use character": {"name": "a\ue000", "amount": 1},
             "name dot": {"name": ".", "amount": 1},
             "name dot dot": {"name": "..", "amount": 1},
         }
@@ -201,12 +205,19 @@ class ClaimApiTests(ApiTestCase):
             "coupon_name empty": {"user_id": "u", "coupon_name": ""},
             "coupon_name over 255": {"user_id": "u", "coupon_name": "P" * 256},
             "coupon_name with NUL": {"user_id": "u", "coupon_name": "PROMO\x00"},
+            "user_id with unassigned code point": {"user_id": "u\U000bd25f", "coupon_name": "PROMO_SUPER"},
+            "coupon_name with C1 control": {"user_id": "u", "coupon_name": "PROMO\x9f"},
         }
         for label, body in cases.items():
             with self.subTest(label):
                 self.assert_error(self.post_json("/api/coupons/claim", body), 400)
         self.assertFalse(Claim.objects.exists())
         self.assertEqual(Coupon.objects.get().remaining_amount, 1)
+
+    def test_every_invalid_field_is_named_in_the_one_error(self):
+        message = self.assert_error(self.post_json("/api/coupons/claim", {"user_id": "u\x90", "coupon_name": ""}), 400)
+        self.assertIn("user_id: Must not contain control or non-printable characters (found U+0090).", message)
+        self.assertIn("coupon_name: This field may not be blank.", message)
 
     def test_malformed_and_non_object_bodies(self):
         for raw in [b"{", b"[]", b"null", b'"x"', b"", b'{"user_id": "\xff", "coupon_name": "PROMO_SUPER"}']:
