@@ -133,6 +133,8 @@ def database_settings(url):
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
             "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
+            # Parameters of the URL itself (?sslmode=require...) win.
+            **config.get("OPTIONS", {}),
         }
         pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 0)
         if pool_max_size:

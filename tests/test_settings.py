@@ -1,8 +1,11 @@
+import os
 import re
 import secrets
+from unittest import mock
 
 from django.test import SimpleTestCase, override_settings
 
+from couponsite.settings import database_settings
 from tests.helpers import ROOT, manage
 
 PRODUCTION = {
@@ -66,3 +69,19 @@ class DisallowedHostTests(SimpleTestCase):
         response = self.client.get("/health", HTTP_HOST="evil.example")
         self.assertEqual(response.status_code, 400)
         self.assertEqual(response.json(), {"error": "Bad request."})
+
+
+# The defaults, whatever the environment running the tests says.
+@mock.patch.dict(
+    os.environ, {"DATABASE_STATEMENT_TIMEOUT": "", "DATABASE_LOCK_TIMEOUT": "", "DATABASE_CONNECT_TIMEOUT": ""}
+)
+class DatabaseSettingsTests(SimpleTestCase):
+    def test_postgres_connections_bound_statements_and_lock_waits(self):
+        options = database_settings("postgres://u@db.example:5432/coupons")["OPTIONS"]
+        self.assertEqual(options["options"], "-c statement_timeout=15000 -c lock_timeout=10000")
+        self.assertEqual(options["connect_timeout"], 5)
+
+    def test_parameters_of_the_url_are_kept(self):
+        options = database_settings("postgres://u@db.example:5432/coupons?sslmode=require")["OPTIONS"]
+        self.assertEqual(options["sslmode"], "require")
+        self.assertIn("statement_timeout", options["options"])
