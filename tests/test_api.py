@@ -127,6 +127,11 @@ class CreateCouponApiTests(ApiTestCase):
         self.assert_error(self.post_raw("/api/coupons", raw), 413)
         self.assertFalse(Coupon.objects.exists())
 
+    def test_chunked_body_is_refused_with_411(self):
+        response = self.post_raw("/api/coupons", b'{"name": "P", "amount": 1}', HTTP_TRANSFER_ENCODING="chunked")
+        self.assert_error(response, 411)
+        self.assertFalse(Coupon.objects.exists())
+
     def test_unsupported_content_types(self):
         for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]:
             with self.subTest(content_type):

@@ -28,6 +28,7 @@ COMMON_ERRORS = {
     503: _error("The database is unreachable; retry after the Retry-After delay."),
 }
 BODY_ERRORS = {
+    411: _error("The body was sent chunked, without a Content-Length."),
     413: _error("The request body is larger than the limit."),
     415: _error("The body is not sent as application/json."),
 }
