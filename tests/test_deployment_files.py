@@ -75,6 +75,11 @@ class ComposeTests(SimpleTestCase):
         )
         self.assertEqual(environment["DEBUG"], "0")
 
+    def test_web_counts_claims_in_the_composed_redis(self):
+        self.assertEqual(self.services["web"]["environment"]["REDIS_URL"], "redis://redis:6379/0")
+        self.assertTrue(self.services["redis"]["image"].startswith("redis:"))
+        self.assertIn("redis", self.services["web"]["depends_on"])
+
     def test_named_volumes_are_declared(self):
         for volume in self.services["db"].get("volumes", []):
             name = volume.split(":")[0]
