@@ -39,9 +39,14 @@ HOLDER = "alice"  # holds the one SOLD OUT unit
 EXCLUDED_CHECKS = [positive_data_acceptance]
 
 
-def steered(value):
-    """A strategy for `value` half the time, else None (keep what Schemathesis generated)."""
-    return st.one_of(st.none(), st.sampled_from(value))
+def steered(*strategies):
+    """One of `strategies` half the time, else None (keep what Schemathesis generated)."""
+    return st.one_of(st.none(), st.one_of(*strategies))
+
+
+EXISTING_COUPON = steered(st.just(IN_STOCK), st.just(SOLD_OUT))
+# The holder of the SOLD OUT unit, or a user who has claimed nothing yet.
+KNOWN_OR_NEW_USER = steered(st.just(HOLDER), st.uuids().map(str))
 
 
 class SchemathesisTests(TransactionTestCase):
@@ -86,8 +91,8 @@ class SchemathesisTests(TransactionTestCase):
     def test_claim(self):
         def steer(case, data):
             if isinstance(case.body, dict):
-                for field, choices in [("coupon_name", [IN_STOCK, SOLD_OUT]), ("user_id", [HOLDER, "bob"])]:
-                    if (value := data.draw(steered(choices))) is not None:
+                for field, strategy in [("coupon_name", EXISTING_COUPON), ("user_id", KNOWN_OR_NEW_USER)]:
+                    if (value := data.draw(strategy)) is not None:
                         case.body = {**case.body, field: value}
 
         positive = self.fuzz("POST", "/api/coupons/claim", GenerationMode.POSITIVE, steer)
@@ -98,7 +103,7 @@ class SchemathesisTests(TransactionTestCase):
 
     def test_read_coupon(self):
         def steer(case, data):
-            if (name := data.draw(steered([IN_STOCK, SOLD_OUT]))) is not None:
+            if (name := data.draw(EXISTING_COUPON)) is not None:
                 case.path_parameters = {**case.path_parameters, "name": name}
 
         # A path parameter is text whatever it holds: there is no schema-breaking read.
