@@ -67,7 +67,10 @@ def sales(draw):
     """
     stocks = {f"SALE {i}": stock for i, stock in enumerate(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))}
     users = [f"user_{i}" for i in range(draw(st.integers(1, 10)))]
-    coupon_names = st.sampled_from(list(stocks)) | st.just(UNKNOWN_COUPON)
+    # About one claim in ten names a coupon that does not exist.
+    coupon_names = st.integers(0, 9).flatmap(
+        lambda roll: st.sampled_from(list(stocks)) if roll < 9 else st.just(UNKNOWN_COUPON)
+    )
     requests = draw(st.lists(st.tuples(st.sampled_from(users), coupon_names), min_size=1, max_size=MAX_CLAIMS_PER_SALE))
     return stocks, requests
 
