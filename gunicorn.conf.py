@@ -3,16 +3,22 @@
 Sync workers: a claim spends its time waiting on the database (the row lock
 and the commit), and each worker holds one persistent connection, so the
 number of workers is the number of claims in flight. Environment overrides:
-GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_TIMEOUT, GUNICORN_ACCESS_LOG,
-PROMETHEUS_MULTIPROC_DIR.
+GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT,
+GUNICORN_ACCESS_LOG, PROMETHEUS_MULTIPROC_DIR.
+
+Sync workers give each request a whole worker while its bytes arrive, so a
+client that sends very slowly ties one up until `timeout`: in front of the
+internet, put a buffering proxy (nginx, a load balancer) before gunicorn.
 """
 
+import json
 import multiprocessing
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+import gunicorn.util
 from gunicorn.glogging import Logger
 
 # Prometheus multiprocess mode. Each worker is a process with counters of its
@@ -29,18 +35,33 @@ else:
 from couponsite.logs import restyle_handlers
 from couponsite.settings import LOG_FORMAT
 
-bind = os.environ.get("GUNICORN_BIND", "127.0.0.1:8000")
-workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count() * 2 + 1))
+# An empty variable counts as unset, as in the Django settings.
+bind = os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000"
+workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
 worker_class = "sync"
+# More than one thread turns each worker into a threaded (gthread) worker;
+# pair it with DATABASE_POOL_MAX_SIZE so that threads share a few connections.
+threads = int(os.environ.get("GUNICORN_THREADS") or 1)
 # Connections wait here while every worker is busy; a flash sale queues.
 backlog = 2048
-# A worker stuck longer than this is killed and replaced.
-timeout = int(os.environ.get("GUNICORN_TIMEOUT", 30))
+# A worker stuck longer than this is killed and replaced. It is above the
+# longest a request can wait on the database (connect or pool timeout, then
+# the statement timeout: 10 + 15 s by default), so a slow or stuck database
+# gets clients a 503, not a dropped connection.
+timeout = int(os.environ.get("GUNICORN_TIMEOUT") or 30)
 graceful_timeout = 30
 keepalive = 5
 # Recycle workers now and then so that no slow leak can grow without bound.
 max_requests = 20000
 max_requests_jitter = 2000
+# gunicorn's own limits on what it parses before Django sees the request
+# (its defaults, stated): longer request lines or headers get a 400.
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+# No runtime control socket (gunicornc can resize or stop the server through
+# it): nothing to guard, and instances on one host would share its path.
+control_socket_disable = True
 accesslog = os.environ.get("GUNICORN_ACCESS_LOG") or None
 errorlog = "-"
 
@@ -76,3 +97,18 @@ def child_exit(server, worker):
 def on_exit(server):
     if own_metrics_dir:
         shutil.rmtree(own_metrics_dir, ignore_errors=True)
+
+
+def write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's answer to a request it cannot parse (bad request line, too many or too
+    long headers...), in the API's JSON error shape instead of gunicorn's HTML page."""
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    gunicorn.util.write_nonblock(sock, head.encode("latin-1") + body)
+
+
+# The workers call gunicorn.util.write_error for every such error (there is no hook for it).
+gunicorn.util.write_error = write_json_error

@@ -8,6 +8,8 @@ class RequestBodyLimitMiddleware:
     Django's DATA_UPLOAD_MAX_MEMORY_SIZE only guards `request.body`; DRF's
     parsers read the stream directly, so the limit is enforced here, on the
     declared Content-Length (the WSGI server never hands over more than that).
+    A chunked body declares no length, and Django would read it as empty:
+    it is refused with a JSON 411 rather than mistaken for a missing body.
     """
 
     def __init__(self, get_response):
@@ -18,6 +20,10 @@ class RequestBodyLimitMiddleware:
             content_length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
             return JsonResponse({"error": "Invalid Content-Length header."}, status=400)
+        if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
+            return JsonResponse(
+                {"error": "Send the body with a Content-Length: chunked bodies are refused."}, status=411
+            )
         limit = settings.MAX_REQUEST_BODY_BYTES
         if content_length > limit:
             return JsonResponse({"error": f"Request body too large: the limit is {limit} bytes."}, status=413)

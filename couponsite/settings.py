@@ -7,6 +7,7 @@ a SQLite file; set DATABASE_URL to use PostgreSQL.
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
@@ -63,6 +64,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "django_structlog",
@@ -136,12 +138,22 @@ def database_settings(url):
         # tests need a real file that many connections can share.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name("test_" + Path(config["NAME"]).name))}
     elif engine == "django.db.backends.postgresql":
+        # Bounds (seconds, 0: none) on one statement and on one wait for a
+        # row lock: a stuck lock or a runaway query ends in an
+        # OperationalError, answered with a 503, instead of holding a worker
+        # until gunicorn kills it. Both are far above what a claim waits in
+        # a flash-sale queue (see the README).
+        statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT", 15) * 1000
+        lock_timeout_ms = env_int("DATABASE_LOCK_TIMEOUT", 10) * 1000
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
+            "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
             # Bind parameters on the server, so psycopg prepares the claim's
             # statements once per connection instead of PostgreSQL parsing
             # and planning them on every request.
             "server_side_binding": env_bool("DATABASE_SERVER_SIDE_BINDING", True),
+            # Parameters of the URL itself (?sslmode=require...) win.
+            **config.get("OPTIONS", {}),
         }
         pool_max_size = env_int("DATABASE_POOL_MAX_SIZE", 0)
         if pool_max_size:
@@ -192,7 +204,51 @@ DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 APPEND_SLASH = False
 
 
+# Cache and rate limits ----------------------------------------------------------
+
+
+def cache_settings(redis_url):
+    """CACHES: Redis at `redis_url` (django-redis), else local memory."""
+    if not redis_url:
+        # Per process: with several gunicorn workers, each counts on its own.
+        return {
+            "default": {
+                "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+                "OPTIONS": {"MAX_ENTRIES": 100_000},
+            }
+        }
+    return {
+        "default": {
+            "BACKEND": "django_redis.cache.RedisCache",
+            "LOCATION": redis_url,
+            "KEY_PREFIX": "couponsite",
+            "OPTIONS": {
+                # The cache only counts requests for the rate limit: should
+                # Redis be away, claims go on unthrottled rather than fail
+                # (and the error is logged).
+                "IGNORE_EXCEPTIONS": True,
+                "SOCKET_CONNECT_TIMEOUT": 0.5,
+                "SOCKET_TIMEOUT": 0.5,
+            },
+        }
+    }
+
+
+CACHES = cache_settings(os.environ.get("REDIS_URL", ""))
+DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
+
+# Claims per client address, e.g. "100/s", "1000/m" (a fixed window per
+# second, minute, hour or day); empty: no limit.
+CLAIM_RATE_LIMIT = os.environ.get("CLAIM_RATE_LIMIT", "")
+if CLAIM_RATE_LIMIT and not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", CLAIM_RATE_LIMIT):
+    raise ImproperlyConfigured(f'CLAIM_RATE_LIMIT must look like "100/s" or "1000/m", got {CLAIM_RATE_LIMIT!r}.')
+
+
 # API --------------------------------------------------------------------------
+
+# Off: anyone may create coupons (the API contract). On: only authenticated
+# staff users, by DRF token or admin session.
+COUPON_CREATE_REQUIRES_STAFF = env_bool("COUPON_CREATE_REQUIRES_STAFF", False)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -200,6 +256,10 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.AllowAny"],
     "UNAUTHENTICATED_USER": None,
+    # Proxies in front of the service whose X-Forwarded-For is trusted to
+    # name the client for the rate limit; 0: the socket's address, so that a
+    # client cannot dodge the limit with a forged header.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_CONTENT_NEGOTIATION_CLASS": "coupons.api.errors.LenientContentNegotiation",
     "EXCEPTION_HANDLER": "coupons.api.errors.api_exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",

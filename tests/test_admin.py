@@ -387,6 +387,13 @@ class AdminAccessTests(TestCase):
                 self.assertEqual(response.status_code, 302)
                 self.assertIn("/admin/login/", response["Location"])
 
+    def test_a_non_staff_user_cannot_log_in(self):
+        get_user_model().objects.create_user("shopper", password="secret-password")
+        response = self.client.post("/admin/login/", {"username": "shopper", "password": "secret-password"})
+        self.assertEqual(response.status_code, 200)  # the login form again
+        self.assertFalse(response.context["form"].is_valid())
+        self.assertEqual(self.client.get("/admin/coupons/coupon/").status_code, 302)
+
     def test_admin_keeps_csrf(self):
         get_user_model().objects.create_superuser("operator", "op@example.com", "secret-password")
         client = Client(enforce_csrf_checks=True)

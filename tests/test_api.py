@@ -1,5 +1,4 @@
 import json
-from urllib.parse import quote
 
 from django.conf import settings
 from django.test import SimpleTestCase, TestCase
@@ -7,26 +6,11 @@ from django.test import SimpleTestCase, TestCase
 from coupons.exceptions import CouponError
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
+from tests.helpers import JsonApiAssertions
 
 
-class ApiTestCase(TestCase):
-    def post_json(self, path, body):
-        return self.post_raw(path, json.dumps(body).encode())
-
-    def post_raw(self, path, data, content_type="application/json"):
-        return self.client.post(path, data=data, content_type=content_type)
-
-    def assert_error(self, response, status_code):
-        self.assertEqual(response.status_code, status_code, response.content)
-        self.assertEqual(response["Content-Type"], "application/json")
-        body = response.json()
-        self.assertEqual(list(body), ["error"])
-        self.assertIsInstance(body["error"], str)
-        self.assertTrue(body["error"])
-        return body["error"]
-
-    def get_coupon(self, name):
-        return self.client.get("/api/coupons/" + quote(name, safe=""))
+class ApiTestCase(JsonApiAssertions, TestCase):
+    pass
 
 
 class CreateCouponApiTests(ApiTestCase):
@@ -85,6 +69,10 @@ class CreateCouponApiTests(ApiTestCase):
             "name with DEL": {"name": "a\x7fb", "amount": 1},
             "name with zero-width space": {"name": "a\u200bb", "amount": 1},
             "name with line separator": {"name": "a\u2028b", "amount": 1},
+            # Found by Schemathesis (tests/test_fuzz.py): C1 controls, unassigned and private-use code points.
+            "name with C1 control": {"name": "a\x90b", "amount": 1},
+            "name with unassigned code point": {"name": "a\U0006eb66", "amount": 1},
+            "name with private-use character": {"name": "a\ue000", "amount": 1},
             "name dot": {"name": ".", "amount": 1},
             "name dot dot": {"name": "..", "amount": 1},
         }
@@ -138,6 +126,11 @@ class CreateCouponApiTests(ApiTestCase):
     def test_oversized_body(self):
         raw = json.dumps({"name": "P", "amount": 1, "padding": "x" * settings.MAX_REQUEST_BODY_BYTES}).encode()
         self.assert_error(self.post_raw("/api/coupons", raw), 413)
+        self.assertFalse(Coupon.objects.exists())
+
+    def test_chunked_body_is_refused_with_411(self):
+        response = self.post_raw("/api/coupons", b'{"name": "P", "amount": 1}', HTTP_TRANSFER_ENCODING="chunked")
+        self.assert_error(response, 411)
         self.assertFalse(Coupon.objects.exists())
 
     def test_unsupported_content_types(self):
@@ -218,12 +211,19 @@ class ClaimApiTests(ApiTestCase):
             "coupon_name empty": {"user_id": "u", "coupon_name": ""},
             "coupon_name over 255": {"user_id": "u", "coupon_name": "P" * 256},
             "coupon_name with NUL": {"user_id": "u", "coupon_name": "PROMO\x00"},
+            "user_id with unassigned code point": {"user_id": "u\U000bd25f", "coupon_name": "PROMO_SUPER"},
+            "coupon_name with C1 control": {"user_id": "u", "coupon_name": "PROMO\x9f"},
         }
         for label, body in cases.items():
             with self.subTest(label):
                 self.assert_error(self.post_json("/api/coupons/claim", body), 400)
         self.assertFalse(Claim.objects.exists())
         self.assertEqual(Coupon.objects.get().remaining_amount, 1)
+
+    def test_every_invalid_field_is_named_in_the_one_error(self):
+        message = self.assert_error(self.post_json("/api/coupons/claim", {"user_id": "u\x90", "coupon_name": ""}), 400)
+        self.assertIn("user_id: Must not contain control or non-printable characters (found U+0090).", message)
+        self.assertIn("coupon_name: This field may not be blank.", message)
 
     def test_malformed_and_non_object_bodies(self):
         for raw in [b"{", b"[]", b"null", b'"x"', b"", b'{"user_id": "\xff", "coupon_name": "PROMO_SUPER"}']:

@@ -1,13 +1,18 @@
 """docker compose cannot run here (no Docker engine), so check what the files reference."""
 
+import os
 import re
+import runpy
 import shlex
-from pathlib import Path
+import subprocess
+import sys
+from unittest import mock
 
 import yaml
 from django.test import SimpleTestCase, override_settings
 
-ROOT = Path(__file__).resolve().parent.parent
+from couponsite.settings import database_settings
+from tests.helpers import ROOT
 
 
 class DockerfileTests(SimpleTestCase):
@@ -70,6 +75,11 @@ class ComposeTests(SimpleTestCase):
         )
         self.assertEqual(environment["DEBUG"], "0")
 
+    def test_web_counts_claims_in_the_composed_redis(self):
+        self.assertEqual(self.services["web"]["environment"]["REDIS_URL"], "redis://redis:6379/0")
+        self.assertTrue(self.services["redis"]["image"].startswith("redis:"))
+        self.assertIn("redis", self.services["web"]["depends_on"])
+
     def test_named_volumes_are_declared(self):
         for volume in self.services["db"].get("volumes", []):
             name = volume.split(":")[0]
@@ -94,3 +104,32 @@ class ComposeTests(SimpleTestCase):
 
     def test_web_logs_json_lines(self):
         self.assertEqual(self.services["web"]["environment"]["LOG_FORMAT"], "json")
+
+
+# The defaults, whatever the environment running the tests says.
+@mock.patch.dict(os.environ, {"GUNICORN_TIMEOUT": "", "DATABASE_CONNECT_TIMEOUT": "", "DATABASE_POOL_TIMEOUT": ""})
+class GunicornConfigTests(SimpleTestCase):
+    def test_gunicorn_accepts_the_config_and_loads_the_application(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "gunicorn", "--check-config", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+            cwd=ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_workers_recycle_and_outlive_the_longest_database_wait(self):
+        config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+        with mock.patch.dict(os.environ, {"DATABASE_POOL_MAX_SIZE": "4", "DATABASE_STATEMENT_TIMEOUT": ""}):
+            options = database_settings("postgres://u@db.example/coupons")["OPTIONS"]
+        statement_timeout = int(re.search(r"statement_timeout=(\d+)", options["options"])[1]) / 1000
+        # The longest a request waits on the database: for a connection, then for one statement.
+        longest_wait = max(options["connect_timeout"], options["pool"]["timeout"]) + statement_timeout
+
+        self.assertGreater(
+            config["timeout"], longest_wait, "a slow database must get clients a 503, not a killed worker"
+        )
+        self.assertGreater(config["max_requests"], 0)
+        self.assertTrue(config["control_socket_disable"])

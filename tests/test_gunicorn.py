@@ -23,7 +23,7 @@ from django.test import TransactionTestCase
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.services import create_coupon
-from tests.test_health import free_port
+from tests.helpers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT_SECONDS = 60

@@ -1,4 +1,3 @@
-import socket
 from contextlib import contextmanager
 
 from django.db import connection
@@ -6,12 +5,7 @@ from django.test import TransactionTestCase
 
 from coupons.models import Claim, Coupon
 from coupons.services import create_coupon
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.helpers import free_port
 
 
 @contextmanager

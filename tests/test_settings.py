@@ -1,21 +1,12 @@
 import os
+import re
 import secrets
-import subprocess
-import sys
-from pathlib import Path
+from unittest import mock
 
 from django.test import SimpleTestCase, override_settings
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-def manage(*args, **environment):
-    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
-    env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
-    return subprocess.run(
-        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
-
+from couponsite.settings import database_settings
+from tests.helpers import ROOT, manage
 
 PRODUCTION = {
     "DEBUG": "0",
@@ -31,6 +22,21 @@ class DeploySettingsTests(SimpleTestCase):
         result = manage("check", "--deploy", "--fail-level", "WARNING", **PRODUCTION)
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
         self.assertIn("no issues", result.stdout)
+
+    def test_every_deploy_warning_of_a_partial_configuration_is_explained_in_the_readme(self):
+        readme = (ROOT / "README.md").read_text()
+        for label, environment in {
+            "DEBUG off, a real key, the rest at defaults": {"DEBUG": "0", "SECRET_KEY": PRODUCTION["SECRET_KEY"]},
+            "no SECRET_KEY": {"DEBUG": "0"},
+            "HSTS without preload": {**PRODUCTION, "SECURE_HSTS_PRELOAD": "0"},
+        }.items():
+            with self.subTest(label):
+                result = manage("check", "--deploy", **environment)
+                self.assertEqual(result.returncode, 0, result.stderr)  # warnings only
+                reported = re.findall(r"^\?: \((\w+\.\w+)\)", result.stderr, re.MULTILINE)
+                self.assertTrue(reported, result.stderr)
+                for check_id in reported:
+                    self.assertIn(f"`{check_id}`", readme, f"{check_id} is reported but the README does not explain it")
 
     def test_missing_secret_key_is_flagged(self):
         result = manage("check", "--deploy", **{**PRODUCTION, "SECRET_KEY": ""})
@@ -63,3 +69,19 @@ class DisallowedHostTests(SimpleTestCase):
         response = self.client.get("/health", HTTP_HOST="evil.example")
         self.assertEqual(response.status_code, 400)
         self.assertEqual(response.json(), {"error": "Bad request."})
+
+
+# The defaults, whatever the environment running the tests says.
+@mock.patch.dict(
+    os.environ, {"DATABASE_STATEMENT_TIMEOUT": "", "DATABASE_LOCK_TIMEOUT": "", "DATABASE_CONNECT_TIMEOUT": ""}
+)
+class DatabaseSettingsTests(SimpleTestCase):
+    def test_postgres_connections_bound_statements_and_lock_waits(self):
+        options = database_settings("postgres://u@db.example:5432/coupons")["OPTIONS"]
+        self.assertEqual(options["options"], "-c statement_timeout=15000 -c lock_timeout=10000")
+        self.assertEqual(options["connect_timeout"], 5)
+
+    def test_parameters_of_the_url_are_kept(self):
+        options = database_settings("postgres://u@db.example:5432/coupons?sslmode=require")["OPTIONS"]
+        self.assertEqual(options["sslmode"], "require")
+        self.assertIn("statement_timeout", options["options"])

@@ -40,8 +40,10 @@ def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
         return error_response(str(exc), DOMAIN_ERROR_STATUS[type(exc)])
     if isinstance(exc, (OperationalError, InterfaceError)):
-        # The database is down, restarting, or the pool has no connection to
-        # spare: nothing was committed, so the client may safely retry.
+        # The database is down or restarting, a lock or statement timed out,
+        # or no connection was to be had. Retrying is safe: a claim whose
+        # commit went through even so (its answer lost on the way) gets 409
+        # on the retry, never a second unit (tests/faults/).
         return error_response(
             "Service temporarily unavailable: the database cannot be reached. Retry shortly.",
             status.HTTP_503_SERVICE_UNAVAILABLE,

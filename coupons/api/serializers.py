@@ -17,7 +17,7 @@ class StrictCharField(serializers.CharField):
 
     def __init__(self, **kwargs):
         # Identifiers are kept exactly as sent: no silent trimming.
-        super().__init__(max_length=MAX_TEXT_LENGTH, trim_whitespace=False, **kwargs)
+        super().__init__(min_length=1, max_length=MAX_TEXT_LENGTH, trim_whitespace=False, **kwargs)
 
     def to_internal_value(self, data):
         if not isinstance(data, str):
@@ -34,14 +34,23 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+# The validators' Unicode rules cannot be written as a portable JSON Schema
+# pattern, so the schema states them in words.
+PRINTABLE_TEXT = (
+    "Kept exactly as sent; not blank; no control, format, surrogate, private-use or unassigned characters"
+    " and no line or paragraph separators."
+)
+COUPON_NAME = f"{PRINTABLE_TEXT} Not `.` or `..`."
+
+
 class CouponCreateInputSerializer(serializers.Serializer):
-    name = StrictCharField(validators=[validate_coupon_name])
+    name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
 
 
 class ClaimInputSerializer(serializers.Serializer):
-    user_id = StrictCharField(validators=[validate_identifier_text])
-    coupon_name = StrictCharField(validators=[validate_coupon_name])
+    user_id = StrictCharField(validators=[validate_identifier_text], help_text=PRINTABLE_TEXT)
+    coupon_name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
 
 
 class CouponSerializer(serializers.Serializer):

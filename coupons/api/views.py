@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
+from coupons.api.permissions import StaffOnlyWhenRestricted
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -14,6 +15,7 @@ from coupons.api.serializers import (
     CouponSerializer,
     ErrorSerializer,
 )
+from coupons.api.throttling import ClaimRateThrottle
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon
 
@@ -27,6 +29,7 @@ COMMON_ERRORS = {
     503: _error("The database is unreachable; retry after the Retry-After delay."),
 }
 BODY_ERRORS = {
+    411: _error("The body was sent chunked, without a Content-Length."),
     413: _error("The request body is larger than the limit."),
     415: _error("The body is not sent as application/json."),
 }
@@ -41,7 +44,7 @@ def coupon_detail_response(name):
     return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
 
 
-class CouponCreateApi(APIView):
+class CouponCreateApi(StaffOnlyWhenRestricted, APIView):
     @extend_schema(
         operation_id="coupons_create",
         summary="Create a coupon",
@@ -49,6 +52,8 @@ class CouponCreateApi(APIView):
         responses={
             201: CouponSerializer,
             400: _error("Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range."),
+            401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
+            403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
             409: _error("A coupon with this name already exists."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
@@ -62,6 +67,8 @@ class CouponCreateApi(APIView):
 
 
 class ClaimApi(APIView):
+    throttle_classes = [ClaimRateThrottle]
+
     @extend_schema(
         operation_id="coupons_claim",
         summary="Claim a coupon for a user",
@@ -71,6 +78,7 @@ class ClaimApi(APIView):
             400: _error("Invalid input, or the coupon has no stock left."),
             404: _error("No coupon has this name."),
             409: _error("This user has already claimed this coupon."),
+            429: _error("Over CLAIM_RATE_LIMIT for this client; retry after the Retry-After delay."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },

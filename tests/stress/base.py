@@ -12,6 +12,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from django.db import connection
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from coupons.models import Claim, Coupon
 from coupons.services import create_coupon
@@ -19,6 +21,12 @@ from coupons.services import create_coupon
 # Each scenario is replayed this many times per run, on fresh coupons.
 REPETITIONS = 10
 BARRIER_TIMEOUT_SECONDS = 60
+# Generated sales per run of the property test, for each way of claiming:
+# enough to meet many shapes of crowd, few enough for CI's time.
+SALES_PER_RUN = 30
+# One thread (and one database connection) per claim of a generated sale.
+MAX_CLAIMS_PER_SALE = 24
+UNKNOWN_COUPON = "NO SUCH SALE"
 
 # A 50-thread scenario holds ~50 database connections. PostgreSQL allows
 # 100, so two scenarios running at once (pytest -n, manage.py test
@@ -49,14 +57,33 @@ def run_simultaneously(calls, *, connect=True):
         return list(pool.map(run, calls))
 
 
+@st.composite
+def sales(draw):
+    """A generated sale: ({coupon name: stock}, [(user_id, coupon_name), ...] fired at once).
+
+    One to three coupons on sale together with small stocks, a crowd drawn
+    from a few users (so repeat claimers are common), and now and then a
+    claim on a coupon that does not exist.
+    """
+    stocks = {f"SALE {i}": stock for i, stock in enumerate(draw(st.lists(st.integers(1, 6), min_size=1, max_size=3)))}
+    users = [f"user_{i}" for i in range(draw(st.integers(1, 10)))]
+    # About one claim in ten names a coupon that does not exist.
+    coupon_names = st.integers(0, 9).flatmap(
+        lambda roll: st.sampled_from(list(stocks)) if roll < 9 else st.just(UNKNOWN_COUPON)
+    )
+    requests = draw(st.lists(st.tuples(st.sampled_from(users), coupon_names), min_size=1, max_size=MAX_CLAIMS_PER_SALE))
+    return stocks, requests
+
+
 class StressScenarios:
-    """Mixed into a TransactionTestCase (real commits, no wrapping test
-    transaction); one stress class runs at a time.
+    """Mixed into Hypothesis' TransactionTestCase (real commits, no wrapping
+    test transaction, the database emptied after each generated sale); one
+    stress class runs at a time.
 
     Subclasses say how a crowd claims: `claim_all` fires (user_id,
     coupon_name) claims at once and returns each caller's outcome
-    ("claimed", "already_claimed" or "out_of_stock"); `read_detail` returns
-    the coupon as GET /api/coupons/{name} shows it.
+    ("claimed", "already_claimed", "out_of_stock" or "not_found");
+    `read_detail` returns the coupon as GET /api/coupons/{name} shows it.
     """
 
     @classmethod
@@ -79,21 +106,49 @@ class StressScenarios:
     def read_detail(self, name):
         raise NotImplementedError
 
+    def assert_every_invariant(self, stocks, requests, outcomes):
+        """What any sale must end with, whoever won the races.
+
+        `stocks` maps each coupon that exists to its amount; `requests` are
+        the (user_id, coupon_name) claims that were fired and `outcomes` what
+        each caller was told. Checked against the rows and the API's detail.
+        """
+        for (_, coupon_name), outcome in zip(requests, outcomes, strict=True):
+            if coupon_name not in stocks:
+                self.assertEqual(outcome, "not_found")
+        for name, stock in stocks.items():
+            attempts = [
+                (user, outcome) for (user, coupon), outcome in zip(requests, outcomes, strict=True) if coupon == name
+            ]
+            winners = sorted(user for user, outcome in attempts if outcome == "claimed")
+            claimers = {user for user, _ in attempts}
+            self.assertEqual(len(winners), min(stock, len(claimers)), f"{name}: successes = min(stock, claimers)")
+            self.assertEqual(len(set(winners)), len(winners), f"{name}: no user claims twice")
+            for user in claimers:
+                told = sorted(outcome for someone, outcome in attempts if someone == user)
+                # A winner's other attempts hear "already claimed"; anyone else was too late.
+                if user in winners:
+                    expected = sorted(["claimed"] + ["already_claimed"] * (len(told) - 1))
+                else:
+                    expected = ["out_of_stock"] * len(told)
+                self.assertEqual(told, expected, f"{name}: what {user} was told")
+
+            coupon = Coupon.objects.get(name=name)
+            rows = sorted(Claim.objects.filter(coupon=coupon).values_list("user_id", flat=True))
+            self.assertEqual(rows, winners, f"{name}: every success has its row and every row had a success")
+            self.assertEqual(coupon.remaining_amount, stock - len(rows), f"{name}: remaining = amount - claims")
+            detail = self.read_detail(name)
+            self.assertEqual(detail["remaining_amount"], coupon.remaining_amount)
+            self.assertEqual(sorted(detail["claimed_by"]), winners)
+
     def assert_sale(self, name, *, requests, expected_counts):
-        """Fire the claims; callers' outcomes, the rows and the detail must all agree."""
+        """Fire the claims on one fresh coupon; callers' outcomes, the rows and the detail must all agree."""
         outcomes = self.claim_all(requests)
 
         counts = {outcome: outcomes.count(outcome) for outcome in set(outcomes)}
         self.assertEqual(counts, expected_counts)
-        winners = sorted(user for (user, _), outcome in zip(requests, outcomes, strict=True) if outcome == "claimed")
-        coupon = Coupon.objects.get(name=name)
-        rows = sorted(Claim.objects.filter(coupon=coupon).values_list("user_id", flat=True))
-        self.assertEqual(rows, winners, "every success has its row and every row had a success")
-        self.assertEqual(coupon.remaining_amount, coupon.amount - len(rows))
-        detail = self.read_detail(name)
-        self.assertEqual(detail["remaining_amount"], coupon.remaining_amount)
-        self.assertEqual(sorted(detail["claimed_by"]), winners)
-        return detail
+        self.assert_every_invariant({name: Coupon.objects.get(name=name).amount}, requests, outcomes)
+        return self.read_detail(name)
 
     def test_flash_sale_fifty_users_race_for_five(self):
         for round_number in range(REPETITIONS):
@@ -125,3 +180,20 @@ class StressScenarios:
                 )
 
                 self.assertEqual((detail["remaining_amount"], detail["claimed_by"]), (99, [user]))
+
+    # The same property, run by each subclass's way of claiming: an example
+    # saved by one is rightly replayed by the others (differing executors).
+    @settings(
+        max_examples=SALES_PER_RUN,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors],
+    )
+    @given(sale=sales())
+    def test_generated_sales_keep_every_invariant(self, sale):
+        stocks, requests = sale
+        for name, stock in stocks.items():
+            create_coupon(name=name, amount=stock)
+
+        outcomes = self.claim_all(requests)
+
+        self.assert_every_invariant(stocks, requests, outcomes)

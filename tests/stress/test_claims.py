@@ -6,9 +6,9 @@ BEGIN IMMEDIATE write lock does. Either way: never oversold, never twice.
 
 from dataclasses import asdict
 
-from django.test import TransactionTestCase
+from hypothesis.extra.django import TransactionTestCase
 
-from coupons.exceptions import AlreadyClaimed, OutOfStock
+from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon
 from tests.stress.base import StressScenarios, run_simultaneously
@@ -21,6 +21,8 @@ def attempt_claim(user_id, coupon_name):
         return "already_claimed"
     except OutOfStock:
         return "out_of_stock"
+    except CouponNotFound:
+        return "not_found"
     return "claimed"
 
 

@@ -9,12 +9,12 @@ import json
 from urllib.parse import quote, urlsplit
 
 from django.core.servers.basehttp import ThreadedWSGIServer
-from django.test import LiveServerTestCase
 from django.test.testcases import LiveServerThread
+from hypothesis.extra.django import LiveServerTestCase
 
 from tests.stress.base import StressScenarios, run_simultaneously
 
-STATUS_OUTCOMES = {201: "claimed", 409: "already_claimed", 400: "out_of_stock"}
+STATUS_OUTCOMES = {201: "claimed", 409: "already_claimed", 400: "out_of_stock", 404: "not_found"}
 
 
 class RoomyThreadedWSGIServer(ThreadedWSGIServer):

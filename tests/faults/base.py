@@ -1,0 +1,56 @@
+"""What the fault tests share: a private cluster with the schema, and ways to look at it."""
+
+import logging
+
+from django.test import SimpleTestCase
+
+from tests.faults.cluster import PrivateCluster
+from tests.helpers import manage
+
+logger = logging.getLogger("tests.faults")
+
+
+class FaultTestCase(SimpleTestCase):
+    """Tests against the service in gunicorn on a private cluster of their own.
+
+    The test process never touches the shared test database: it reads the
+    private cluster directly with psycopg. `cluster_settings` are the
+    cluster's server settings.
+    """
+
+    cluster_settings = {}
+
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.cluster = cls.enterClassContext(PrivateCluster(**cls.cluster_settings))
+        result = manage("migrate", "--noinput", DATABASE_URL=cls.cluster.url)
+        if result.returncode != 0:
+            raise RuntimeError(f"migrate failed on the private cluster:\n{result.stderr}")
+
+    def claimers(self, coupon_name):
+        """The users holding a claim on the coupon, read straight from the database."""
+        with self.cluster.connect() as connection:
+            rows = connection.execute(
+                "SELECT claim.user_id FROM coupons_claim claim"
+                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id WHERE coupon.name = %s",
+                [coupon_name],
+            ).fetchall()
+        return sorted(user_id for (user_id,) in rows)
+
+    def remaining(self, coupon_name):
+        with self.cluster.connect() as connection:
+            return connection.execute(
+                "SELECT remaining_amount FROM coupons_coupon WHERE name = %s", [coupon_name]
+            ).fetchone()[0]
+
+    def assert_unavailable(self, reply):
+        """A clean 503: JSON with an "error" (the API's {"error"}, /health's {"status", "error"}), and Retry-After."""
+        self.assertEqual(reply.status, 503, reply)
+        self.assertTrue(reply.is_json, reply)
+        self.assertIsInstance(reply.body["error"], str)
+        self.assertIn("retry-after", reply.headers)
+
+    def create_coupon(self, service, name, amount):
+        reply = service.request("POST", "/api/coupons", {"name": name, "amount": amount})
+        self.assertEqual(reply.status, 201, reply)

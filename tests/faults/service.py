@@ -1,0 +1,122 @@
+"""The service as deployed — gunicorn with gunicorn.conf.py — in a process group of its own."""
+
+import http.client
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+from tests.faults.cluster import children
+from tests.helpers import ROOT, free_port
+
+# Only these reach the service from the tests' environment: every setting
+# comes from the test itself, never from whoever runs it.
+INHERITED_VARIABLES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"}
+BOOT_TIMEOUT_SECONDS = 60
+
+
+@dataclass
+class Reply:
+    """One HTTP exchange: `status` is None when no answer came at all (`error` says why)."""
+
+    status: int | None
+    seconds: float
+    headers: dict = field(default_factory=dict)
+    body: object = None
+    error: str | None = None
+
+    @property
+    def is_json(self):
+        return self.headers.get("content-type") == "application/json"
+
+
+class Service:
+    """gunicorn serving couponsite.wsgi on a free port, configured by `environment` only."""
+
+    def __init__(self, database_url, **environment):
+        self.environment = {
+            **{name: value for name, value in os.environ.items() if name in INHERITED_VARIABLES},
+            "DJANGO_SETTINGS_MODULE": "couponsite.settings",
+            "DATABASE_URL": database_url,
+            "DEBUG": "0",
+            "SECRET_KEY": secrets.token_urlsafe(50),
+            "WEB_CONCURRENCY": "3",
+            "LOG_LEVEL": "WARNING",
+            **environment,
+        }
+        self.process = None
+
+    def __enter__(self):
+        self.port = free_port()
+        self.environment["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
+        self.log = tempfile.TemporaryFile(mode="w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+            cwd=ROOT,
+            env=self.environment,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_until_serving()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_until_serving(self):
+        deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
+        while self.request("GET", "/health", timeout=5).status is None:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"gunicorn did not start:\n{self.output()}")
+            time.sleep(0.2)
+
+    def __exit__(self, *exc_info):
+        if self.process is None:
+            return
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except ProcessLookupError:
+            pass
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self.process = None
+
+    def output(self):
+        """What gunicorn and the application logged so far."""
+        self.log.seek(0)
+        return self.log.read()
+
+    @property
+    def master_pid(self):
+        return self.process.pid
+
+    def workers(self):
+        return set(children(self.process.pid))
+
+    def request(self, method, path, body=None, timeout=30):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        started = time.monotonic()
+        try:
+            headers = {"Content-Type": "application/json"} if body is not None else {}
+            connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+            response = connection.getresponse()
+            raw = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            return Reply(None, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}")
+        finally:
+            connection.close()
+        reply = Reply(response.status, time.monotonic() - started, {k.lower(): v for k, v in response.getheaders()})
+        reply.body = json.loads(raw) if reply.is_json else raw.decode(errors="replace")
+        return reply
+
+    def claim(self, user_id, coupon_name, timeout=30):
+        return self.request("POST", "/api/coupons/claim", {"user_id": user_id, "coupon_name": coupon_name}, timeout)

@@ -1,0 +1,82 @@
+"""A claim whose commit succeeded but whose answer was lost is safe to retry.
+
+Lost between the database and the service (the database commits, the
+service's connection dies before the answer arrives: the service answers 503)
+or between the service and the client (the client hangs up before reading
+its 201): either way the retry gets 409, never a second unit.
+"""
+
+import json
+import socket
+import time
+
+from tests.faults.base import FaultTestCase, logger
+from tests.faults.proxy import CommitAnswerThief
+from tests.faults.service import Service
+
+ROUNDS = 5
+WAIT_SECONDS = 30
+
+
+class LostAnswerTests(FaultTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.thief = cls.enterClassContext(CommitAnswerThief(cls.cluster.port))
+        # No encryption negotiation: the proxy reads the plain protocol.
+        url = f"postgres://postgres@127.0.0.1:{cls.thief.port}/coupons?sslmode=disable&gssencmode=disable"
+        cls.service = cls.enterClassContext(Service(url))
+
+    def assert_one_claim_each(self, name, users, stock):
+        self.assertEqual(self.claimers(name), sorted(users))
+        self.assertEqual(self.remaining(name), stock - len(users))
+
+    def test_the_database_commits_but_the_service_never_hears_back(self):
+        name = "LOST COMMIT ANSWER"
+        self.create_coupon(self.service, name, 2 * ROUNDS)
+        users = []
+        for round_number in range(ROUNDS):
+            with self.subTest(round=round_number):
+                user = f"user_{round_number}"
+                lost_before = self.thief.answers_lost
+                self.thief.lose_next_commit_answer()
+
+                reply = self.service.claim(user, name)
+
+                self.assertEqual(self.thief.answers_lost, lost_before + 1, "the COMMIT's answer was lost")
+                self.assert_unavailable(reply)  # the service cannot know: it says "retry"
+                users.append(user)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)  # yet the claim is committed
+
+                retry = self.service.claim(user, name)
+
+                self.assertEqual(retry.status, 409, retry)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)
+        self.assertEqual(self.service.claim("someone_else", name).status, 201)
+        logger.info("commit answers lost between the database and the service: %d", self.thief.answers_lost)
+
+    def test_the_client_hangs_up_before_reading_its_answer(self):
+        name = "LOST HTTP ANSWER"
+        self.create_coupon(self.service, name, 2 * ROUNDS)
+        users = []
+        for round_number in range(ROUNDS):
+            with self.subTest(round=round_number):
+                user = f"user_{round_number}"
+                body = json.dumps({"user_id": user, "coupon_name": name}).encode()
+                with socket.create_connection(("127.0.0.1", self.service.port)) as client:
+                    client.sendall(
+                        b"POST /api/coupons/claim HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                        b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+                    )
+                # Hung up unanswered; the service carries on and commits.
+                deadline = time.monotonic() + WAIT_SECONDS
+                while user not in self.claimers(name) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                users.append(user)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)
+
+                retry = self.service.claim(user, name)
+
+                self.assertEqual(retry.status, 409, retry)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)
+        logger.info("HTTP answers abandoned by the client: %d", ROUNDS)

@@ -1,0 +1,53 @@
+"""Helpers shared by the test modules."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def manage(*args, **environment):
+    """Run manage.py in a fresh process on the project's own settings, with DEBUG and SECRET_KEY unset.
+
+    `environment` adds variables; a value of None removes one.
+    """
+    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
+    env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
+    env = {key: value for key, value in env.items() if value is not None}
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+class JsonApiAssertions:
+    """For Django test cases: send JSON to the API with the test client and check JSON errors."""
+
+    def post_json(self, path, body, **extra):
+        return self.post_raw(path, json.dumps(body).encode(), **extra)
+
+    def post_raw(self, path, data, content_type="application/json", **extra):
+        return self.client.post(path, data=data, content_type=content_type, **extra)
+
+    def assert_error(self, response, status_code):
+        self.assertEqual(response.status_code, status_code, response.content)
+        self.assertEqual(response["Content-Type"], "application/json")
+        body = response.json()
+        self.assertEqual(list(body), ["error"])
+        self.assertIsInstance(body["error"], str)
+        self.assertTrue(body["error"])
+        return body["error"]
+
+    def get_coupon(self, name):
+        return self.client.get("/api/coupons/" + quote(name, safe=""))

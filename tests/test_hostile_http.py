@@ -1,0 +1,71 @@
+"""Hostile HTTP against the real server: gunicorn with gunicorn.conf.py and production settings.
+
+What gunicorn refuses before Django sees it, and what Django refuses before
+the database is needed, are both JSON. The service runs with a database
+that is not there: none of these requests may need it.
+"""
+
+import http.client
+import json
+import socket
+
+from django.test import SimpleTestCase
+
+from tests.faults.service import Service
+from tests.helpers import free_port
+
+
+def exchange(port, raw):
+    """Send raw bytes; return (status, headers, body) of the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(raw)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        return response.status, {name.lower(): value for name, value in response.getheaders()}, response.read()
+
+
+def request(method, path, headers=(), body=b""):
+    lines = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *headers]
+    if body:
+        lines += ["Content-Type: application/json", f"Content-Length: {len(body)}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+class HostileHttpTests(SimpleTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        cls.service = cls.enterClassContext(Service(f"postgres://postgres@127.0.0.1:{free_port()}/nowhere"))
+
+    def assert_json_error(self, raw, status):
+        answer_status, headers, body = exchange(self.service.port, raw)
+        self.assertEqual(answer_status, status, body)
+        self.assertEqual(headers["content-type"], "application/json")
+        self.assertEqual(list(json.loads(body)), ["error"])
+        self.assertNotIn(b"Traceback", body)
+
+    def test_requests_gunicorn_refuses_get_a_json_4xx(self):
+        cases = {
+            "request line over 4094 bytes": (request("GET", "/api/coupons/" + "x" * 5000), 414),
+            "more than 100 headers": (request("GET", "/health", [f"X-Header-{i}: 1" for i in range(101)]), 431),
+            "header over 8190 bytes": (request("GET", "/health", ["X-Big: " + "x" * 9000]), 431),
+            "not HTTP at all": (b"HELLO THERE\r\n\r\n", 400),
+            "bad Content-Length": (request("POST", "/api/coupons", ["Content-Length: lots"]), 400),
+        }
+        for label, (raw, status) in cases.items():
+            with self.subTest(label):
+                self.assert_json_error(raw, status)
+
+    def test_a_declared_oversized_body_is_refused_without_reading_it(self):
+        raw = request("POST", "/api/coupons/claim", ["Content-Type: application/json", "Content-Length: 100000000"])
+        self.assert_json_error(raw, 413)
+
+    def test_a_chunked_body_is_a_json_411(self):
+        body = json.dumps({"user_id": "u", "coupon_name": "PROMO"}).encode()
+        chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+        raw = request("POST", "/api/coupons/claim", ["Content-Type: application/json", "Transfer-Encoding: chunked"])
+        self.assert_json_error(raw + chunked, 411)
+
+    def test_without_a_database_the_api_answers_a_json_503(self):
+        raw = request("POST", "/api/coupons/claim", body=json.dumps({"user_id": "u", "coupon_name": "P"}).encode())
+        self.assert_json_error(raw, 503)
