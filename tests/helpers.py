@@ -21,9 +21,12 @@ def free_port():
 def manage(*args, **environment):
     """Run manage.py in a fresh process on the project's own settings, with DEBUG and SECRET_KEY unset.
 
-    `environment` adds variables; a value of None removes one.
+    `environment` adds variables; a value of None removes one. The browser
+    tests' DJANGO_ALLOW_ASYNC_UNSAFE (set for their whole pytest worker)
+    never reaches the subprocess: deployments do not set it.
     """
-    env = {key: value for key, value in os.environ.items() if key not in {"DEBUG", "SECRET_KEY"}}
+    unset = {"DEBUG", "SECRET_KEY", "DJANGO_ALLOW_ASYNC_UNSAFE"}
+    env = {key: value for key, value in os.environ.items() if key not in unset}
     env.update(environment, DJANGO_SETTINGS_MODULE="couponsite.settings")
     env = {key: value for key, value in env.items() if value is not None}
     return subprocess.run(
