@@ -5,16 +5,8 @@ one test are served by many worker processes in turn: /metrics must still
 add them all up, and every line they log must be JSON.
 """
 
-import http.client
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
-import tempfile
-import time
-from contextlib import contextmanager
 from pathlib import Path
 from urllib.parse import quote
 
@@ -23,10 +15,7 @@ from django.test import TransactionTestCase
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.services import create_coupon
-from tests.helpers import free_port
-
-ROOT = Path(__file__).resolve().parent.parent
-START_TIMEOUT_SECONDS = 60
+from tests.faults.service import Service
 
 
 def subprocess_database_url():
@@ -40,53 +29,6 @@ def subprocess_database_url():
     return f"postgres://{credentials}@{database['HOST'] or 'localhost'}:{database['PORT'] or 5432}/{database['NAME']}"
 
 
-def request(port, method, path, body=None):
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
-        connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-        response = connection.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        connection.close()
-
-
-@contextmanager
-def gunicorn(*, workers, max_requests, log_path):
-    """Serve the project with gunicorn.conf.py, output to `log_path`; yields the port, stops the server on exit."""
-    port = free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if key not in {"DEBUG", "LOG_FORMAT", "PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE"}
-    }
-    env.update(
-        DATABASE_URL=subprocess_database_url(), DATABASE_CONN_MAX_AGE="0", DJANGO_SETTINGS_MODULE="couponsite.settings"
-    )
-    command = [
-        *(sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "--bind", f"127.0.0.1:{port}"),
-        *("--workers", str(workers), "--max-requests", str(max_requests), "--max-requests-jitter", "0"),
-        *("--no-control-socket", "couponsite.wsgi"),
-    ]
-    with open(log_path, "w") as log:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            deadline = time.monotonic() + START_TIMEOUT_SECONDS
-            while True:
-                try:
-                    if request(port, "GET", "/health")[0] == 200:
-                        break
-                except OSError:
-                    pass
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError("gunicorn did not start:\n" + log_path.read_text())
-                time.sleep(0.2)
-            yield port
-        finally:
-            server.send_signal(signal.SIGTERM)
-            server.wait(timeout=60)
-
-
 class GunicornTests(TransactionTestCase):
     def test_metrics_and_logs_add_up_across_recycled_workers(self):
         create_coupon(name="GUNICORN", amount=3)
@@ -98,15 +40,22 @@ class GunicornTests(TransactionTestCase):
             ({"user_id": "", "coupon_name": "GUNICORN"}, 400, "invalid"),
         ]
 
-        log_path = Path(self.enterContext(tempfile.TemporaryDirectory())) / "gunicorn.log"
-        with gunicorn(workers=2, max_requests=2, log_path=log_path) as port:
+        service = Service(
+            subprocess_database_url(),
+            WEB_CONCURRENCY="2",
+            GUNICORN_CMD_ARGS="--max-requests 2 --max-requests-jitter 0",
+            DATABASE_CONN_MAX_AGE="0",
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+        )
+        with service:
             for body, status, _ in claims:
-                self.assertEqual(request(port, "POST", "/api/coupons/claim", body)[0], status, body)
-            status, metrics = request(port, "GET", "/metrics")
-        lines = [json.loads(line) for line in log_path.read_text().splitlines()]  # every line is JSON
+                self.assertEqual(service.request("POST", "/api/coupons/claim", body).status, status, body)
+            metrics = service.request("GET", "/metrics")
+        lines = [json.loads(line) for line in service.output().splitlines()]  # every line is JSON
 
-        self.assertEqual(status, 200)
-        samples = [sample for family in text_string_to_metric_families(metrics) for sample in family.samples]
+        self.assertEqual(metrics.status, 200)
+        samples = [sample for family in text_string_to_metric_families(metrics.body) for sample in family.samples]
         outcomes = {s.labels["outcome"]: s.value for s in samples if s.name == "coupon_claims_total" and s.value}
         self.assertEqual(
             outcomes, {"success": 3, "out_of_stock": 2, "already_claimed": 1, "not_found": 1, "invalid": 1}
