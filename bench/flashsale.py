@@ -24,7 +24,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,11 @@ from urllib.parse import urlsplit
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.faults.cluster import PrivateCluster  # noqa: E402
+from tests.helpers import free_port  # noqa: E402
+
 LUA_SCRIPT = ROOT / "bench" / "claim.lua"
 RESULTS_DIR = ROOT / "bench" / "results"
 HUGE_STOCK = 2**31 - 1
@@ -46,28 +50,6 @@ OVERLOAD_CONNECTIONS = 512
 
 
 # Database ----------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def private_cluster():
-    """A throwaway PostgreSQL cluster with default settings (fsync on), on a free port."""
-    bindir = Path(subprocess.check_output(["pg_config", "--bindir"], text=True).strip())
-    workdir = Path(tempfile.mkdtemp(prefix="flashsale-bench-"))
-    data = workdir / "data"
-    port = free_port()
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    if as_postgres:
-        shutil.chown(workdir, "postgres")  # initdb refuses to run as root
-    try:
-        run([*as_postgres, bindir / "initdb", "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"])
-        options = f"-p {port} -k {workdir} -c listen_addresses=127.0.0.1"
-        run([*as_postgres, bindir / "pg_ctl", "-D", data, "-o", options, "-l", workdir / "log", "-w", "start"])
-        try:
-            yield f"postgres://postgres@127.0.0.1:{port}/postgres"
-        finally:
-            run([*as_postgres, bindir / "pg_ctl", "-D", data, "-m", "fast", "-w", "stop"])
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def database_processes(url):
@@ -512,16 +494,6 @@ def write_results(summary, ratio_rows, all_runs, options, context):
 # Main --------------------------------------------------------------------------
 
 
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run(command):
-    subprocess.run([str(part) for part in command], check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (medians are reported)")
@@ -534,13 +506,15 @@ def main():
 
     with contextlib.ExitStack() as stack:
         private = not os.environ.get("DATABASE_URL")
-        database_url = stack.enter_context(private_cluster()) if private else os.environ["DATABASE_URL"]
+        # The fault tests' throwaway cluster, with PostgreSQL's default
+        # connection limit: pgbench runs 64 clients beside the workers.
+        cluster = PrivateCluster(max_connections=100)
+        database_url = stack.enter_context(cluster).url if private else os.environ["DATABASE_URL"]
         if not database_url.startswith("postgres"):
             raise SystemExit("the benchmark needs PostgreSQL: unset DATABASE_URL to get a private cluster")
         env = {**os.environ, "DATABASE_URL": database_url, "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50)}
         os.environ.update(env)
         os.environ["DJANGO_SETTINGS_MODULE"] = "couponsite.settings"
-        sys.path.insert(0, str(ROOT))
         import django
 
         django.setup()
