@@ -1,14 +1,25 @@
 """gunicorn settings, shared by `make run`, the Dockerfile and docker-compose.
 
-Sync workers: a claim spends its time waiting on the database (the row lock
-and the commit), and each worker holds one persistent connection, so the
-number of workers is the number of claims in flight. Environment overrides:
-GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS, GUNICORN_TIMEOUT,
-GUNICORN_ACCESS_LOG, PROMETHEUS_MULTIPROC_DIR.
+Threaded workers (gthread), one per core, 16 threads each. Claims of one
+coupon are granted in groups, one transaction per group and process
+(coupons/claim_groups.py): while one group holds the coupon row lock, the
+claims arriving in the same process wait and then go together. That needs
+many requests in flight per process, which sync workers (one request each)
+cannot give: each would pay its own lock, round trips and commit. One
+process per core keeps every core busy and the groups large (fewer, bigger
+groups meet at the row lock); 16 threads per process let a 64-connection
+burst queue inside the processes rather than in the listen backlog. Each
+thread keeps its own persistent database connection, so the service opens
+up to workers x threads connections (32 on 2 cores): size PostgreSQL's
+max_connections (or PgBouncer) for it. The benchmark (README, Performance)
+compares this with sync workers and other shapes.
 
-Sync workers give each request a whole worker while its bytes arrive, so a
-client that sends very slowly ties one up until `timeout`: in front of the
-internet, put a buffering proxy (nginx, a load balancer) before gunicorn.
+Environment overrides: GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS,
+GUNICORN_TIMEOUT, GUNICORN_ACCESS_LOG, PROMETHEUS_MULTIPROC_DIR.
+
+A thread is held while a request's bytes arrive, so a client that sends very
+slowly ties one up until `timeout`: in front of the internet, put a
+buffering proxy (HAProxy, nginx) before gunicorn.
 """
 
 import json
@@ -37,11 +48,9 @@ from couponsite.settings import LOG_FORMAT
 
 # An empty variable counts as unset, as in the Django settings.
 bind = os.environ.get("GUNICORN_BIND") or "127.0.0.1:8000"
-workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count() * 2 + 1)
-worker_class = "sync"
-# More than one thread turns each worker into a threaded (gthread) worker;
-# pair it with DATABASE_POOL_MAX_SIZE so that threads share a few connections.
-threads = int(os.environ.get("GUNICORN_THREADS") or 1)
+workers = int(os.environ.get("WEB_CONCURRENCY") or multiprocessing.cpu_count())
+worker_class = "gthread"
+threads = int(os.environ.get("GUNICORN_THREADS") or 16)
 # Connections wait here while every worker is busy; a flash sale queues.
 backlog = 2048
 # A worker stuck longer than this is killed and replaced. It is above the

@@ -79,10 +79,6 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
     return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed))
 
 
-def has_claimed(*, coupon_id: int, user_id: str) -> bool:
-    return Claim.objects.filter(coupon_id=coupon_id, user_id=user_id).exists()
-
-
 def coupon_claims(*, coupon_id: int):
     """The coupon's claims, newest first, as rows of user id and claim time (to be sliced into pages)."""
     return Claim.objects.filter(coupon_id=coupon_id).order_by("-id").values("user_id", "created_at")

@@ -1,11 +1,11 @@
 """Writes: every change to coupons and claims goes through these functions."""
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 
+from coupons.claim_groups import claim_groups
 from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
-from coupons.selectors import get_claim_eligibility, has_claimed
+from coupons.selectors import get_claim_eligibility
 
 
 def create_coupon(*, name: str, amount: int) -> Coupon:
@@ -28,52 +28,24 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     one lock-free read: a user who already holds the coupon (409, checked
     before stock, so that a repeat click after the sell-out still hears
     "already claimed") or an empty stock (400). The read sees committed
-    state, so the refusal is true of a moment within the request (a claim is
-    never undone; a restock after that moment is a later event), and it
-    needs no lock.
+    state, so the refusal is true of a moment within the request: a claim
+    shown was committed, and an empty stock was empty then (a restock is a
+    later event).
 
-    Then one transaction, which holds the coupon row lock for as little as
-    possible: the claim is inserted first (the unique (coupon, user_id)
-    index refuses a concurrent duplicate), then the row is locked with
-    `SELECT ... FOR NO KEY UPDATE` (which, unlike FOR UPDATE, does not block
-    other claims' foreign-key checks), the stock re-checked under the lock
-    and decremented with an F() expression, and the transaction committed.
-    Claims of one coupon thus pass the lock one at a time, each seeing the
-    previous one's result: stock is never oversold.
-
-    On SQLite `select_for_update()` does nothing; there the transaction
-    starts with BEGIN IMMEDIATE (settings: transaction_mode), taking the
-    database's write lock before the insert, which serialises claims just
-    the same.
+    The rest is granted under the coupon row lock, together with the other
+    claims of the coupon waiting in this process (coupons/claim_groups.py):
+    `select_for_update()`, the holders and the stock re-checked, the winners
+    inserted, an F() decrement, one commit. Claims of one coupon pass the
+    lock one group at a time, each seeing the previous one's result: stock
+    is never oversold, and the unique (coupon, user_id) index backs the
+    one-claim-per-user rule in the database itself.
     """
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
         raise AlreadyClaimed()
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
-    coupon_id = eligibility.coupon_id
-    try:
-        with transaction.atomic():
-            claim = Claim.objects.create(coupon_id=coupon_id, user_id=user_id)
-            try:
-                remaining_amount = (
-                    Coupon.objects.select_for_update(no_key=True)
-                    .values_list("remaining_amount", flat=True)
-                    .get(pk=coupon_id)
-                )
-            except Coupon.DoesNotExist:
-                raise CouponNotFound() from None  # deleted since the read
-            if remaining_amount <= 0:
-                raise OutOfStock()  # sold out since the read: the insert is rolled back
-            Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - 1)
-    except IntegrityError as exc:
-        # A concurrent claim by the same user committed first. The error is
-        # caught outside atomic(): the transaction was rolled back as a
-        # whole (no savepoint needed), so nothing was claimed.
-        if has_claimed(coupon_id=coupon_id, user_id=user_id):
-            raise AlreadyClaimed() from exc
-        raise
-    return claim
+    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id)
 
 
 def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:

@@ -70,11 +70,14 @@ class GunicornTests(TransactionTestCase):
 
         # The requests were spread over many workers, one after the other.
         booted = [line for line in lines if line["event"].startswith("Booting worker")]
-        self.assertGreaterEqual(len(booted), 5)
-        claim_lines = [line for line in lines if line["event"] == "claim"]
+        self.assertGreaterEqual(len(booted), 4)  # the 2 first workers and at least 2 replacements
+        claim_lines = [line for line in lines if "claim" in line]
         self.assertEqual(
-            [(line["user_id"], line["coupon"], line["outcome"]) for line in claim_lines],
-            [(body["user_id"], body["coupon_name"], outcome) for body, _, outcome in claims],
+            [(line["event"], line["claim"]) for line in claim_lines],
+            [
+                ("request_finished", {"user_id": body["user_id"], "coupon": body["coupon_name"], "outcome": outcome})
+                for body, _, outcome in claims
+            ],
         )
         self.assertEqual(len({line["request_id"] for line in claim_lines}), len(claims))
 

@@ -105,7 +105,7 @@ class StaleReadTests(TransactionTestCase):
         with mock.patch.object(services, "get_claim_eligibility", return_value=stale):
             return claim_coupon(user_id=user_id, coupon_name="PROMO")
 
-    def test_duplicate_is_stopped_by_the_unique_constraint(self):
+    def test_duplicate_is_stopped_under_the_lock(self):
         stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
         claim_coupon(user_id="user_1", coupon_name="PROMO")
 
@@ -213,14 +213,15 @@ class ClaimStatementTests(TransactionTestCase):
                 claim_coupon(user_id=user_id, coupon_name="PROMO")
         return [query["sql"] for query in queries.captured_queries]
 
-    def test_success_locks_the_row_only_for_the_decrement(self):
+    def test_success_is_a_read_then_lock_insert_update_commit(self):
         create_coupon(name="PROMO", amount=5)
 
         sql = self.capture_claim("u1")
 
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
-        read, begin, insert, lock, update, commit = sql
+        read, begin, lock, insert, update, commit = sql
         self.assertNotIn("FOR", read)  # the eligibility read takes no lock
+        self.assertIn("LEFT OUTER JOIN", lock)  # the lock and the holders read are one statement
         self.assertTrue(insert.startswith("INSERT"))
         self.assertTrue(update.startswith("UPDATE"))
         self.assertEqual(commit, "COMMIT")
@@ -229,7 +230,7 @@ class ClaimStatementTests(TransactionTestCase):
             self.assertEqual(begin, "BEGIN IMMEDIATE")
         else:
             self.assertEqual(begin, "BEGIN")
-            self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
+            self.assertTrue(lock.endswith('FOR NO KEY UPDATE OF "coupons_coupon"'), lock)
 
     def test_refusals_are_one_read_without_a_transaction(self):
         create_coupon(name="PROMO", amount=1)

@@ -1,0 +1,164 @@
+"""Group claims: the concurrent claims of one coupon in one server process, granted in one transaction.
+
+In a flash sale every claim of a coupon needs that coupon's row lock, so
+claims of one coupon pass one at a time, and each pays for its own lock,
+round trips and commit (fsync). Here, while one claim transaction of a
+coupon is in flight in this process, further claims of that coupon wait;
+when it ends, all of them form the next group, led by the first to arrive,
+which grants them together: one `transaction.atomic()`, one
+`select_for_update()` of the coupon row, one read of which of them already
+hold the coupon, one INSERT of the winners, one `F("remaining_amount") - n`
+update, one commit. A claim that arrives while nothing is in flight leads a
+group of one at once: a quiet service adds no wait.
+
+Groups need several requests in flight in one process: gunicorn runs
+threaded workers (gunicorn.conf.py says why and how many). Groups of
+different processes, or of different coupons, run side by side and meet
+only at the coupon row lock, which serialises them as it serialises single
+claims.
+
+Each member gets its own answer, as if the claims had run one by one in
+arrival order: granted while stock lasts, AlreadyClaimed for a user who
+holds the coupon (committed earlier, or granted earlier in the same group),
+OutOfStock once the stock is gone, CouponNotFound if the coupon has been
+deleted meanwhile. If the transaction fails (the database is away, a lock
+or statement timeout), it is rolled back as a whole and every member gets
+that error: no claim of the group is half-done.
+"""
+
+import copy
+import threading
+
+from django.db import transaction
+from django.db.models import F, FilteredRelation, Q
+from prometheus_client import Histogram
+
+from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
+from coupons.models import Claim, Coupon
+
+group_sizes = Histogram(
+    "coupon_claim_group_size",
+    "Claims granted or refused together in one claim transaction.",
+    buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 256),
+)
+
+
+def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Exception]:
+    """Grant one unit each to `user_ids`, in order, in one transaction; per user, the new claim or the refusal.
+
+    The coupon row lock is taken first: every claim (and every change to a
+    coupon's stock) takes it before writing, so under it the holders read is
+    exact and no concurrent insert can collide with ours. On SQLite, where
+    select_for_update() does nothing, the transaction's BEGIN IMMEDIATE
+    takes the database's write lock instead (settings: transaction_mode).
+    """
+    with transaction.atomic():
+        # One statement locks the coupon row and reads which of these users
+        # already hold it (a LEFT JOIN on their claims: a row per holder, or
+        # one row of None). `of=("self",)`: only the coupon row is locked.
+        rows = list(
+            Coupon.objects.select_for_update(no_key=True, of=("self",))
+            .annotate(holder=FilteredRelation("claims", condition=Q(claims__user_id__in=set(user_ids))))
+            .filter(pk=coupon_id)
+            .order_by()
+            .values_list("remaining_amount", "holder__user_id")
+        )
+        if not rows:
+            return [CouponNotFound() for _ in user_ids]  # deleted since the eligibility read
+        remaining_amount = rows[0][0]
+        holders = {holder for _, holder in rows if holder is not None}
+        outcomes, winners = [], []
+        for user_id in user_ids:
+            if user_id in holders:
+                outcomes.append(AlreadyClaimed())
+            elif len(winners) < remaining_amount:
+                holders.add(user_id)
+                winners.append(Claim(coupon_id=coupon_id, user_id=user_id))
+                outcomes.append(winners[-1])
+            else:
+                outcomes.append(OutOfStock())
+        if winners:
+            Claim.objects.bulk_create(winners)  # one INSERT; fills in each claim's id
+            Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - len(winners))
+    return outcomes
+
+
+class _PendingClaim:
+    __slots__ = ("user_id", "answered", "outcome", "group")
+
+    def __init__(self, user_id):
+        self.user_id = user_id
+        self.answered = threading.Event()
+        self.outcome = None  # the new Claim, or the exception to raise
+        self.group = None  # set when this claim is promoted to lead the next group
+
+
+class ClaimGroups:
+    """Forms and runs the groups of one process. Thread-safe; one instance per process (`claim_groups`)."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        # Coupon id -> the claims waiting for the group in flight. A coupon
+        # is a key exactly while a group of it is in flight.
+        self._waiting: dict[int, list[_PendingClaim]] = {}
+
+    def claim(self, *, coupon_id: int, user_id: str) -> Claim:
+        """Claim one unit for `user_id`, with whatever other claims of the coupon are waiting; raise its refusal."""
+        pending = _PendingClaim(user_id)
+        with self._mutex:
+            waiting = self._waiting.get(coupon_id)
+            if waiting is None:
+                self._waiting[coupon_id] = []
+                pending.group = [pending]
+            else:
+                waiting.append(pending)
+        if pending.group is None:
+            pending.answered.wait()
+        if pending.group is not None:  # leading a group: at once, or promoted when the previous one ended
+            self._run(coupon_id, pending.group)
+        if isinstance(pending.outcome, BaseException):
+            raise pending.outcome
+        return pending.outcome
+
+    def in_flight(self, coupon_id: int) -> bool:
+        """Whether a group of this coupon is running in this process."""
+        return coupon_id in self._waiting
+
+    def queued(self, coupon_id: int) -> int:
+        """How many claims of this coupon wait for the group in flight."""
+        return len(self._waiting.get(coupon_id, ()))
+
+    def _run(self, coupon_id, group):
+        try:
+            outcomes = grant_claims(coupon_id=coupon_id, user_ids=[claim.user_id for claim in group])
+        except BaseException as exc:  # even a worker's timeout: no member may be left waiting
+            # Rolled back: every member hears the failure (each its own copy, raised from the original).
+            outcomes = [exc, *(_copy_of(exc) for _ in group[1:])]
+        next_group = self._next_group(coupon_id)
+        group_sizes.observe(len(group))
+        for claim, outcome in zip(group, outcomes, strict=True):
+            claim.outcome = outcome
+            claim.group = None
+        for claim in group[1:]:  # group[0] is this thread
+            claim.answered.set()
+        if next_group:
+            next_group[0].answered.set()
+
+    def _next_group(self, coupon_id):
+        """The claims that arrived while this group ran, led by the first of them; none: the coupon is idle."""
+        with self._mutex:
+            next_group = self._waiting.pop(coupon_id)
+            if next_group:
+                self._waiting[coupon_id] = []
+                next_group[0].group = next_group
+        return next_group
+
+
+def _copy_of(exc):
+    duplicate = copy.copy(exc)
+    duplicate.__cause__ = exc
+    return duplicate
+
+
+# The process's groups (gunicorn forks its workers before any request: each has its own).
+claim_groups = ClaimGroups()
