@@ -30,7 +30,7 @@ import copy
 import threading
 
 from django.db import transaction
-from django.db.models import F, FilteredRelation, Q
+from django.db.models import F
 from prometheus_client import Histogram
 
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
@@ -53,20 +53,23 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
     takes the database's write lock instead (settings: transaction_mode).
     """
     with transaction.atomic():
-        # One statement locks the coupon row and reads which of these users
-        # already hold it (a LEFT JOIN on their claims: a row per holder, or
-        # one row of None). `of=("self",)`: only the coupon row is locked.
-        rows = list(
-            Coupon.objects.select_for_update(no_key=True, of=("self",))
-            .annotate(holder=FilteredRelation("claims", condition=Q(claims__user_id__in=set(user_ids))))
-            .filter(pk=coupon_id)
-            .order_by()
-            .values_list("remaining_amount", "holder__user_id")
-        )
-        if not rows:
+        try:
+            remaining_amount = (
+                Coupon.objects.select_for_update(no_key=True)
+                .values_list("remaining_amount", flat=True)
+                .get(pk=coupon_id)
+            )
+        except Coupon.DoesNotExist:
             return [CouponNotFound() for _ in user_ids]  # deleted since the eligibility read
-        remaining_amount = rows[0][0]
-        holders = {holder for _, holder in rows if holder is not None}
+        # A statement of its own, after the lock: its snapshot includes the
+        # claims committed by whoever held the lock before. (Joined into the
+        # locking statement, the claims would be read from the snapshot taken
+        # before the wait, and a holder who committed meanwhile be missed.)
+        holders = set(
+            Claim.objects.filter(coupon_id=coupon_id, user_id__in=set(user_ids))
+            .order_by()
+            .values_list("user_id", flat=True)
+        )
         outcomes, winners = [], []
         for user_id in user_ids:
             if user_id in holders:

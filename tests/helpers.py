@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+from django.db import connection
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -54,3 +56,14 @@ class JsonApiAssertions:
 
     def get_coupon(self, name):
         return self.client.get("/api/coupons/" + quote(name, safe=""))
+
+
+def subprocess_database_url():
+    """The test database as a DATABASE_URL, for a server in another process."""
+    database = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{database['NAME']}"
+    credentials = quote(database["USER"] or "", safe="")
+    if database["PASSWORD"]:
+        credentials += ":" + quote(database["PASSWORD"], safe="")
+    return f"postgres://{credentials}@{database['HOST'] or 'localhost'}:{database['PORT'] or 5432}/{database['NAME']}"

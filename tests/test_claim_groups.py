@@ -7,6 +7,7 @@ import time
 from django.db import DatabaseError, connection, connections
 from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 from prometheus_client import REGISTRY
 
 from coupons.claim_groups import claim_groups, grant_claims
@@ -63,10 +64,10 @@ class GrantClaimsTests(TestCase):
 
         # Inside the test's transaction atomic() is a savepoint; in a request it is BEGIN ... COMMIT.
         statements = [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
-        lock, insert, update = statements
-        self.assertIn("LEFT OUTER JOIN", lock)  # the row lock and the holders read in one statement
+        lock, holders, insert, update = statements
         if connection.vendor == "postgresql":
-            self.assertTrue(lock.endswith('FOR NO KEY UPDATE OF "coupons_coupon"'), lock)
+            self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
+        self.assertIn('"coupons_claim"."user_id" IN', holders)
         self.assertTrue(insert.startswith("INSERT"))
         self.assertIn('"remaining_amount" - 3', update)
 
@@ -76,7 +77,18 @@ class GrantClaimsTests(TestCase):
         with CaptureQueriesContext(connection) as queries:
             self.assertEqual(self.grant("ann", "dan"), ["AlreadyClaimed", "OutOfStock"])
 
-        self.assertEqual([q["sql"][:6] for q in queries if "SAVEPOINT" not in q["sql"]], ["SELECT"])
+        self.assertEqual([q["sql"][:6] for q in queries if "SAVEPOINT" not in q["sql"]], ["SELECT", "SELECT"])
+
+
+class LockHolder:
+    """The other connection's side of `coupon_locked_elsewhere`: statements in its transaction, and how it ends."""
+
+    def __init__(self, cursor):
+        self.cursor = cursor
+        self.commit = False  # set to commit what was executed; else rolled back
+
+    def execute(self, sql, params=()):
+        self.cursor.execute(sql, params)
 
 
 @contextlib.contextmanager
@@ -90,8 +102,9 @@ def coupon_locked_elsewhere(coupon):
             else:
                 cursor.execute("BEGIN")
                 cursor.execute("SELECT 1 FROM coupons_coupon WHERE id = %s FOR UPDATE", [coupon.pk])
-            yield
-            cursor.execute("ROLLBACK")
+            holder = LockHolder(cursor)
+            yield holder
+            cursor.execute("COMMIT" if holder.commit else "ROLLBACK")
     finally:
         other.close()
 
@@ -182,6 +195,38 @@ class ClaimGroupsTests(TransactionTestCase):
         self.assertEqual(list(Claim.objects.values_list("user_id", flat=True)), ["lead"])
         # A retry is a fresh chance.
         self.assertEqual(claim_coupon(user_id="ann", coupon_name="PROMO").user_id, "ann")
+
+    def test_a_holder_committed_while_the_group_waited_for_the_lock_is_seen(self):
+        # The lock holder claims for "ann" and commits while ann's group waits
+        # for the lock: the group must see that claim (409), not insert a
+        # second one (which the unique index would turn into an error).
+        with coupon_locked_elsewhere(self.coupon) as locked:
+            self.start_claim("waiting", "ann")
+            wait_until(lambda: self.lock_waiters() == 1, "ann's group waits for the row lock")
+            locked.execute(
+                "INSERT INTO coupons_claim (coupon_id, user_id, created_at) VALUES (%s, 'ann', %s)",
+                [self.coupon.pk, timezone.now()],
+            )
+            locked.execute(
+                "UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = %s", [self.coupon.pk]
+            )
+            locked.commit = True
+        self.threads[0].join(WAIT_SECONDS)
+
+        self.assertEqual(self.answers["waiting"], AlreadyClaimed)
+        self.coupon.refresh_from_db()
+        self.assertEqual(self.coupon.remaining_amount, 2)
+        self.assertEqual(list(Claim.objects.values_list("user_id", flat=True)), ["ann"])
+
+    def lock_waiters(self):
+        """Backends waiting for a lock (on SQLite, where the wait is in the busy handler: taken as waiting)."""
+        if connection.vendor == "sqlite":
+            return 1 if claim_groups.in_flight(self.coupon.pk) else 0
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+            return cursor.fetchone()[0]
 
     def test_a_lone_claim_leads_at_once(self):
         groups_before, claims_before = group_size_totals()

@@ -8,25 +8,13 @@ add them all up, and every line they log must be JSON.
 import json
 import re
 from pathlib import Path
-from urllib.parse import quote
 
-from django.db import connection
 from django.test import TransactionTestCase
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.services import create_coupon
 from tests.faults.service import Service
-
-
-def subprocess_database_url():
-    """The test database as a DATABASE_URL, for a server in another process."""
-    database = connection.settings_dict
-    if connection.vendor == "sqlite":
-        return f"sqlite:///{database['NAME']}"
-    credentials = quote(database["USER"] or "", safe="")
-    if database["PASSWORD"]:
-        credentials += ":" + quote(database["PASSWORD"], safe="")
-    return f"postgres://{credentials}@{database['HOST'] or 'localhost'}:{database['PORT'] or 5432}/{database['NAME']}"
+from tests.helpers import subprocess_database_url
 
 
 class GunicornTests(TransactionTestCase):
