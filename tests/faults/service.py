@@ -118,5 +118,13 @@ class Service:
         reply.body = json.loads(raw) if reply.is_json else raw.decode(errors="replace")
         return reply
 
+    def claim_groups(self):
+        """(claim transactions, claims in them) so far, all workers added up, from /metrics."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        metrics = self.request("GET", "/metrics")
+        samples = {s.name: s.value for f in text_string_to_metric_families(metrics.body) for s in f.samples}
+        return samples["coupon_claim_group_size_count"], samples["coupon_claim_group_size_sum"]
+
     def claim(self, user_id, coupon_name, timeout=30):
         return self.request("POST", "/api/coupons/claim", {"user_id": user_id, "coupon_name": coupon_name}, timeout)

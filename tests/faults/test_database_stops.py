@@ -16,7 +16,9 @@ import time
 from tests.faults.base import FaultTestCase, logger
 from tests.faults.service import Service
 
-CLIENTS = 6
+# Enough clients that claims meet in claim groups (3 workers of 16 threads):
+# the faults strike groups, not lone claims.
+CLIENTS = 24
 STOCK = 100_000
 SUCCESSES_BEFORE_THE_FAULT = 20
 UNAVAILABLE_ANSWERS_DURING_THE_FAULT = 10
@@ -85,6 +87,9 @@ def wait_for_status(service, path, status):
 
 
 class DatabaseStopsMidSaleTests(FaultTestCase):
+    # Room for every thread's connection (3 workers x 16 threads) besides the test's own.
+    cluster_settings = {"max_connections": 60}
+
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
@@ -95,6 +100,7 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
         name = f"FAULT {fault.__name__}"
         self.create_coupon(self.service, name, STOCK)
         workers = self.service.workers()
+        groups_before = self.service.claim_groups()
 
         with ClaimLoad(self.service, name) as load:
             load.wait_until(lambda: len(load.answered_since(0, 201)) >= SUCCESSES_BEFORE_THE_FAULT, "claims to flow")
@@ -126,6 +132,11 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
         for what, seconds in recovery.items():
             self.assertLess(seconds, RECOVERY_SECONDS, f"{what} recovered {seconds:.1f} s after the database")
         recovery["database restart"] = back_at - restart_at
+        transactions, claims = (
+            now - then for now, then in zip(self.service.claim_groups(), groups_before, strict=True)
+        )
+        self.assertLess(transactions, claims, "claims were granted in groups")
+        recovery["claims per transaction"] = claims / transactions
         return name, load, back_at - fault_at, recovery
 
     def assert_exact_through(self, fault):
@@ -157,7 +168,8 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
 
         logger.info(
             "%s: %d claims (%d answered 201, %d answered 503, %d of those had committed); database away %.2f s "
-            "(restart %.2f s); /health back %.2f s and claims back %.2f s after the database; slowest answer %.2f s",
+            "(restart %.2f s); /health back %.2f s and claims back %.2f s after the database; slowest answer %.2f s; "
+            "%.1f claims per claim transaction",
             fault.__name__,
             len(replies),
             len(succeeded),
@@ -168,6 +180,7 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
             recovery["health"],
             recovery["claims"],
             max(reply.seconds for reply in replies),
+            recovery["claims per transaction"],
         )
 
     def test_clean_shutdown(self):
