@@ -138,14 +138,14 @@ class ClaimGroups:
             # Rolled back: every member hears the failure (each its own copy, raised from the original).
             outcomes = [exc, *(_copy_of(exc) for _ in group[1:])]
         next_group = self._next_group(coupon_id)
+        if next_group:
+            next_group[0].answered.set()  # first: the next group's transaction starts while this one's are told
         group_sizes.observe(len(group))
         for claim, outcome in zip(group, outcomes, strict=True):
             claim.outcome = outcome
             claim.group = None
         for claim in group[1:]:  # group[0] is this thread
             claim.answered.set()
-        if next_group:
-            next_group[0].answered.set()
 
     def _next_group(self, coupon_id):
         """The claims that arrived while this group ran, led by the first of them; none: the coupon is idle."""
