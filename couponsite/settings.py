@@ -84,6 +84,7 @@ MIDDLEWARE = [
     # that 413s are.
     "django_structlog.middlewares.RequestMiddleware",
     "couponsite.middleware.RequestBodyLimitMiddleware",
+    "couponsite.middleware.NulRefusalMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",

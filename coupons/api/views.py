@@ -17,8 +17,10 @@ from coupons.api.serializers import (
     ErrorSerializer,
 )
 from coupons.api.throttling import ClaimRateThrottle, ClaimRateThrottlePerKey
+from coupons.exceptions import CouponNotFound
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon
+from coupons.validators import is_possible_coupon_name
 
 
 def _error(description):
@@ -42,6 +44,10 @@ DETAIL_RESPONSES = {
 
 
 def coupon_detail_response(name):
+    # A name no coupon can have (control characters, NUL among them, which
+    # PostgreSQL cannot even compare) is answered without a query.
+    if not is_possible_coupon_name(name):
+        raise CouponNotFound()
     return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
 
 
