@@ -228,13 +228,14 @@ class RememberedKeyTests(ApiKeyTestCase):
 class RevocationDelayTests(ApiKeyTestCase):
     def test_a_revocation_bites_within_the_cache_time_on_the_real_clock(self):
         row, key = create_api_key(name="shop", scopes={"read"})
-        self.assertEqual(self.read(**api_key_header(key)).status_code, 200)
-        revoked_at = time.monotonic()
+        before_verification = time.monotonic()
+        self.assertEqual(self.read(**api_key_header(key)).status_code, 200)  # verified and remembered
         ClientApiKey.objects.filter(pk=row.pk).update(revoked=True)
         while self.read(**api_key_header(key)).status_code == 200:
-            self.assertLess(time.monotonic() - revoked_at, 1.5)
-            time.sleep(0.05)
-        self.assertGreater(time.monotonic() - revoked_at, 0.5)  # it was remembered meanwhile
+            self.assertLess(time.monotonic() - before_verification, 3, "the revocation never bit")
+            time.sleep(0.02)
+        # Remembered for the whole second, never longer than it takes to ask again.
+        self.assertGreaterEqual(time.monotonic() - before_verification, 1)
 
 
 @override_settings(API_KEYS_REQUIRED=True, CLAIM_RATE_LIMIT="", CLAIM_RATE_LIMIT_PER_KEY="3/m")

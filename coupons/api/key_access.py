@@ -115,11 +115,10 @@ def document_key_errors(result, generator, request, public):
     for operations in result["paths"].values():
         for operation in operations.values():
             for status_code, description in descriptions.items():
-                operation["responses"].setdefault(
+                response = operation["responses"].setdefault(
                     status_code,
-                    {
-                        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
-                        "description": description,
-                    },
+                    {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
                 )
+                # A status the view documents already (staff-only creation) gets both reasons.
+                response["description"] = " Or: ".join(filter(None, [response.get("description"), description]))
     return result
