@@ -10,6 +10,7 @@ read per request.
 
 import functools
 
+import structlog
 from django.conf import settings
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework.authentication import BaseAuthentication
@@ -41,6 +42,9 @@ class ApiKeyAuthentication(BaseAuthentication):
             raise AuthenticationFailed("Unknown or revoked API key.")
         if verified.has_expired():
             raise AuthenticationFailed("This API key has expired.")
+        # Every later log line of the request (the `claim` line among them)
+        # names the client application by its key's prefix, as the admin lists it.
+        structlog.contextvars.bind_contextvars(api_key=verified.prefix)
         return (None, verified)
 
     def authenticate_header(self, request):
