@@ -28,9 +28,7 @@ KEY_FORMAT = re.compile(r"[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}")
 
 @dataclass(frozen=True)
 class VerifiedKey:
-    id: str
-    prefix: str
-    name: str
+    prefix: str  # unique: names the key in logs, the admin and the per-key rate limit
     scopes: frozenset[str]
     expiry_date: datetime | None
 
@@ -70,6 +68,6 @@ def verify_api_key(key: str) -> VerifiedKey | None:
     except ClientApiKey.DoesNotExist:
         _verified.pop(digest, None)
         return None
-    verified = VerifiedKey(api_key.id, api_key.prefix, api_key.name, api_key.scopes, api_key.expiry_date)
+    verified = VerifiedKey(api_key.prefix, api_key.scopes, api_key.expiry_date)
     _verified[digest] = (verified, monotonic())
     return verified

@@ -61,7 +61,7 @@ class Claim(models.Model):
 class ClientApiKey(AbstractAPIKey):
     """A client application's API key (djangorestframework-api-key: only a hash of the key is stored).
 
-    Each scope lets the key call one kind of endpoint (coupons/api/keys.py);
+    Each scope lets the key call one kind of endpoint (coupons/api/key_access.py);
     a key may hold several.
     """
 

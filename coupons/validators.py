@@ -17,7 +17,8 @@ REFUSED_CATEGORIES = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
 # combining marks are marks (Mn, Mc, Me), never refused.
 ZERO_WIDTH_JOINERS = {"\u200c", "\u200d"}
 # Invisible on their own: a value made only of these (and spaces) is blank.
-INVISIBLE = ZERO_WIDTH_JOINERS | {chr(code) for code in range(0xFE00, 0xFE10)}
+VARIATION_SELECTORS = {chr(code) for code in [*range(0xFE00, 0xFE10), *range(0xE0100, 0xE01F0)]}
+INVISIBLE = ZERO_WIDTH_JOINERS | VARIATION_SELECTORS
 
 
 def validate_identifier_text(value):

@@ -61,6 +61,7 @@ REFUSED = {
     "only a joiner": "\u200d",
     "only joiners and spaces": " \u200c\u200d ",
     "only a variation selector": "\ufe0f",
+    "only an ideographic variation selector": "\U000e0100",
 }
 
 
