@@ -16,11 +16,14 @@ from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
 from django.utils.html import format_html
+from rest_framework_api_key.admin import APIKeyModelAdmin
+from rest_framework_api_key.models import APIKey
 
 from coupons.exceptions import CouponError
 from coupons.exports import claims_csv_response
-from coupons.models import Claim, Coupon
+from coupons.models import API_KEY_SCOPES, Claim, ClientApiKey, Coupon
 from coupons.selectors import coupon_claims
 from coupons.services import create_coupon, restock_coupon
 
@@ -228,3 +231,47 @@ class ClaimAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+
+# The library registers its own key model; the service's keys are ClientApiKey.
+admin.site.unregister(APIKey)
+
+
+@admin.register(ClientApiKey)
+class ClientApiKeyAdmin(APIKeyModelAdmin):
+    """API keys for client applications: created here (the key is shown once), listed, expired and revoked.
+
+    A revocation, or a change to a key's scopes or expiry date, reaches every
+    worker within API_KEY_CACHE_SECONDS (coupons/api_keys.py).
+    """
+
+    scope_fields = tuple(f"scope_{scope}" for scope in API_KEY_SCOPES)
+    list_display = ("prefix", "name", *scope_fields, "created", "expiry_date", "_has_expired", "revoked")
+    list_filter = ("revoked", *scope_fields, "created")
+    fields = ("name", "prefix", *scope_fields, "expiry_date", "revoked")
+    actions = ("revoke_keys", "expire_keys_now")
+
+    def get_readonly_fields(self, request, obj=None):
+        readonly = super().get_readonly_fields(request, obj)
+        if obj is not None and obj.revoked:
+            return (*readonly, *self.scope_fields)  # a revoked key is kept as it was
+        return readonly
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # revoked, not deleted: the list keeps who had which key
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Revoke the selected keys (cannot be undone)", permissions=["change"])
+    def revoke_keys(self, request, queryset):
+        count = queryset.filter(revoked=False).update(revoked=True)
+        self.message_user(request, f"Revoked {count} key(s).", messages.SUCCESS)
+
+    @admin.action(description="Expire the selected keys now", permissions=["change"])
+    def expire_keys_now(self, request, queryset):
+        now = timezone.now()
+        count = queryset.exclude(expiry_date__lte=now).update(expiry_date=now)
+        self.message_user(request, f"Expired {count} key(s).", messages.SUCCESS)

@@ -1,10 +1,14 @@
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from rest_framework_api_key.models import AbstractAPIKey
 
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
 # Amounts live in a 32-bit signed integer column on every backend.
 MAX_AMOUNT = 2**31 - 1
+
+# What an API key may be allowed to do (ClientApiKey below).
+API_KEY_SCOPES = ("create", "claim", "read", "release")
 
 
 class Coupon(models.Model):
@@ -52,3 +56,24 @@ class Claim(models.Model):
 
     def __str__(self):
         return f"{self.user_id} → {self.coupon_id}"
+
+
+class ClientApiKey(AbstractAPIKey):
+    """A client application's API key (djangorestframework-api-key: only a hash of the key is stored).
+
+    Each scope lets the key call one kind of endpoint (coupons/api/key_access.py);
+    a key may hold several.
+    """
+
+    scope_create = models.BooleanField("create", default=False, help_text="POST /api/coupons")
+    scope_claim = models.BooleanField("claim", default=False, help_text="POST /api/coupons/claim")
+    scope_read = models.BooleanField("read", default=False, help_text="GET /api/coupons/{name}")
+    scope_release = models.BooleanField("release", default=False, help_text="Releasing a claim")
+
+    class Meta(AbstractAPIKey.Meta):
+        verbose_name = "API key"
+        verbose_name_plural = "API keys"
+
+    @property
+    def scopes(self):
+        return frozenset(scope for scope in API_KEY_SCOPES if getattr(self, f"scope_{scope}"))

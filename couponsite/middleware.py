@@ -28,3 +28,42 @@ class RequestBodyLimitMiddleware:
         if content_length > limit:
             return JsonResponse({"error": f"Request body too large: the limit is {limit} bytes."}, status=413)
         return self.get_response(request)
+
+
+class NulRefusalMiddleware:
+    """Refuses NUL (U+0000) in the path, the query string, form fields and cookies, before any view.
+
+    PostgreSQL text can neither hold nor be compared with NUL: a value with
+    one that reaches a query fails the statement (a 500), where SQLite just
+    finds nothing. Every value of the kind can come in this way (the API's
+    JSON bodies are checked by their validators, which refuse NUL with every
+    other control character). A path with NUL names nothing: 404; a query,
+    form or cookie with one: 400.
+    """
+
+    FORM_CONTENT_TYPES = {"application/x-www-form-urlencoded", "multipart/form-data"}
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        if "\x00" in request.path:
+            return JsonResponse({"error": "Not found."}, status=404)
+        query_string = request.META.get("QUERY_STRING", "")
+        if (
+            "%00" in query_string
+            or "\x00" in query_string
+            or any("\x00" in value for value in request.COOKIES.values())
+            or (request.content_type in self.FORM_CONTENT_TYPES and _holds_nul(request.body))
+        ):
+            return JsonResponse({"error": "NUL characters are not allowed in a request."}, status=400)
+        return self.get_response(request)
+
+
+def _holds_nul(body):
+    """Whether a form body holds a NUL, raw (multipart) or percent-encoded (URL-encoded).
+
+    The raw bytes, not request.POST: parsing the form here would change how
+    DRF then reads a (refused) form body sent to the API.
+    """
+    return b"\x00" in body or b"%00" in body

@@ -69,6 +69,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_structlog",
     "django_prometheus",
+    # Before coupons, whose admin unregisters the library's own key model.
+    "rest_framework_api_key",
     "coupons",
 ]
 
@@ -82,6 +84,7 @@ MIDDLEWARE = [
     # that 413s are.
     "django_structlog.middlewares.RequestMiddleware",
     "couponsite.middleware.RequestBodyLimitMiddleware",
+    "couponsite.middleware.NulRefusalMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -237,11 +240,18 @@ def cache_settings(redis_url):
 CACHES = cache_settings(os.environ.get("REDIS_URL", ""))
 DJANGO_REDIS_LOG_IGNORED_EXCEPTIONS = True
 
-# Claims per client address, e.g. "100/s", "1000/m" (a fixed window per
-# second, minute, hour or day); empty: no limit.
-CLAIM_RATE_LIMIT = os.environ.get("CLAIM_RATE_LIMIT", "")
-if CLAIM_RATE_LIMIT and not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", CLAIM_RATE_LIMIT):
-    raise ImproperlyConfigured(f'CLAIM_RATE_LIMIT must look like "100/s" or "1000/m", got {CLAIM_RATE_LIMIT!r}.')
+
+def env_rate(name):
+    """A rate such as "100/s" or "1000/m" (a fixed window per second, minute, hour or day); empty: no limit."""
+    value = os.environ.get(name, "")
+    if value and not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day)", value):
+        raise ImproperlyConfigured(f'{name} must look like "100/s" or "1000/m", got {value!r}.')
+    return value
+
+
+# Claims per client address, and per API key (when keys are required).
+CLAIM_RATE_LIMIT = env_rate("CLAIM_RATE_LIMIT")
+CLAIM_RATE_LIMIT_PER_KEY = env_rate("CLAIM_RATE_LIMIT_PER_KEY")
 
 
 # API --------------------------------------------------------------------------
@@ -249,6 +259,13 @@ if CLAIM_RATE_LIMIT and not re.fullmatch(r"[1-9][0-9]*/(s|sec|m|min|h|hour|d|day
 # Off: anyone may create coupons (the API contract). On: only authenticated
 # staff users, by DRF token or admin session.
 COUPON_CREATE_REQUIRES_STAFF = env_bool("COUPON_CREATE_REQUIRES_STAFF", False)
+
+# Off: the API is open (the contract). On: every /api/ request needs
+# `Authorization: Api-Key <key>` with the endpoint's scope (coupons/api/keys.py).
+API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
+# Seconds a worker trusts a key it has verified before reading it again: the
+# most a revocation (or a change of scopes or expiry date) takes to bite.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
@@ -273,6 +290,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "coupons.api.key_access.document_key_errors",
+    ],
 }
 
 

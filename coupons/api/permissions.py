@@ -2,23 +2,30 @@
 
 from django.conf import settings
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
-from rest_framework.permissions import AllowAny, IsAdminUser
+from rest_framework.permissions import IsAdminUser
 
 
 class StaffOnlyWhenRestricted:
     """An APIView mixin: authenticated staff only, when COUPON_CREATE_REQUIRES_STAFF is on.
 
-    Off, the view reads no credentials at all, so that a stale token or an
-    admin session (and the CSRF check that comes with it) never changes the
-    answer to an anonymous client. The setting is read per request.
+    Off, the view reads no credentials of this kind, so that a stale token or
+    an admin session (and the CSRF check that comes with it) never changes
+    the answer to an anonymous client. The setting is read per request.
+    With API_KEYS_REQUIRED on as well (the view is then also ApiKeyRequired),
+    either credential will do: a staff user or a key with the view's scope.
     """
 
-    authentication_classes = [TokenAuthentication, SessionAuthentication]
+    staff_authentication_classes = [TokenAuthentication, SessionAuthentication]
 
     def get_authenticators(self):
-        if not settings.COUPON_CREATE_REQUIRES_STAFF:
-            return []
-        return super().get_authenticators()
+        authenticators = super().get_authenticators()
+        if settings.COUPON_CREATE_REQUIRES_STAFF:
+            return [*authenticators, *(authentication() for authentication in self.staff_authentication_classes)]
+        return authenticators
 
     def get_permissions(self):
-        return [IsAdminUser() if settings.COUPON_CREATE_REQUIRES_STAFF else AllowAny()]
+        if not settings.COUPON_CREATE_REQUIRES_STAFF:
+            return super().get_permissions()
+        if settings.API_KEYS_REQUIRED:
+            return [(IsAdminUser | self.api_key_permission_class())()]
+        return [IsAdminUser()]

@@ -37,8 +37,10 @@ class StrictIntegerField(serializers.IntegerField):
 # The validators' Unicode rules cannot be written as a portable JSON Schema
 # pattern, so the schema states them in words.
 PRINTABLE_TEXT = (
-    "Kept exactly as sent; not blank; no control, format, surrogate, private-use or unassigned characters"
-    " and no line or paragraph separators."
+    "Kept exactly as sent; not blank. Any script, combining marks, emoji, variation selectors, and the zero width"
+    " joiner (U+200D) and non-joiner (U+200C) are accepted; no control, format (such as the bidirectional"
+    " overrides and isolates U+202A-U+202E and U+2066-U+2069, or U+200B), surrogate, private-use, unassigned or"
+    " noncharacter code points, and no line or paragraph separators."
 )
 COUPON_NAME = f"{PRINTABLE_TEXT} Not `.` or `..`."
 

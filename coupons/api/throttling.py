@@ -1,7 +1,9 @@
-"""The claim rate limit: CLAIM_RATE_LIMIT claims per client address, counted in the cache."""
+"""The claim rate limits, counted in the cache: CLAIM_RATE_LIMIT per address, CLAIM_RATE_LIMIT_PER_KEY per API key."""
 
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
+
+from coupons.api_keys import VerifiedKey
 
 
 class ClaimRateThrottle(SimpleRateThrottle):
@@ -26,10 +28,13 @@ class ClaimRateThrottle(SimpleRateThrottle):
         # Only claims count: a GET on the claim path reads the coupon named "claim".
         if self.rate is None or request.method != "POST":
             return True
+        client_key = self.get_cache_key(request, view)
+        if client_key is None:  # nothing to count by
+            return True
         now = self.timer()
         window = int(now // self.duration)
         self.retry_after = (window + 1) * self.duration - now
-        key = f"{self.get_cache_key(request, view)}_{window}"
+        key = f"{client_key}_{window}"
         # The key outlives its window, so it cannot expire between add and incr.
         self.cache.add(key, 0, self.duration + 1)
         try:
@@ -43,3 +48,17 @@ class ClaimRateThrottle(SimpleRateThrottle):
 
     def wait(self):
         return self.retry_after
+
+
+class ClaimRateThrottlePerKey(ClaimRateThrottle):
+    """The same fixed window, counted per API key; requests without a verified key are not counted here."""
+
+    scope = "claim_key"
+
+    def get_rate(self):
+        return settings.CLAIM_RATE_LIMIT_PER_KEY or None
+
+    def get_cache_key(self, request, view):
+        if not isinstance(request.auth, VerifiedKey):
+            return None
+        return self.cache_format % {"scope": self.scope, "ident": request.auth.prefix}  # unique, and short

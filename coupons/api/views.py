@@ -6,6 +6,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
+from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOnlyWhenRestricted
 from coupons.api.serializers import (
     ClaimInputSerializer,
@@ -15,9 +16,11 @@ from coupons.api.serializers import (
     CouponSerializer,
     ErrorSerializer,
 )
-from coupons.api.throttling import ClaimRateThrottle
+from coupons.api.throttling import ClaimRateThrottle, ClaimRateThrottlePerKey
+from coupons.exceptions import CouponNotFound
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon
+from coupons.validators import is_possible_coupon_name
 
 
 def _error(description):
@@ -41,10 +44,16 @@ DETAIL_RESPONSES = {
 
 
 def coupon_detail_response(name):
+    # A name no coupon can have (control characters, NUL among them, which
+    # PostgreSQL cannot even compare) is answered without a query.
+    if not is_possible_coupon_name(name):
+        raise CouponNotFound()
     return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
 
 
-class CouponCreateApi(StaffOnlyWhenRestricted, APIView):
+class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
+    api_key_scopes = {"POST": "create"}
+
     @extend_schema(
         operation_id="coupons_create",
         summary="Create a coupon",
@@ -66,8 +75,9 @@ class CouponCreateApi(StaffOnlyWhenRestricted, APIView):
         return Response(CouponSerializer(coupon).data, status=status.HTTP_201_CREATED)
 
 
-class ClaimApi(APIView):
-    throttle_classes = [ClaimRateThrottle]
+class ClaimApi(ApiKeyRequired, APIView):
+    api_key_scopes = {"POST": "claim", "GET": "read"}
+    throttle_classes = [ClaimRateThrottle, ClaimRateThrottlePerKey]
 
     @extend_schema(
         operation_id="coupons_claim",
@@ -78,7 +88,10 @@ class ClaimApi(APIView):
             400: _error("Invalid input, or the coupon has no stock left."),
             404: _error("No coupon has this name."),
             409: _error("This user has already claimed this coupon."),
-            429: _error("Over CLAIM_RATE_LIMIT for this client; retry after the Retry-After delay."),
+            429: _error(
+                "Over CLAIM_RATE_LIMIT for this client, or CLAIM_RATE_LIMIT_PER_KEY for this API key;"
+                " retry after the Retry-After delay."
+            ),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
@@ -100,7 +113,9 @@ class ClaimApi(APIView):
         return coupon_detail_response("claim")
 
 
-class CouponDetailApi(APIView):
+class CouponDetailApi(ApiKeyRequired, APIView):
+    api_key_scopes = {"GET": "read"}
+
     @extend_schema(
         operation_id="coupons_retrieve",
         summary="Read a coupon and its claimers",
