@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench test-cluster
+.PHONY: run test superuser bench capacity test-cluster
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -17,6 +17,12 @@ bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/flashsale.py $(ARGS)
+
+# The capacity model's measurements (README, Deployment): same tools as bench.
+capacity: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/capacity.py $(ARGS)
 
 # The multi-host deployment of deploy/ under failure (tests/cluster, README:
 # Deployment): as root, in network namespaces; HAProxy, Patroni, etcd and
