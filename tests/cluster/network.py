@@ -77,8 +77,8 @@ def sweep_leftovers():
             owner = int((directory / OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = None
-        if owner is not None and owner != os.getpid() and process_alive(owner):
-            raise RuntimeError(f"another cluster test run (pid {owner}) owns {directory}")
+        if owner is not None and process_alive(owner):
+            raise RuntimeError(f"a cluster test run (pid {owner}) still owns {directory}")
         shutil.rmtree(directory, ignore_errors=True)
     remove_network()
 
