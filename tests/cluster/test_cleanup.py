@@ -10,26 +10,32 @@ from unittest import skipUnless
 from django.test import SimpleTestCase
 
 from tests.cluster.network import our_links, our_namespaces, sweep_leftovers
+from tests.cluster.topology import wait_for
 from tests.helpers import ROOT
 
+# Each child starts a process on its host and waits until it runs there.
 KILLED_OWNER = """
 import subprocess, time
-from tests.cluster.network import Network
+from tests.cluster.network import Network, ip
 
 network = Network().__enter__()
 network.add_host("leftover", 99)
-subprocess.Popen([*network.launcher("leftover"), "sleep", "600"])
+subprocess.Popen([*network.launcher("leftover"), "sleep", "600"], stdout=subprocess.DEVNULL)
+while not ip("netns", "pids", "cpn-leftover").stdout.strip():
+    time.sleep(0.05)
 print(network.directory, flush=True)
 time.sleep(600)
 """
 
 FAILING_OWNER = """
-import subprocess
-from tests.cluster.network import Network
+import subprocess, time
+from tests.cluster.network import Network, ip
 
 with Network() as network:
     network.add_host("failing", 98)
-    subprocess.Popen([*network.launcher("failing"), "sleep", "600"])
+    subprocess.Popen([*network.launcher("failing"), "sleep", "600"], stdout=subprocess.DEVNULL)
+    while not ip("netns", "pids", "cpn-failing").stdout.strip():
+        time.sleep(0.05)
     print(network.directory, flush=True)
     raise SystemExit("on purpose")
 """
@@ -53,7 +59,8 @@ class NetworkCleanupTests(SimpleTestCase):
         self.assertFalse(Path(directory).exists(), directory)
         self.assertEqual(our_namespaces(), [])
         self.assertEqual(our_links(), [])
-        self.assertEqual(sleepers(), [])
+        # SIGKILLed, they may take a moment to be gone from /proc.
+        self.assertEqual(wait_for(lambda: not sleepers(), 10, "the killed processes to go") and sleepers(), [])
 
     def test_a_failing_run_removes_its_namespaces_processes_and_directory(self):
         result = subprocess.run(
