@@ -26,10 +26,11 @@ capacity: $(VENV)/.installed
 
 # The multi-host deployment of deploy/ under failure (tests/cluster, README:
 # Deployment): as root, in network namespaces; HAProxy, Patroni, etcd and
-# PgBouncer from Debian's packages.
+# PgBouncer from Debian's packages; pgbench's ceilings use the bench's helpers.
 CLUSTER_PACKAGES = haproxy patroni etcd-server etcd-client pgbouncer
 test-cluster: $(VENV)/.installed
 	dpkg -s $(CLUSTER_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(CLUSTER_PACKAGES))
+	$(BIN)/pip install --quiet -r requirements-bench.txt
 	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
 
 superuser: $(VENV)/.installed

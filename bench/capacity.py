@@ -42,6 +42,11 @@ USERS, SECONDS, UNITS = 1_000_000, 10, 5_000
 APP_HOST_CORES, PRIMARY_CORES = 8, 16
 
 
+def spread_transaction(first_id, last_id):
+    """pgbench's classic claim transaction on a coupon drawn at random among consecutive ids."""
+    return f"\\set coupon random({first_id}, {last_id})\n" + classic_transaction(":coupon")
+
+
 def per_core(rate, cpu_percent):
     return rate / (cpu_percent / 100) if cpu_percent else float("nan")
 
@@ -52,7 +57,7 @@ def measure(benchmark, options):
     coupons = [create_coupon(name=f"capacity-{benchmark.tag}-{i}", amount=HUGE_STOCK) for i in range(100)]
     ids = sorted(coupon.pk for coupon in coupons)
     assert ids[-1] - ids[0] == 99, "the 100 coupons' ids are consecutive"
-    spread_script = f"\\set coupon random({ids[0]}, {ids[-1]})\n" + classic_transaction(":coupon")
+    spread_script = spread_transaction(ids[0], ids[-1])
     progress = Progress(options.runs * 4)
     rows = {"claims": [], "refusals": [], "pgbench 1 coupon": [], "pgbench 100 coupons": []}
     for run in range(options.runs):

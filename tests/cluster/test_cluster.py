@@ -8,6 +8,7 @@ make test skips them).
 
 import os
 import time
+from collections import Counter
 from unittest import skipUnless
 
 from django.test import SimpleTestCase
@@ -18,6 +19,8 @@ from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
 
 SALE_CLIENTS = 8
+PGBENCH_CLIENTS = 32
+PGBENCH_SECONDS = 5
 
 
 @skipUnless(os.environ.get("CLUSTER_TESTS"), "make test-cluster runs these (as root: namespaces, Patroni, HAProxy)")
@@ -49,11 +52,9 @@ class ClusterTests(SimpleTestCase):
             ).fetchall()
         return amount, remaining, {user for (user,) in users}
 
-    def statuses(self, answers):
-        counts = {}
-        for answer in answers:
-            counts[answer.status] = counts.get(answer.status, 0) + 1
-        return counts
+    @staticmethod
+    def statuses(answers):
+        return dict(Counter(answer.status for answer in answers))
 
     def assert_flash_sale(self, name, stock=50, crowd=200):
         """`crowd` users at once for `stock` units: exactly `stock` 201s and rows, the rest 400, on both hosts."""
@@ -127,7 +128,7 @@ class ClusterTests(SimpleTestCase):
         self.topology.wait_until_in_rotation("app1")
         FIGURES.append(
             f"app host app1 SIGKILLed mid-sale: {len(answers)} claims, {len(failed)} failed (all in flight on app1:"
-            f" {self.statuses(failed)}); their retries: {self.statuses_of(retried)}; {len(told_201)} told 201,"
+            f" {self.statuses(failed)}); their retries: {dict(Counter(retried.values()))}; {len(told_201)} told 201,"
             f" {len(claimers)} rows"
         )
 
@@ -142,12 +143,31 @@ class ClusterTests(SimpleTestCase):
             "cluster-primary-cut", "network cut", self.topology.network.cut, restore=self.topology.network.reconnect
         )
 
-    @staticmethod
-    def statuses_of(retried):
-        counts = {}
-        for status in retried.values():
-            counts[status] = counts.get(status, 0) + 1
-        return counts
+    def test_6_database_ceilings_with_a_synchronous_standby(self):
+        """Measured, not asserted: pgbench's claim transaction on the primary, one hot coupon vs 100 coupons."""
+        from bench.capacity import spread_transaction
+        from bench.flashsale import classic_transaction, run_pgbench
+
+        for i in range(100):
+            self.create_coupon(f"cluster-pgbench-{i}", 2**31 - 1)
+        with self.topology.connect_primary() as connection:
+            ids = [pk for (pk,) in connection.execute(
+                "SELECT id FROM coupons_coupon WHERE name LIKE 'cluster-pgbench-%%' ORDER BY id"
+            )]  # fmt: skip
+        self.assertEqual(ids[-1] - ids[0], 99)
+        url = self.topology.database_url(self.topology.address(self.topology.primary()), port=5432)
+        ceilings = {
+            label: run_pgbench(url, script, clients=PGBENCH_CLIENTS, duration=PGBENCH_SECONDS, tick=lambda: None)[0]
+            for label, script in [
+                ("one hot coupon", classic_transaction(ids[0])),
+                ("100 coupons", spread_transaction(ids[0], ids[-1])),
+            ]
+        }
+        self.assertTrue(all(ceilings.values()))
+        FIGURES.append(
+            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s):"
+            + "; ".join(f" {label} {tps:.0f} claims/s" for label, tps in ceilings.items())
+        )
 
     def assert_failover(self, name, how, fail, restore, stock=1500):
         """Fail the primary mid-sale; the standby takes over; every 201 is there; the old primary comes back."""
@@ -177,7 +197,7 @@ class ClusterTests(SimpleTestCase):
             f"primary {old_primary} {how} mid-sale: {new_primary} promoted; first 201 again"
             f" {first.answered - failed_at:.1f} s after; {len(told_201)} claims told 201, {len(claimers)} rows"
             f" found (all 201s present), stock {stock} sold exactly; {len(failed)} failed meanwhile"
-            f" {self.statuses(failed)}, retried: {self.statuses_of(retried)}; {old_primary} synchronous standby again"
-            f" {rejoined:.1f} s after the {how.split()[-1]};"
+            f" {self.statuses(failed)}, retried: {dict(Counter(retried.values()))};"
+            f" {old_primary} synchronous standby again {rejoined:.1f} s after the failure;"
             f" next flash sale exact (served by {served})"
         )
