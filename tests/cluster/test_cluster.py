@@ -92,6 +92,9 @@ class ClusterTests(SimpleTestCase):
 
     def test_1_flash_sale_through_the_load_balancer(self):
         served = self.assert_flash_sale("cluster-flash")
+        # Prometheus scrapes the app hosts directly; HAProxy keeps /metrics private.
+        self.assertEqual(request(self.lb, HTTP_PORT, "GET", "/metrics").status, 403)
+        self.assertEqual(self.topology.app_hosts["app1"].request("GET", "/metrics").status, 200)
         FIGURES.append(f"flash sale, 200 users for 50 units: 50 × 201, 150 × 400, 50 rows; served by {served}")
 
     def test_2_double_dip_through_the_load_balancer(self):
@@ -165,8 +168,8 @@ class ClusterTests(SimpleTestCase):
         }
         self.assertTrue(all(ceilings.values()))
         FIGURES.append(
-            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s):"
-            + "; ".join(f" {label} {tps:.0f} claims/s" for label, tps in ceilings.items())
+            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
+            + "; ".join(f"{label} {tps:.0f} claims/s" for label, tps in ceilings.items())
         )
 
     def assert_failover(self, name, how, fail, restore, stock=1500):

@@ -220,7 +220,8 @@ class Topology:
             host=self.address(name),
             port=APP_PORT,
             WEB_CONCURRENCY=str(self.app_workers),
-            ALLOWED_HOSTS=f"{self.address('lb')},localhost",
+            # Clients reach it through the lb; Prometheus scrapes it by its own address.
+            ALLOWED_HOSTS=f"{self.address('lb')},{self.address(name)},localhost",
             NUM_PROXIES="1",
             PROMETHEUS_MULTIPROC_DIR=str(metrics),
         )
