@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.faults.cluster import OWNER_FILE, process_alive
+from tests.faults.cluster import OWNER_FILE, owned_directories
 
 PREFIX = "cpn-"
 BRIDGE = PREFIX + "br0"
@@ -72,13 +72,9 @@ def remove_network():
 
 def sweep_leftovers():
     """Remove what a dead run left; refuse to start beside a live one."""
-    for directory in Path(tempfile.gettempdir()).glob(RUN_DIRECTORY_PREFIX + "*"):
-        try:
-            owner = int((directory / OWNER_FILE).read_text())
-        except (OSError, ValueError):
-            owner = None
-        if owner is not None and process_alive(owner):
-            raise RuntimeError(f"a cluster test run (pid {owner}) still owns {directory}")
+    for directory, live_owner in owned_directories(RUN_DIRECTORY_PREFIX):
+        if live_owner:
+            raise RuntimeError(f"a cluster test run (pid {live_owner}) still owns {directory}")
         shutil.rmtree(directory, ignore_errors=True)
     remove_network()
 
