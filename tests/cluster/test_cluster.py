@@ -6,19 +6,22 @@ leaving the deployment whole again. `make test-cluster` runs them (as root;
 make test skips them).
 """
 
+import json
 import os
+import socket
 import time
 from collections import Counter
 from unittest import skipUnless
 
 from django.test import SimpleTestCase
 
-from tests.cluster.sale import FIGURES, Sale, claim_at_once, retry_until_answered
+from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered
 from tests.cluster.topology import HTTP_PORT, Topology, wait_for
 from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
 
 SALE_CLIENTS = 8
+SLOW_CLIENTS = 12
 PGBENCH_CLIENTS = 32
 PGBENCH_SECONDS = 5
 
@@ -110,7 +113,35 @@ class ClusterTests(SimpleTestCase):
         self.assertEqual(remaining, amount - users)
         FIGURES.append(f"double dip, {users} users × {attempts} at once: {users} × 201, {users * 3} × 409")
 
-    def test_3_an_app_host_killed_mid_sale(self):
+    def test_3_slow_clients_do_not_hold_the_app_hosts(self):
+        """More slow clients than app-host workers, each stuck mid-body: HAProxy holds them, claims go on."""
+        name = "cluster-slow-clients"
+        self.create_coupon(name, 100)
+        slow = []
+        for i in range(SLOW_CLIENTS):
+            sock = socket.create_connection((self.lb, HTTP_PORT), timeout=5)
+            self.addCleanup(sock.close)
+            body = json.dumps({"user_id": f"slow-{i}", "coupon_name": name}).encode()
+            head = f"POST /api/coupons/claim HTTP/1.1\r\nHost: {self.lb}\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])  # the rest never comes
+            slow.append(sock)
+
+        answers = [claim(self.lb, HTTP_PORT, f"{name}-user-{i}", name) for i in range(10)]
+
+        self.assertEqual([a.status for a in answers], [201] * 10)
+        slowest = max(a.answered - a.sent for a in answers)
+        self.assertLess(slowest, 5, "a claim waited for the slow clients")
+        for sock in slow:  # HAProxy gives up on them itself (timeout http-request: 10 s), with a 408
+            sock.settimeout(15)
+            self.assertIn(b" 408 ", sock.recv(200))
+        amount, remaining, claimers = self.rows(name)
+        self.assertEqual(claimers, {a.user_id for a in answers})
+        FIGURES.append(
+            f"slow clients: {SLOW_CLIENTS} requests stuck mid-body (app hosts have 4 workers in all): 10 claims"
+            f" answered 201 meanwhile, slowest {slowest * 1000:.0f} ms; the slow ones got HAProxy's 408"
+        )
+
+    def test_4_an_app_host_killed_mid_sale(self):
         name = "cluster-app-host-kill"
         self.create_coupon(name, 100_000)
         with Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS) as sale:
@@ -135,18 +166,18 @@ class ClusterTests(SimpleTestCase):
             f" {len(claimers)} rows"
         )
 
-    def test_4_primary_killed_mid_sale(self):
+    def test_5_primary_killed_mid_sale(self):
         def kill(host):
             kill_postmaster_and_backends(self.topology.directory / host / "data")
 
         self.assert_failover("cluster-primary-kill", "postmaster SIGKILLed", kill, restore=lambda host: None)
 
-    def test_5_primary_cut_off_mid_sale(self):
+    def test_6_primary_cut_off_mid_sale(self):
         self.assert_failover(
             "cluster-primary-cut", "network cut", self.topology.network.cut, restore=self.topology.network.reconnect
         )
 
-    def test_6_database_ceilings_with_a_synchronous_standby(self):
+    def test_7_database_ceilings_with_a_synchronous_standby(self):
         """Measured, not asserted: pgbench's claim transaction on the primary, one hot coupon vs 100 coupons."""
         from bench.capacity import spread_transaction
         from bench.flashsale import classic_transaction, run_pgbench
