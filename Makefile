@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench
+.PHONY: run test superuser bench capacity test-cluster
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -17,6 +17,21 @@ bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/flashsale.py $(ARGS)
+
+# The capacity model's measurements (README, Deployment): same tools as bench.
+capacity: $(VENV)/.installed
+	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	$(BIN)/python bench/capacity.py $(ARGS)
+
+# The multi-host deployment of deploy/ under failure (tests/cluster, README:
+# Deployment): as root, in network namespaces; HAProxy, Patroni, etcd and
+# PgBouncer from Debian's packages; pgbench's ceilings use the bench's helpers.
+CLUSTER_PACKAGES = haproxy patroni etcd-server etcd-client pgbouncer
+test-cluster: $(VENV)/.installed
+	dpkg -s $(CLUSTER_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(CLUSTER_PACKAGES))
+	$(BIN)/pip install --quiet -r requirements-bench.txt
+	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
 
 superuser: $(VENV)/.installed
 	$(BIN)/python manage.py createsuperuser

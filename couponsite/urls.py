@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from coupons import stock_metrics
 from couponsite import views
 
 urlpatterns = [
@@ -10,8 +11,9 @@ urlpatterns = [
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("coupons.api.urls")),
-    # GET /metrics: Prometheus text format, every gunicorn worker added up.
-    path("", include("django_prometheus.urls")),
+    # GET /metrics: Prometheus text format, every gunicorn worker added up,
+    # and the stock of live coupons (read at scrape time).
+    path("metrics", stock_metrics.metrics, name="prometheus-django-metrics"),
     # Every other path: a JSON 404, with DEBUG on as well as off.
     re_path(r"", views.page_not_found),
 ]

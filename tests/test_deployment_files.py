@@ -1,16 +1,20 @@
 """docker compose cannot run here (no Docker engine), so check what the files reference."""
 
+import json
 import os
 import re
 import runpy
 import shlex
+import shutil
 import subprocess
 import sys
-from unittest import mock
+from unittest import mock, skipUnless
 
 import yaml
-from django.test import SimpleTestCase, override_settings
+from django.test import SimpleTestCase, TestCase, override_settings
+from prometheus_client.parser import text_string_to_metric_families
 
+from coupons.services import create_coupon
 from couponsite.settings import database_settings
 from tests.helpers import ROOT
 
@@ -49,6 +53,9 @@ class DockerfileTests(SimpleTestCase):
 
 
 class ComposeTests(SimpleTestCase):
+    # /metrics reads the stock of live coupons from the database.
+    databases = {"default"}
+
     def setUp(self):
         self.compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
         self.services = self.compose["services"]
@@ -133,3 +140,126 @@ class GunicornConfigTests(SimpleTestCase):
         )
         self.assertGreater(config["max_requests"], 0)
         self.assertTrue(config["control_socket_disable"])
+
+
+def compose_config(path):
+    """`docker-compose config` on a compose file: what an engine would run, checked without one."""
+    return subprocess.run(
+        ["docker-compose", "-f", str(ROOT / path), "config"], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+
+
+@skipUnless(shutil.which("docker-compose"), "docker-compose (Debian's) validates compose files; .ci/run installs it")
+class ComposeConfigTests(SimpleTestCase):
+    def test_both_compose_files_are_valid(self):
+        for path in ("docker-compose.yml", "docker-compose.cluster.yml"):
+            with self.subTest(path=path):
+                result = compose_config(path)
+                self.assertEqual(result.returncode, 0, result.stderr)
+                self.assertIn("services:", result.stdout)
+
+
+class ClusterComposeTests(SimpleTestCase):
+    """docker-compose.cluster.yml: the topology tests/cluster builds in network namespaces."""
+
+    def setUp(self):
+        self.compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
+        self.services = self.compose["services"]
+        self.app_hosts = [name for name, s in self.services.items() if "gunicorn" in s.get("command", [])]
+        self.database_hosts = [name for name, s in self.services.items() if "PATRONI_NAME" in s.get("environment", {})]
+
+    def test_app_hosts_run_the_shipped_gunicorn_config_and_reach_the_primary_through_haproxy(self):
+        self.assertGreaterEqual(len(self.app_hosts), 2)
+        for name in self.app_hosts:
+            with self.subTest(app_host=name):
+                service = self.services[name]
+                self.assertEqual(service["build"], ".")
+                self.assertEqual(service["command"], ["gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"])
+                url = service["environment"]["DATABASE_URL"]
+                self.assertRegex(url, r"^postgres://postgres:[^@]+@lb:5000/coupons$")
+                self.assertIn(name, service["environment"]["ALLOWED_HOSTS"].split(","))
+
+    def test_haproxy_runs_the_shipped_config_on_every_host_of_the_compose_file(self):
+        lb = self.services["lb"]
+        self.assertIn("./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro", lb["volumes"])
+        environment = lb["environment"]
+        config = (ROOT / "deploy" / "haproxy.cfg").read_text()
+        lines = [line for line in config.splitlines() if not line.lstrip().startswith("#")]
+        referenced = set(re.findall(r'"\$\{(\w+)\}', "\n".join(lines)))
+        self.assertEqual(referenced, set(environment), "every variable of haproxy.cfg set, no other")
+        self.assertEqual({environment[name.upper()] for name in self.app_hosts}, {f"{n}:8000" for n in self.app_hosts})
+        self.assertEqual({environment[name.upper()] for name in self.database_hosts}, set(self.database_hosts))
+
+    @skipUnless(shutil.which("haproxy"), "Debian's haproxy checks its config; make test-cluster installs it")
+    def test_haproxy_accepts_the_config_with_the_compose_values(self):
+        environment = {**os.environ, **self.services["lb"]["environment"]}
+        # Addresses HAProxy can resolve here: the compose file's host names exist only in its network.
+        environment.update({name: value.replace(value.split(":")[0], "127.0.0.1") for name, value in environment.items()
+                            if name in {h.upper() for h in [*self.app_hosts, *self.database_hosts]}})  # fmt: skip
+        result = subprocess.run(
+            ["haproxy", "-c", "-f", str(ROOT / "deploy" / "haproxy.cfg")],
+            env=environment,
+            capture_output=True,
+            text=True,
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+
+    def test_database_hosts_run_patroni_with_the_shipped_config_and_a_name_each(self):
+        self.assertEqual(len(self.database_hosts), 2)
+        dockerfile = (ROOT / "deploy" / "patroni.Dockerfile").read_text()
+        self.assertIn("COPY deploy/patroni.yml /etc/patroni/patroni.yml", dockerfile)
+        names = set()
+        for name in self.database_hosts:
+            with self.subTest(database_host=name):
+                service = self.services[name]
+                self.assertEqual(service["build"]["dockerfile"], "deploy/patroni.Dockerfile")
+                environment = service["environment"]
+                names.add(environment["PATRONI_NAME"])
+                self.assertEqual(environment["PATRONI_POSTGRESQL_CONNECT_ADDRESS"], f"{name}:5432")
+                self.assertEqual(environment["PATRONI_RESTAPI_CONNECT_ADDRESS"], f"{name}:8008")
+                self.assertEqual(environment["PATRONI_ETCD3_HOSTS"], "etcd:2379")
+        self.assertEqual(len(names), 2)
+        patroni = yaml.safe_load((ROOT / "deploy" / "patroni.yml").read_text())
+        self.assertTrue(patroni["bootstrap"]["dcs"]["synchronous_mode"])
+        self.assertEqual(patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]["synchronous_commit"], "on")
+
+    def test_prometheus_scrapes_every_app_host(self):
+        source, target = self.services["prometheus"]["volumes"][0].split(":")[:2]
+        self.assertEqual(target, "/etc/prometheus/prometheus.yml")
+        [job] = yaml.safe_load((ROOT / source).read_text())["scrape_configs"]
+        self.assertEqual(sorted(job["static_configs"][0]["targets"]), sorted(f"{n}:8000" for n in self.app_hosts))
+
+
+class GrafanaDashboardTests(TestCase):
+    def setUp(self):
+        self.dashboard = json.loads((ROOT / "deploy" / "grafana" / "dashboards" / "flash-sale.json").read_text())
+        self.targets = [target for panel in self.dashboard["panels"] for target in panel["targets"]]
+
+    def test_both_compose_files_provision_it_next_to_their_prometheus(self):
+        for path in ("docker-compose.yml", "docker-compose.cluster.yml"):
+            with self.subTest(path=path):
+                grafana = yaml.safe_load((ROOT / path).read_text())["services"]["grafana"]
+                mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
+                self.assertEqual(mounts["/etc/grafana/provisioning"], "./deploy/grafana/provisioning")
+                self.assertEqual(mounts["/var/lib/grafana/dashboards"], "./deploy/grafana/dashboards")
+        provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+        [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+        self.assertEqual(datasource["url"], "http://prometheus:9090")
+        [provider] = yaml.safe_load((provisioning / "dashboards" / "dashboards.yml").read_text())["providers"]
+        self.assertEqual(provider["options"]["path"], "/var/lib/grafana/dashboards")
+        self.assertEqual({target["datasource"]["uid"] for target in self.targets}, {datasource["uid"]})
+
+    def test_every_series_it_queries_is_exported_by_the_service(self):
+        create_coupon(name="DASHBOARD", amount=5)
+        claim = self.client.post(
+            "/api/coupons/claim", {"user_id": "alice", "coupon_name": "DASHBOARD"}, content_type="application/json"
+        )
+        self.assertEqual(claim.status_code, 201)
+        metrics = self.client.get("/metrics").content.decode()
+        samples = [sample for family in text_string_to_metric_families(metrics) for sample in family.samples]
+
+        queried = {name for t in self.targets for name in re.findall(r"\b(coupons?_\w+|django_\w+)", t["expr"])}
+        self.assertTrue(queried)
+        self.assertLessEqual(queried, {sample.name for sample in samples})
+        claim_view = [s for s in samples if s.name.startswith("django_http_requests_latency_seconds_by_view_method")]
+        self.assertIn("coupon-claim", {sample.labels.get("view") for sample in claim_view})

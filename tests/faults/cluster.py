@@ -89,14 +89,20 @@ def kill_postmaster_and_backends(data_directory):
         time.sleep(0.05)
 
 
-def sweep_leftover_clusters():
-    """Destroy clusters left behind by test processes that died without cleaning up."""
-    for directory in Path(tempfile.gettempdir()).glob(DIRECTORY_PREFIX + "*"):
+def owned_directories(prefix):
+    """(directory, pid of its owner if that process still runs, else None) for each temporary directory prefix*."""
+    for directory in Path(tempfile.gettempdir()).glob(prefix + "*"):
         try:
             owner = int((directory / OWNER_FILE).read_text())
         except (OSError, ValueError):
             owner = None
-        if owner is not None and process_alive(owner):
+        yield directory, owner if owner is not None and process_alive(owner) else None
+
+
+def sweep_leftover_clusters():
+    """Destroy clusters left behind by test processes that died without cleaning up."""
+    for directory, live_owner in owned_directories(DIRECTORY_PREFIX):
+        if live_owner:
             continue  # a running test process's cluster
         kill_postmaster_and_backends(directory / "data")
         shutil.rmtree(directory, ignore_errors=True)

@@ -35,10 +35,36 @@ class Reply:
         return self.headers.get("content-type") == "application/json"
 
 
-class Service:
-    """gunicorn serving couponsite.wsgi on a free port, configured by `environment` only."""
+def request(host, port, method, path, body=None, timeout=30):
+    """One HTTP exchange on a fresh connection, as a Reply (status None when no answer came)."""
+    connection = http.client.HTTPConnection(host, port, timeout=timeout)
+    started = time.monotonic()
+    try:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
+        response = connection.getresponse()
+        raw = response.read()
+    except (OSError, http.client.HTTPException) as exc:
+        return Reply(None, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}")
+    finally:
+        connection.close()
+    reply = Reply(response.status, time.monotonic() - started, {k.lower(): v for k, v in response.getheaders()})
+    reply.body = json.loads(raw) if reply.is_json else raw.decode(errors="replace")
+    return reply
 
-    def __init__(self, database_url, **environment):
+
+class Service:
+    """gunicorn serving couponsite.wsgi, configured by `environment` only.
+
+    By default on a free port of 127.0.0.1. The cluster tests run app hosts
+    in network namespaces: `launcher` prefixes the command (`ip netns exec
+    NAME`), and `host` and `port` are where the service listens there.
+    """
+
+    def __init__(self, database_url, *, launcher=(), host="127.0.0.1", port=None, **environment):
+        self.launcher = list(launcher)
+        self.host = host
+        self.port = port
         self.environment = {
             **{name: value for name, value in os.environ.items() if name in INHERITED_VARIABLES},
             "DJANGO_SETTINGS_MODULE": "couponsite.settings",
@@ -52,11 +78,11 @@ class Service:
         self.process = None
 
     def __enter__(self):
-        self.port = free_port()
-        self.environment["GUNICORN_BIND"] = f"127.0.0.1:{self.port}"
+        self.port = self.port or free_port()
+        self.environment["GUNICORN_BIND"] = f"{self.host}:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+            [*self.launcher, sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
             cwd=ROOT,
             env=self.environment,
             stdout=self.log,
@@ -90,6 +116,12 @@ class Service:
             self.process.wait()
         self.process = None
 
+    def kill(self):
+        """SIGKILL the master and every worker at once, as when the host dies; returns once all are gone."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+        self.process = None
+
     def output(self):
         """What gunicorn and the application logged so far."""
         self.log.seek(0)
@@ -103,20 +135,7 @@ class Service:
         return set(children(self.process.pid))
 
     def request(self, method, path, body=None, timeout=30):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        started = time.monotonic()
-        try:
-            headers = {"Content-Type": "application/json"} if body is not None else {}
-            connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
-            response = connection.getresponse()
-            raw = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            return Reply(None, time.monotonic() - started, error=f"{type(exc).__name__}: {exc}")
-        finally:
-            connection.close()
-        reply = Reply(response.status, time.monotonic() - started, {k.lower(): v for k, v in response.getheaders()})
-        reply.body = json.loads(raw) if reply.is_json else raw.decode(errors="replace")
-        return reply
+        return request(self.host, self.port, method, path, body, timeout)
 
     def claim_groups(self):
         """(claim transactions, claims in them) so far, all workers added up, from /metrics."""

@@ -1,0 +1,57 @@
+"""Stock left of live coupons for Prometheus, read from the database once per scrape.
+
+A gauge updated on every claim would cost each claim a write to a metrics
+file; this reads the stock when Prometheus asks instead: one query per
+scrape, none per request. Live coupons are those with stock left. Every app
+host reports the same database's figures, so dashboards take max(), not
+sum(), across hosts. Per-coupon series are capped at the most recent
+LABELLED_COUPONS live coupons, so that the number of series stays bounded.
+"""
+
+import structlog
+from django.db import DatabaseError
+from django.db.models import Count, Sum, Window
+from django_prometheus.exports import ExportToDjangoView
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+
+from coupons.models import Coupon
+
+LABELLED_COUPONS = 50
+logger = structlog.get_logger("coupons.metrics")
+
+
+class LiveStockCollector:
+    def collect(self):
+        try:
+            # One query: the window sums cover every live coupon, before the LIMIT.
+            live = list(
+                Coupon.objects.filter(remaining_amount__gt=0)
+                .annotate(live=Window(Count("id")), stock=Window(Sum("remaining_amount")))
+                .order_by("-created_at", "-id")
+                .values_list("name", "remaining_amount", "live", "stock")[:LABELLED_COUPONS]
+            )
+        except DatabaseError as exc:
+            # The request metrics still get scraped; the stock is absent (not 0) while the database is away.
+            logger.warning("stock metrics unavailable", error=str(exc))
+            return
+        coupons, stock = (live[0][2], live[0][3]) if live else (0, 0)
+        yield GaugeMetricFamily("coupons_live", "Coupons with stock left.", value=coupons)
+        yield GaugeMetricFamily("coupon_stock_remaining_total", "Units left, all live coupons together.", value=stock)
+        per_coupon = GaugeMetricFamily(
+            "coupon_stock_remaining", f"Units left per live coupon (the {LABELLED_COUPONS} newest).", labels=["coupon"]
+        )
+        for name, remaining, _, _ in live:
+            per_coupon.add_metric([name], remaining)
+        yield per_coupon
+
+
+stock_registry = CollectorRegistry(auto_describe=False)
+stock_registry.register(LiveStockCollector())
+
+
+def metrics(request):
+    """django-prometheus's /metrics (every gunicorn worker added up), then the stock, read now."""
+    response = ExportToDjangoView(request)
+    response.content += generate_latest(stock_registry)
+    return response

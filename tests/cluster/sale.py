@@ -1,0 +1,104 @@
+"""Crowds of claims through the load balancer, and what they were told."""
+
+import itertools
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from tests.faults.service import request
+
+# Lines for the end of the run's output (tests/cluster/conftest.py prints them).
+FIGURES = []
+
+
+@dataclass
+class Answer:
+    user_id: str
+    status: int | None  # None: no HTTP answer at all
+    sent: float  # time.monotonic() when the request went out
+    answered: float
+
+
+def claim(host, port, user_id, coupon_name):
+    sent = time.monotonic()
+    reply = request(host, port, "POST", "/api/coupons/claim", {"user_id": user_id, "coupon_name": coupon_name})
+    return Answer(user_id, reply.status, sent, time.monotonic())
+
+
+def claim_at_once(host, port, claims, clients=32):
+    """Fire (user_id, coupon_name) claims from `clients` threads; the answers, in order."""
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        return list(pool.map(lambda c: claim(host, port, *c), claims))
+
+
+class Sale:
+    """`clients` threads claiming one coupon, each request for a new user, until stop() or sold out (a 400)."""
+
+    def __init__(self, host, port, coupon_name, clients=8):
+        self.host, self.port, self.coupon_name, self.clients = host, port, coupon_name, clients
+        self.answers = []
+        self._numbers = itertools.count()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads = [threading.Thread(target=self._claim_until_stopped) for _ in range(clients)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    def _claim_until_stopped(self):
+        while not self._stopped.is_set():
+            with self._lock:
+                user_id = f"{self.coupon_name}-user-{next(self._numbers)}"
+            answer = claim(self.host, self.port, user_id, self.coupon_name)
+            with self._lock:
+                self.answers.append(answer)
+            if answer.status == 400:
+                self._stopped.set()  # sold out
+            elif answer.status != 201:
+                time.sleep(0.05)  # a client backing off after an error, as real ones do
+
+    def stop(self):
+        self._stopped.set()
+        for thread in self._threads:
+            thread.join()
+
+    def sold_out(self):
+        return self._stopped.is_set()
+
+    def snapshot(self):
+        with self._lock:
+            return list(self.answers)
+
+    def count(self, status, sent_after=float("-inf")):
+        return sum(1 for a in self.snapshot() if a.status == status and a.sent >= sent_after)
+
+    def first(self, status, sent_after):
+        """The first answer with `status` to a request sent after `sent_after`, or None."""
+        answers = [a for a in self.snapshot() if a.status == status and a.sent >= sent_after]
+        return min(answers, key=lambda a: a.answered, default=None)
+
+
+def retry_until_answered(host, port, answers, coupon_name, timeout=60):
+    """Claim again for every user whose claim got no 2xx/4xx answer, until each gets one.
+
+    A claim whose first answer was lost may have committed: its retry must
+    say 409 (already claimed), never claim twice. Returns {user_id: final status}.
+    """
+    deadline = time.monotonic() + timeout
+    final = {}
+    for answer in answers:
+        while True:
+            status = claim(host, port, answer.user_id, coupon_name).status
+            if status is not None and status < 500:
+                final[answer.user_id] = status
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"retries of {answer.user_id} still get {status}")
+            time.sleep(0.2)
+    return final

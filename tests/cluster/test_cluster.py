@@ -1,0 +1,237 @@
+"""The deployment of deploy/ under failure: app hosts behind HAProxy, Patroni + etcd, a synchronous standby.
+
+One topology (tests/cluster/topology.py) for the whole class, built in
+network namespaces and torn down at the end; the tests run in order, each
+leaving the deployment whole again. `make test-cluster` runs them (as root;
+make test skips them).
+"""
+
+import json
+import os
+import socket
+import time
+from collections import Counter
+from unittest import skipUnless
+
+from django.test import SimpleTestCase
+
+from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered
+from tests.cluster.topology import HTTP_PORT, Topology, wait_for
+from tests.faults.cluster import kill_postmaster_and_backends
+from tests.faults.service import request
+
+SALE_CLIENTS = 8
+SLOW_CLIENTS = 12
+PGBENCH_CLIENTS = 32
+PGBENCH_SECONDS = 5
+
+
+@skipUnless(os.environ.get("CLUSTER_TESTS"), "make test-cluster runs these (as root: namespaces, Patroni, HAProxy)")
+class ClusterTests(SimpleTestCase):
+    @classmethod
+    def setUpClass(cls):
+        super().setUpClass()
+        started = time.monotonic()
+        cls.topology = cls.enterClassContext(Topology(app_workers=2))
+        cls.lb = cls.topology.address("lb")
+        FIGURES.append(f"topology up in {time.monotonic() - started:.1f} s: etcd, pg1 + pg2 (Patroni), app1 + app2, lb")
+
+    # Helpers ---------------------------------------------------------------
+
+    def create_coupon(self, name, amount):
+        reply = request(self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": amount})
+        self.assertEqual(reply.status, 201, reply)
+
+    def rows(self, coupon_name):
+        """(amount, remaining_amount, {users holding a claim}) read on the primary."""
+        with self.topology.connect_primary() as connection:
+            amount, remaining = connection.execute(
+                "SELECT amount, remaining_amount FROM coupons_coupon WHERE name = %s", [coupon_name]
+            ).fetchone()
+            users = connection.execute(
+                "SELECT claim.user_id FROM coupons_claim claim"
+                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id WHERE coupon.name = %s",
+                [coupon_name],
+            ).fetchall()
+        return amount, remaining, {user for (user,) in users}
+
+    @staticmethod
+    def statuses(answers):
+        return dict(Counter(answer.status for answer in answers))
+
+    def assert_flash_sale(self, name, stock=50, crowd=200):
+        """`crowd` users at once for `stock` units: exactly `stock` 201s and rows, the rest 400, on both hosts."""
+        self.create_coupon(name, stock)
+        served_before = self.topology.requests_served()
+        answers = claim_at_once(self.lb, HTTP_PORT, [(f"{name}-user-{i}", name) for i in range(crowd)])
+        served = {host: n - served_before[host] for host, n in self.topology.requests_served().items()}
+
+        self.assertEqual(self.statuses(answers), {201: stock, 400: crowd - stock})
+        amount, remaining, claimers = self.rows(name)
+        self.assertEqual(claimers, {a.user_id for a in answers if a.status == 201})
+        self.assertEqual((amount, remaining), (stock, 0))
+        self.assertTrue(all(served.values()), f"HAProxy spread the sale: {served}")
+        return served
+
+    def assert_answers_match_rows(self, name, answers):
+        """Retry every claim that got no answer; then the rows are exactly the users told 201 or, on retry, 409.
+
+        Returns (users told 201, rows, retry statuses) for the figures.
+        """
+        unanswered = [a for a in answers if a.status not in {201, 400}]
+        retried = retry_until_answered(self.lb, HTTP_PORT, unanswered, name)
+        self.assertLessEqual(set(retried.values()), {201, 400, 409}, retried)
+        told_201 = {a.user_id for a in answers if a.status == 201} | {u for u, s in retried.items() if s == 201}
+        committed_unanswered = {u for u, s in retried.items() if s == 409}
+
+        amount, remaining, claimers = self.rows(name)
+        self.assertLessEqual(told_201, claimers, "a claim answered 201 is missing")
+        self.assertEqual(claimers, told_201 | committed_unanswered, "a claim row nobody was told about")
+        self.assertEqual(remaining, amount - len(claimers), "stock arithmetic")
+        self.assertGreaterEqual(remaining, 0)
+        return told_201, claimers, retried
+
+    # Scenarios -------------------------------------------------------------
+
+    def test_1_flash_sale_through_the_load_balancer(self):
+        served = self.assert_flash_sale("cluster-flash")
+        # Prometheus scrapes the app hosts directly; HAProxy keeps /metrics private.
+        self.assertEqual(request(self.lb, HTTP_PORT, "GET", "/metrics").status, 403)
+        self.assertEqual(self.topology.app_hosts["app1"].request("GET", "/metrics").status, 200)
+        FIGURES.append(f"flash sale, 200 users for 50 units: 50 × 201, 150 × 400, 50 rows; served by {served}")
+
+    def test_2_double_dip_through_the_load_balancer(self):
+        name, users, attempts = "cluster-double-dip", 30, 4
+        self.create_coupon(name, 1000)
+        claims = [(f"{name}-user-{i % users}", name) for i in range(users * attempts)]
+
+        answers = claim_at_once(self.lb, HTTP_PORT, claims)
+
+        self.assertEqual(self.statuses(answers), {201: users, 409: users * (attempts - 1)})
+        amount, remaining, claimers = self.rows(name)
+        self.assertEqual(claimers, {user for user, _ in claims})
+        self.assertEqual(remaining, amount - users)
+        FIGURES.append(f"double dip, {users} users × {attempts} at once: {users} × 201, {users * 3} × 409")
+
+    def test_3_slow_clients_do_not_hold_the_app_hosts(self):
+        """More slow clients than app-host workers, each stuck mid-body: HAProxy holds them, claims go on."""
+        name = "cluster-slow-clients"
+        self.create_coupon(name, 100)
+        slow = []
+        for i in range(SLOW_CLIENTS):
+            sock = socket.create_connection((self.lb, HTTP_PORT), timeout=5)
+            self.addCleanup(sock.close)
+            body = json.dumps({"user_id": f"slow-{i}", "coupon_name": name}).encode()
+            head = f"POST /api/coupons/claim HTTP/1.1\r\nHost: {self.lb}\r\nContent-Type: application/json\r\n"
+            sock.sendall(f"{head}Content-Length: {len(body)}\r\n\r\n".encode() + body[:5])  # the rest never comes
+            slow.append(sock)
+
+        answers = [claim(self.lb, HTTP_PORT, f"{name}-user-{i}", name) for i in range(10)]
+
+        self.assertEqual([a.status for a in answers], [201] * 10)
+        slowest = max(a.answered - a.sent for a in answers)
+        self.assertLess(slowest, 5, "a claim waited for the slow clients")
+        for sock in slow:  # HAProxy gives up on them itself (timeout http-request: 10 s), with a 408
+            sock.settimeout(15)
+            self.assertIn(b" 408 ", sock.recv(200))
+        amount, remaining, claimers = self.rows(name)
+        self.assertEqual(claimers, {a.user_id for a in answers})
+        FIGURES.append(
+            f"slow clients: {SLOW_CLIENTS} requests stuck mid-body (app hosts have 4 workers in all): 10 claims"
+            f" answered 201 meanwhile, slowest {slowest * 1000:.0f} ms; the slow ones got HAProxy's 408"
+        )
+
+    def test_4_an_app_host_killed_mid_sale(self):
+        name = "cluster-app-host-kill"
+        self.create_coupon(name, 100_000)
+        with Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS) as sale:
+            wait_for(lambda: sale.count(201) >= 100, 60, "the sale under way")
+            self.topology.kill_app_host("app1")  # returns once every process of it is gone
+            dead = time.monotonic()
+            wait_for(lambda: sale.count(201, sent_after=dead) >= 200, 60, "claims going on without app1")
+        answers = sale.snapshot()
+        failed = [a for a in answers if a.status != 201]
+
+        # Only the requests app1 was serving when it died fail; every later one is answered.
+        late = [(a.status, round(a.sent - dead, 2)) for a in failed if a.sent >= dead]
+        self.assertLessEqual(len(failed), SALE_CLIENTS, f"{self.statuses(failed)}; sent after the kill: {late}")
+        self.assertFalse(late, "sent after the kill and failed (status, seconds after)")
+        told_201, claimers, retried = self.assert_answers_match_rows(name, answers)
+
+        self.topology.start_app_host("app1")
+        self.topology.wait_until_in_rotation("app1")
+        FIGURES.append(
+            f"app host app1 SIGKILLed mid-sale: {len(answers)} claims, {len(failed)} failed (all in flight on app1:"
+            f" {self.statuses(failed)}); their retries: {dict(Counter(retried.values()))}; {len(told_201)} told 201,"
+            f" {len(claimers)} rows"
+        )
+
+    def test_5_primary_killed_mid_sale(self):
+        def kill(host):
+            kill_postmaster_and_backends(self.topology.directory / host / "data")
+
+        self.assert_failover("cluster-primary-kill", "postmaster SIGKILLed", kill, restore=lambda host: None)
+
+    def test_6_primary_cut_off_mid_sale(self):
+        self.assert_failover(
+            "cluster-primary-cut", "network cut", self.topology.network.cut, restore=self.topology.network.reconnect
+        )
+
+    def test_7_database_ceilings_with_a_synchronous_standby(self):
+        """Measured, not asserted: pgbench's claim transaction on the primary, one hot coupon vs 100 coupons."""
+        from bench.capacity import spread_transaction
+        from bench.flashsale import classic_transaction, run_pgbench
+
+        for i in range(100):
+            self.create_coupon(f"cluster-pgbench-{i}", 2**31 - 1)
+        with self.topology.connect_primary() as connection:
+            ids = [pk for (pk,) in connection.execute(
+                "SELECT id FROM coupons_coupon WHERE name LIKE 'cluster-pgbench-%%' ORDER BY id"
+            )]  # fmt: skip
+        self.assertEqual(ids[-1] - ids[0], 99)
+        url = self.topology.database_url(self.topology.address(self.topology.primary()), port=5432)
+        ceilings = {
+            label: run_pgbench(url, script, clients=PGBENCH_CLIENTS, duration=PGBENCH_SECONDS, tick=lambda: None)[0]
+            for label, script in [
+                ("one hot coupon", classic_transaction(ids[0])),
+                ("100 coupons", spread_transaction(ids[0], ids[-1])),
+            ]
+        }
+        self.assertTrue(all(ceilings.values()))
+        FIGURES.append(
+            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
+            + "; ".join(f"{label} {tps:.0f} claims/s" for label, tps in ceilings.items())
+        )
+
+    def assert_failover(self, name, how, fail, restore, stock=1500):
+        """Fail the primary mid-sale; the standby takes over; every 201 is there; the old primary comes back."""
+        old_primary = self.topology.primary()
+        self.create_coupon(name, stock)
+        with Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS) as sale:
+            wait_for(lambda: sale.count(201) >= stock // 5, 60, "the sale under way")
+            failed_at = time.monotonic()
+            fail(old_primary)
+            first = wait_for(lambda: sale.first(201, sent_after=failed_at), 120, "a claim answered 201 again")
+            wait_for(sale.sold_out, 120, "the sale to sell out")
+        answers = sale.snapshot()
+        new_primary = self.topology.primary()
+        self.assertNotEqual(new_primary, old_primary)
+
+        told_201, claimers, retried = self.assert_answers_match_rows(name, answers)
+        self.assertEqual(len(claimers), stock, "sold out exactly: nothing oversold, nothing left")
+
+        restore(old_primary)
+        members = self.topology.wait_until_replicated()
+        rejoined = time.monotonic() - failed_at
+        self.assertEqual(members[old_primary]["role"], "sync_standby")
+        served = self.assert_flash_sale(f"{name}-after")
+
+        failed = [a for a in answers if a.status != 201 and a.status != 400]
+        FIGURES.append(
+            f"primary {old_primary} {how} mid-sale: {new_primary} promoted; first 201 again"
+            f" {first.answered - failed_at:.1f} s after; {len(told_201)} claims told 201, {len(claimers)} rows"
+            f" found (all 201s present), stock {stock} sold exactly; {len(failed)} failed meanwhile"
+            f" {self.statuses(failed)}, retried: {dict(Counter(retried.values()))};"
+            f" {old_primary} synchronous standby again {rejoined:.1f} s after the failure;"
+            f" next flash sale exact (served by {served})"
+        )

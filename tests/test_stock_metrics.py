@@ -1,0 +1,61 @@
+from django.db import connection
+from django.test import TestCase, TransactionTestCase
+from django.test.utils import CaptureQueriesContext
+from prometheus_client.parser import text_string_to_metric_families
+
+from coupons.services import claim_coupon, create_coupon
+from coupons.stock_metrics import LABELLED_COUPONS
+from tests.test_health import unreachable_database
+
+
+class Scraping:
+    def scrape(self):
+        response = self.client.get("/metrics")
+        self.assertEqual(response.status_code, 200)
+        return {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.content.decode())
+            for sample in family.samples
+        }
+
+
+class LiveStockMetricsTests(Scraping, TestCase):
+    def test_the_stock_left_of_live_coupons_read_in_one_query_per_scrape(self):
+        create_coupon(name="SPRING", amount=5)
+        create_coupon(name="SUMMER", amount=3)
+        create_coupon(name="GONE", amount=1)
+        claim_coupon(user_id="alice", coupon_name="SPRING")
+        claim_coupon(user_id="bob", coupon_name="GONE")
+
+        with CaptureQueriesContext(connection) as queries:
+            samples = self.scrape()
+
+        self.assertEqual(len(queries), 1)
+        self.assertEqual(samples[("coupons_live", ())], 2)
+        self.assertEqual(samples[("coupon_stock_remaining_total", ())], 4 + 3)
+        per_coupon = {labels: value for (name, labels), value in samples.items() if name == "coupon_stock_remaining"}
+        self.assertEqual(per_coupon, {(("coupon", "SPRING"),): 4, (("coupon", "SUMMER"),): 3})
+        # The request metrics are still there.
+        self.assertIn(("coupon_claims_total", (("outcome", "success"),)), samples)
+
+    def test_per_coupon_series_are_capped_and_the_totals_count_every_live_coupon(self):
+        for i in range(LABELLED_COUPONS + 5):
+            create_coupon(name=f"C{i}", amount=2)
+
+        samples = self.scrape()
+
+        self.assertEqual(samples[("coupons_live", ())], LABELLED_COUPONS + 5)
+        self.assertEqual(samples[("coupon_stock_remaining_total", ())], 2 * (LABELLED_COUPONS + 5))
+        labelled = [labels for (name, labels) in samples if name == "coupon_stock_remaining"]
+        self.assertEqual(len(labelled), LABELLED_COUPONS)
+        self.assertIn((("coupon", f"C{LABELLED_COUPONS + 4}"),), labelled)  # the newest
+
+
+class LiveStockMetricsWithoutDatabaseTests(Scraping, TransactionTestCase):
+    # The connection is broken on purpose: outside any test transaction.
+    def test_no_database_no_stock_but_the_request_metrics_still_answer(self):
+        with unreachable_database(), self.assertLogs("coupons.metrics", "WARNING"):
+            samples = self.scrape()
+
+        self.assertNotIn(("coupons_live", ()), samples)
+        self.assertIn(("coupon_claims_total", (("outcome", "success"),)), samples)
