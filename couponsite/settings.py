@@ -273,6 +273,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The error codes' enum under a name that says what it is (not "CodeEnum").
+    "ENUM_NAME_OVERRIDES": {"ErrorCode": "coupons.api.error_codes.ErrorCode"},
 }
 
 

@@ -4,6 +4,8 @@ import json
 from django.core.management import call_command
 from django.test import SimpleTestCase, TestCase
 
+from coupons.api.error_codes import ErrorCode
+
 
 class SchemaTests(SimpleTestCase):
     def setUp(self):
@@ -32,7 +34,9 @@ class SchemaTests(SimpleTestCase):
 
     def test_error_bodies_are_documented(self):
         error = self.schema["components"]["schemas"]["Error"]
-        self.assertEqual(error["required"], ["error"])
+        self.assertEqual(sorted(error["required"]), ["code", "error"])
+        self.assertEqual(error["properties"]["code"]["allOf"], [{"$ref": "#/components/schemas/ErrorCode"}])
+        self.assertEqual(self.schema["components"]["schemas"]["ErrorCode"]["enum"], list(ErrorCode))
         not_found = self.schema["paths"]["/api/coupons/{name}"]["get"]["responses"]["404"]
         self.assertEqual(not_found["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error")
 

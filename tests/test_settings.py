@@ -59,7 +59,7 @@ class ServerErrorTests(SimpleTestCase):
                 response = self.client.get(path)
                 self.assertEqual(response.status_code, 500)
                 self.assertEqual(response["Content-Type"], "application/json")
-                self.assertEqual(response.json(), {"error": "Internal server error."})
+                self.assertEqual(response.json(), {"error": "Internal server error.", "code": "internal_error"})
                 self.assertNotIn(b"secret internals", response.content)
 
 
@@ -68,7 +68,7 @@ class DisallowedHostTests(SimpleTestCase):
     def test_unknown_host_is_a_json_400(self):
         response = self.client.get("/health", HTTP_HOST="evil.example")
         self.assertEqual(response.status_code, 400)
-        self.assertEqual(response.json(), {"error": "Bad request."})
+        self.assertEqual(response.json(), {"error": "Bad request.", "code": "invalid"})
 
 
 # The defaults, whatever the environment running the tests says.

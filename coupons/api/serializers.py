@@ -6,6 +6,7 @@ amount a JSON integer (not true, 1.5, "5" or null), where DRF would coerce.
 
 from rest_framework import serializers
 
+from coupons.api.error_codes import ErrorCode
 from coupons.models import MAX_AMOUNT
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -78,4 +79,9 @@ class ClaimSerializer(serializers.Serializer):
 
 
 class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField()
+    error = serializers.CharField(help_text="For people: what went wrong.")
+    code = serializers.ChoiceField(
+        # (value, name) pairs, as ENUM_NAME_OVERRIDES reads the enum: the schema names it ErrorCode.
+        choices=[(code.value, code.name) for code in ErrorCode],
+        help_text="For programs: what went wrong, one of a fixed set.",
+    )
