@@ -1,6 +1,7 @@
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from coupons.sale_windows import SaleWindow
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
 # Amounts live in a 32-bit signed integer column on every backend.
@@ -13,10 +14,21 @@ class Coupon(models.Model):
     # Set from `amount` when the coupon is created, then only ever changed by claims.
     remaining_amount = models.IntegerField(editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # The sale window [starts_at, ends_at), checked with the database's
+    # clock; None: no bound.
+    starts_at = models.DateTimeField(null=True, blank=True, help_text="Claims are refused before this instant.")
+    ends_at = models.DateTimeField(null=True, blank=True, help_text="Claims are refused from this instant on.")
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
+            models.CheckConstraint(
+                condition=models.Q(starts_at__isnull=True)
+                | models.Q(ends_at__isnull=True)
+                | models.Q(ends_at__gt=models.F("starts_at")),
+                name="coupon_window_ends_after_it_starts",
+                violation_error_message="The sale must end after it starts.",
+            ),
             models.CheckConstraint(condition=models.Q(amount__gte=1), name="coupon_amount_at_least_one"),
             models.CheckConstraint(
                 condition=models.Q(remaining_amount__gte=0) & models.Q(remaining_amount__lte=models.F("amount")),
@@ -35,6 +47,10 @@ class Coupon(models.Model):
     @property
     def claimed_amount(self):
         return self.amount - self.remaining_amount
+
+    @property
+    def window(self):
+        return SaleWindow(self.starts_at, self.ends_at)
 
 
 class Claim(models.Model):

@@ -6,9 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
+from django.db.models.functions import Now
 
 from coupons.exceptions import CouponNotFound
 from coupons.models import Claim, Coupon
+from coupons.sale_windows import SaleStatus, SaleWindow, as_utc_datetime
 
 
 @dataclass(frozen=True)
@@ -16,29 +18,37 @@ class CouponDetail:
     name: str
     amount: int
     remaining_amount: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    status: SaleStatus
     claimed_by: list[str]
 
 
 def get_coupon_detail(*, name: str) -> CouponDetail:
-    """The coupon with the ids of its claimers, in the order they claimed.
+    """The coupon with the ids of its claimers, in the order they claimed, and its sale status.
 
     One statement (coupon LEFT JOIN claims) reads one snapshot, so
     `claimed_by` always holds exactly `amount - remaining_amount` users, even
-    while claims are committing.
+    while claims are committing; the status is computed with the database's
+    clock, read by the same statement.
     """
     rows = list(
         Coupon.objects.filter(name=name)
         .order_by("claims__id")
-        .values_list("amount", "remaining_amount", "claims__user_id")
+        .values_list("amount", "remaining_amount", "starts_at", "ends_at", Now(), "claims__user_id")
     )
     if not rows:
         raise CouponNotFound()
-    amount, remaining_amount, first_claimer = rows[0]
+    amount, remaining_amount, starts_at, ends_at, now, first_claimer = rows[0]
+    window = SaleWindow(starts_at, ends_at)
     return CouponDetail(
         name=name,
         amount=amount,
         remaining_amount=remaining_amount,
-        claimed_by=[] if first_claimer is None else [user_id for _, _, user_id in rows],
+        starts_at=starts_at,
+        ends_at=ends_at,
+        status=window.status(now=now, remaining_amount=remaining_amount),
+        claimed_by=[] if first_claimer is None else [row[-1] for row in rows],
     )
 
 
@@ -47,24 +57,43 @@ class ClaimEligibility:
     coupon_id: int
     remaining_amount: int
     already_claimed: bool
+    window: SaleWindow
+    now: datetime  # the database's clock at the read
+
+
+# The database's clock, as django.db.models.functions.Now reads it.
+_DATABASE_NOW_SQL = {
+    "postgresql": "STATEMENT_TIMESTAMP()",
+    "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def database_now() -> datetime:
+    """The database's clock: the one every sale window is checked against."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_DATABASE_NOW_SQL[connection.vendor]}")
+        return as_utc_datetime(cursor.fetchone()[0])
 
 
 @functools.cache
 def _eligibility_sql():
     quote = connection.ops.quote_name
+    # "%%": this query has parameters.
+    now = _DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
     return (
-        f"SELECT c.id, c.remaining_amount, EXISTS ("  # noqa: S608 - only model table names are interpolated
+        "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
+        f"{now}, EXISTS ("
         f"SELECT 1 FROM {quote(Claim._meta.db_table)} u WHERE u.coupon_id = c.id AND u.user_id = %s"
         f") FROM {quote(Coupon._meta.db_table)} c WHERE c.name = %s"
     )
 
 
 def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility:
-    """The coupon's stock and whether the user holds it, in one lock-free read.
+    """The coupon's stock, whether the user holds it, its sale window and the database's clock, in one lock-free read.
 
-    It sees committed state: a claim shown is never undone, and an empty
-    stock was empty at that moment, so either proves a refusal without the
-    row lock.
+    It sees committed state: a claim shown was held at that moment, an
+    empty stock was empty then, and a window closed at the database's "now"
+    was closed then, so each proves a refusal without the row lock.
 
     Every claim request makes this read, so it is written in SQL (portable
     to PostgreSQL and SQLite): building the same query with the ORM's
@@ -75,8 +104,9 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
         row = cursor.fetchone()
     if row is None:
         raise CouponNotFound()
-    coupon_id, remaining_amount, already_claimed = row
-    return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed))
+    coupon_id, remaining_amount, starts_at, ends_at, now, already_claimed = row
+    window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
+    return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed), window, as_utc_datetime(now))
 
 
 def has_claimed(*, coupon_id: int, user_id: str) -> bool:

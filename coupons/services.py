@@ -1,20 +1,26 @@
 """Writes: every change to coupons and claims goes through these functions."""
 
+from datetime import datetime
+
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.db.models.functions import Now
 
 from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
+from coupons.sale_windows import SaleWindow
 from coupons.selectors import get_claim_eligibility, has_claimed
 
 
-def create_coupon(*, name: str, amount: int) -> Coupon:
-    """Create a coupon whose whole amount is still to be claimed."""
+def create_coupon(
+    *, name: str, amount: int, starts_at: datetime | None = None, ends_at: datetime | None = None
+) -> Coupon:
+    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at)."""
     try:
         # A savepoint, so that a duplicate name leaves any caller's
         # transaction usable.
         with transaction.atomic():
-            return Coupon.objects.create(name=name, amount=amount)
+            return Coupon.objects.create(name=name, amount=amount, starts_at=starts_at, ends_at=ends_at)
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
             raise CouponAlreadyExists() from exc
@@ -27,17 +33,18 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     Most requests of a flash sale are refused, so refusals come first, from
     one lock-free read: a user who already holds the coupon (409, checked
     before stock, so that a repeat click after the sell-out still hears
-    "already claimed") or an empty stock (400). The read sees committed
-    state, so the refusal is true of a moment within the request (a claim is
-    never undone; a restock after that moment is a later event), and it
-    needs no lock.
+    "already claimed"), a sale window closed at the database's clock (403),
+    or an empty stock (400). The read sees committed state, so the refusal
+    is true of a moment within the request (a release or restock after that
+    moment is a later event), and it needs no lock.
 
     Then one transaction, which holds the coupon row lock for as little as
     possible: the claim is inserted first (the unique (coupon, user_id)
     index refuses a concurrent duplicate), then the row is locked with
     `SELECT ... FOR NO KEY UPDATE` (which, unlike FOR UPDATE, does not block
-    other claims' foreign-key checks), the stock re-checked under the lock
-    and decremented with an F() expression, and the transaction committed.
+    other claims' foreign-key checks), the window and the stock re-checked
+    under the lock, the stock decremented with an F() expression, and the
+    transaction committed.
     Claims of one coupon thus pass the lock one at a time, each seeing the
     previous one's result: stock is never oversold.
 
@@ -49,6 +56,7 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
         raise AlreadyClaimed()
+    eligibility.window.check_open(eligibility.now)
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
     coupon_id = eligibility.coupon_id
@@ -56,13 +64,17 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
         with transaction.atomic():
             claim = Claim.objects.create(coupon_id=coupon_id, user_id=user_id)
             try:
-                remaining_amount = (
+                remaining_amount, starts_at, ends_at, now = (
                     Coupon.objects.select_for_update(no_key=True)
-                    .values_list("remaining_amount", flat=True)
+                    .values_list("remaining_amount", "starts_at", "ends_at", Now())
                     .get(pk=coupon_id)
                 )
             except Coupon.DoesNotExist:
                 raise CouponNotFound() from None  # deleted since the read
+            # Again under the lock, on the database's clock: a window closed
+            # (or moved) since the read refuses the claim, and the insert is
+            # rolled back.
+            SaleWindow(starts_at, ends_at).check_open(now)
             if remaining_amount <= 0:
                 raise OutOfStock()  # sold out since the read: the insert is rolled back
             Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - 1)

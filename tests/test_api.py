@@ -19,7 +19,10 @@ class CreateCouponApiTests(ApiTestCase):
         response = self.post_json("/api/coupons", {"name": "PROMO_SUPER", "amount": 100})
 
         self.assertEqual(response.status_code, 201)
-        self.assertEqual(response.json(), {"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100})
+        self.assertEqual(
+            response.json(),
+            {"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100, "starts_at": None, "ends_at": None},
+        )
         self.assertEqual(Coupon.objects.get().remaining_amount, 100)
 
     def test_unknown_fields_are_ignored(self):
@@ -256,7 +259,15 @@ class CouponDetailApiTests(ApiTestCase):
         self.assertEqual(response.status_code, 200)
         self.assertEqual(
             response.json(),
-            {"name": "PROMO_SUPER", "amount": 5, "remaining_amount": 2, "claimed_by": ["user_2", "user_1", "user_3"]},
+            {
+                "name": "PROMO_SUPER",
+                "amount": 5,
+                "remaining_amount": 2,
+                "starts_at": None,
+                "ends_at": None,
+                "status": "live",
+                "claimed_by": ["user_2", "user_1", "user_3"],
+            },
         )
 
     def test_unknown(self):

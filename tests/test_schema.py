@@ -27,7 +27,8 @@ class SchemaTests(SimpleTestCase):
             self.statuses("/api/coupons", "post"), {"201", "400", "401", "403", "409", "411", "413", "415", "503"}
         )
         self.assertEqual(
-            self.statuses("/api/coupons/claim", "post"), {"201", "400", "404", "409", "411", "413", "415", "429", "503"}
+            self.statuses("/api/coupons/claim", "post"),
+            {"201", "400", "403", "404", "409", "411", "413", "415", "429", "503"},
         )
         self.assertEqual(self.statuses("/api/coupons/{name}", "get"), {"200", "404", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})

@@ -4,10 +4,16 @@ Input fields are strict about JSON types: a name must be a JSON string and an
 amount a JSON integer (not true, 1.5, "5" or null), where DRF would coerce.
 """
 
+import re
+from datetime import UTC, datetime
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from coupons.api.error_codes import ErrorCode
 from coupons.models import MAX_AMOUNT
+from coupons.sale_windows import SaleStatus, format_utc
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
 MAX_TEXT_LENGTH = 255
@@ -35,6 +41,33 @@ class StrictIntegerField(serializers.IntegerField):
         return super().to_internal_value(data)
 
 
+# RFC 3339's date-time (section 5.6): the offset is required. fromisoformat
+# alone would also take a date, a naive time, week dates or a comma.
+RFC3339_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class Rfc3339DateTimeField(serializers.Field):
+    """In: an RFC 3339 timestamp with an offset. Out: UTC, `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`, or null."""
+
+    default_error_messages = {
+        "invalid": "Must be an RFC 3339 timestamp with an offset, such as 2026-12-01T12:00:00Z "
+        "or 2026-12-01T13:00:00+01:00.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not RFC3339_DATE_TIME.fullmatch(data):
+            self.fail("invalid")
+        try:
+            # Python 3.11 reads "Z" and cuts fractions past microseconds.
+            return datetime.fromisoformat(data.upper()).astimezone(UTC)
+        except (ValueError, OverflowError):  # month 13, second 60, year 0 or 10000 once in UTC...
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return format_utc(value)
+
+
 # The validators' Unicode rules cannot be written as a portable JSON Schema
 # pattern, so the schema states them in words.
 PRINTABLE_TEXT = (
@@ -47,6 +80,20 @@ COUPON_NAME = f"{PRINTABLE_TEXT} Not `.` or `..`."
 class CouponCreateInputSerializer(serializers.Serializer):
     name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
+    starts_at = Rfc3339DateTimeField(
+        required=False, allow_null=True, help_text="Claims are refused before this instant. Absent or null: no bound."
+    )
+    ends_at = Rfc3339DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Claims are refused from this instant on; after starts_at. Absent or null: no bound.",
+    )
+
+    def validate(self, attrs):
+        starts_at, ends_at = attrs.get("starts_at"), attrs.get("ends_at")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            raise serializers.ValidationError({"ends_at": "Must be after starts_at."})
+        return attrs
 
 
 class ClaimInputSerializer(serializers.Serializer):
@@ -58,6 +105,8 @@ class CouponSerializer(serializers.Serializer):
     name = serializers.CharField()
     amount = serializers.IntegerField()
     remaining_amount = serializers.IntegerField()
+    starts_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
+    ends_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
 
 
 class UserIdListField(serializers.ListField):
@@ -70,6 +119,11 @@ class UserIdListField(serializers.ListField):
 
 
 class CouponDetailSerializer(CouponSerializer):
+    status = serializers.ChoiceField(
+        choices=[(status.value, status.name) for status in SaleStatus],
+        help_text="By the database's clock: scheduled (before starts_at), live, sold_out (no stock left inside "
+        "the window), ended (at or after ends_at).",
+    )
     claimed_by = UserIdListField(help_text="User ids, in claim order.")
 
 

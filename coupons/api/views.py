@@ -1,6 +1,7 @@
 """The HTTP API: validate the input, call one service or selector, render."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -51,7 +52,10 @@ class CouponCreateApi(StaffOnlyWhenRestricted, APIView):
         request=CouponCreateInputSerializer,
         responses={
             201: CouponSerializer,
-            400: _error("Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range."),
+            400: _error(
+                "Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range,"
+                " a timestamp without an offset, or ends_at not after starts_at."
+            ),
             401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
             403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
             409: _error("A coupon with this name already exists."),
@@ -73,9 +77,22 @@ class ClaimApi(APIView):
         operation_id="coupons_claim",
         summary="Claim a coupon for a user",
         request=ClaimInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                response=[403, 429, 503],
+                description="Whole seconds to wait before retrying.",
+            )
+        ],
         responses={
             201: ClaimSerializer,
-            400: _error("Invalid input, or the coupon has no stock left."),
+            400: _error("Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."),
+            403: _error(
+                "Outside the sale window, by the database's clock: sale_not_started (with Retry-After, the whole"
+                " seconds until the start, rounded up) or sale_ended. Checked after 404 and 409, before 400."
+            ),
             404: _error("No coupon has this name."),
             409: _error("This user has already claimed this coupon."),
             429: _error("Over CLAIM_RATE_LIMIT for this client; retry after the Retry-After delay."),

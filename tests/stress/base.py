@@ -75,16 +75,8 @@ def sales(draw):
     return stocks, requests
 
 
-class StressScenarios:
-    """Mixed into Hypothesis' TransactionTestCase (real commits, no wrapping
-    test transaction, the database emptied after each generated sale); one
-    stress class runs at a time.
-
-    Subclasses say how a crowd claims: `claim_all` fires (user_id,
-    coupon_name) claims at once and returns each caller's outcome
-    ("claimed", "already_claimed", "out_of_stock" or "not_found");
-    `read_detail` returns the coupon as GET /api/coupons/{name} shows it.
-    """
+class OneStressClassAtATime:
+    """A test case mixin: one stress class runs at a time, machine-wide."""
 
     @classmethod
     def setUpClass(cls):
@@ -99,6 +91,18 @@ class StressScenarios:
         finally:
             fcntl.flock(cls._lock_file, fcntl.LOCK_UN)
             cls._lock_file.close()
+
+
+class StressScenarios(OneStressClassAtATime):
+    """Mixed into Hypothesis' TransactionTestCase (real commits, no wrapping
+    test transaction, the database emptied after each generated sale); one
+    stress class runs at a time.
+
+    Subclasses say how a crowd claims: `claim_all` fires (user_id,
+    coupon_name) claims at once and returns each caller's outcome
+    ("claimed", "already_claimed", "out_of_stock" or "not_found");
+    `read_detail` returns the coupon as GET /api/coupons/{name} shows it.
+    """
 
     def claim_all(self, requests):
         raise NotImplementedError
