@@ -68,3 +68,22 @@ class Claim(models.Model):
 
     def __str__(self):
         return f"{self.user_id} → {self.coupon_id}"
+
+
+class ClaimRelease(models.Model):
+    """A claim an operator gave back to stock (release_claim): the audit trail, never edited."""
+
+    coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="releases", db_index=False)
+    user_id = models.CharField(max_length=255)
+    claimed_at = models.DateTimeField()
+    released_at = models.DateTimeField(auto_now_add=True)
+    # Who released it: the staff user's username.
+    released_by = models.CharField(max_length=255)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-released_at", "-id"]
+        indexes = [models.Index(fields=["coupon", "-released_at"], name="release_coupon_newest_first")]
+
+    def __str__(self):
+        return f"{self.user_id} → {self.coupon_id} (released)"

@@ -6,8 +6,15 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
-from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
-from coupons.models import Claim, Coupon
+from coupons.exceptions import (
+    AlreadyClaimed,
+    AmountBelowClaimed,
+    ClaimNotFound,
+    CouponAlreadyExists,
+    CouponNotFound,
+    OutOfStock,
+)
+from coupons.models import Claim, ClaimRelease, Coupon
 from coupons.sale_windows import SaleWindow
 from coupons.selectors import get_claim_eligibility, has_claimed
 
@@ -110,3 +117,29 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
         coupon.amount = amount
         coupon.save(update_fields=["amount", "remaining_amount"])
     return coupon
+
+
+def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: str = "") -> ClaimRelease:
+    """Give the user's claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
+
+    Under the coupon row lock, taken as claim_coupon takes it: the claim is
+    deleted, `remaining_amount` goes up by one with an F() expression, and
+    the release is recorded, all in one transaction. Claims, releases and
+    restocks of one coupon thus apply one after the other, and
+    `remaining_amount = amount - claims` holds between them. The user may
+    then claim again while the sale is live.
+    """
+    with transaction.atomic():
+        try:
+            coupon_id = Coupon.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(name=coupon_name)
+        except Coupon.DoesNotExist:
+            raise CouponNotFound() from None
+        claim = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id).values_list("pk", "created_at").first()
+        if claim is None:
+            raise ClaimNotFound()
+        claim_id, claimed_at = claim
+        Claim.objects.filter(pk=claim_id).delete()
+        Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        return ClaimRelease.objects.create(
+            coupon_id=coupon_id, user_id=user_id, claimed_at=claimed_at, released_by=released_by, reason=reason
+        )

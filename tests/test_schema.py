@@ -19,7 +19,7 @@ class SchemaTests(SimpleTestCase):
     def test_lists_every_endpoint(self):
         self.assertEqual(
             set(self.schema["paths"]),
-            {"/api/coupons", "/api/coupons/claim", "/api/coupons/{name}"},
+            {"/api/coupons", "/api/coupons/claim", "/api/coupons/{name}", "/api/coupons/{name}/claims/{user_id}"},
         )
 
     def test_documents_every_status_code(self):
@@ -31,6 +31,11 @@ class SchemaTests(SimpleTestCase):
             {"201", "400", "403", "404", "409", "411", "413", "415", "429", "503"},
         )
         self.assertEqual(self.statuses("/api/coupons/{name}", "get"), {"200", "404", "503"})
+        self.assertEqual(
+            self.statuses("/api/coupons/{name}/claims/{user_id}", "delete"),
+            {"204", "400", "401", "403", "404", "411", "413", "415", "503"},
+        )
+        self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
 
     def test_error_bodies_are_documented(self):

@@ -1,4 +1,5 @@
-"""Who may create coupons: anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on."""
+"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on)
+and who may release claims (never anyone: staff only)."""
 
 from django.conf import settings
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
@@ -22,3 +23,10 @@ class StaffOnlyWhenRestricted:
 
     def get_permissions(self):
         return [IsAdminUser() if settings.COUPON_CREATE_REQUIRES_STAFF else AllowAny()]
+
+
+# Release is never anonymous: a staff user, by DRF token or by admin
+# session (with its CSRF token). The one place to widen it, e.g. OR-ing in
+# an API key scope: [IsAdminUser | HasReleaseScope].
+RELEASE_AUTHENTICATION_CLASSES = [TokenAuthentication, SessionAuthentication]
+RELEASE_PERMISSION_CLASSES = [IsAdminUser]

@@ -127,6 +127,10 @@ class CouponDetailSerializer(CouponSerializer):
     claimed_by = UserIdListField(help_text="User ids, in claim order.")
 
 
+class ReleaseInputSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, help_text="Why the claim is released (kept in the audit trail).")
+
+
 class ClaimSerializer(serializers.Serializer):
     user_id = serializers.CharField()
     coupon_name = serializers.CharField()

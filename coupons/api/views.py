@@ -3,11 +3,16 @@
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
+from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
-from coupons.api.permissions import StaffOnlyWhenRestricted
+from coupons.api.permissions import (
+    RELEASE_AUTHENTICATION_CLASSES,
+    RELEASE_PERMISSION_CLASSES,
+    StaffOnlyWhenRestricted,
+)
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -15,10 +20,11 @@ from coupons.api.serializers import (
     CouponDetailSerializer,
     CouponSerializer,
     ErrorSerializer,
+    ReleaseInputSerializer,
 )
 from coupons.api.throttling import ClaimRateThrottle
 from coupons.selectors import get_coupon_detail
-from coupons.services import claim_coupon, create_coupon
+from coupons.services import claim_coupon, create_coupon, release_claim
 
 
 def _error(description):
@@ -126,3 +132,48 @@ class CouponDetailApi(APIView):
     )
     def get(self, request, name):
         return coupon_detail_response(name)
+
+
+class ClaimReleaseApi(APIView):
+    authentication_classes = RELEASE_AUTHENTICATION_CLASSES
+
+    # Only a release needs credentials. A GET here reads a coupon (below)
+    # and, like every read, looks at none; other methods get their 405.
+    def get_permissions(self):
+        if self.request.method != "DELETE":
+            return [AllowAny()]
+        return [permission() for permission in RELEASE_PERMISSION_CLASSES]
+
+    def perform_authentication(self, request):
+        if request.method == "DELETE":
+            super().perform_authentication(request)
+
+    @extend_schema(
+        operation_id="coupons_claims_release",
+        summary="Release a user's claim back to stock",
+        description="Staff only: a DRF token, or an admin session with its CSRF token. The claim is deleted,"
+        " `remaining_amount` goes up by one, the user may claim again while the sale is live, and the release"
+        " is recorded (coupon, user, when, by whom, reason). The coupon name is what precedes the first"
+        " `/claims/` of the path.",
+        request=ReleaseInputSerializer,
+        responses={
+            204: OpenApiResponse(description="Released."),
+            400: _error("Invalid body: the reason must be a string of 1 to 255 characters."),
+            401: _error("No valid token or session was sent."),
+            403: _error("The user is not staff, or the session's CSRF token is missing."),
+            404: _error("No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."),
+            **BODY_ERRORS,
+            **COMMON_ERRORS,
+        },
+    )
+    def delete(self, request, name, user_id):
+        serializer = ReleaseInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        release_claim(
+            coupon_name=name, user_id=user_id, released_by=request.user.get_username(), **serializer.validated_data
+        )
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
+    def get(self, request, name, user_id):
+        return coupon_detail_response(f"{name}/claims/{user_id}")
