@@ -65,6 +65,8 @@ class Claim(models.Model):
         constraints = [
             models.UniqueConstraint(fields=["coupon", "user_id"], name="claim_one_per_user_per_coupon"),
         ]
+        # A user's claims, newest first, a page at a time (get_user_claims_page).
+        indexes = [models.Index(fields=["user_id", "-created_at", "-id"], name="claim_user_newest_first")]
 
     def __str__(self):
         return f"{self.user_id} → {self.coupon_id}"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
+from django.db.models import Q
 from django.db.models.functions import Now
 
 from coupons.exceptions import CouponNotFound
@@ -107,6 +108,46 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
     coupon_id, remaining_amount, starts_at, ends_at, now, already_claimed = row
     window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
     return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed), window, as_utc_datetime(now))
+
+
+@dataclass(frozen=True)
+class UserClaim:
+    coupon_name: str
+    claimed_at: datetime
+
+
+# Where a page of a user's claims ends: the last claim's (created_at, id).
+ClaimPosition = tuple[datetime, int]
+
+
+@dataclass(frozen=True)
+class UserClaimsPage:
+    user_id: str
+    claims: list[UserClaim]
+    next_position: ClaimPosition | None  # None: this is the last page
+
+
+def get_user_claims_page(*, user_id: str, limit: int, after: ClaimPosition | None = None) -> UserClaimsPage:
+    """A page of the user's claims, newest first, from just after `after` (keyset pagination).
+
+    The (user_id, created_at, id) index gives the page as one short range
+    scan, however deep it is and however many claims the user holds: no
+    OFFSET to skip through, no COUNT.
+    """
+    claims = Claim.objects.filter(user_id=user_id)
+    if after is not None:
+        created_at, claim_id = after
+        # (created_at, id) < after, with the bound on created_at alone
+        # stated too, so that the index scan starts there.
+        claims = claims.filter(created_at__lte=created_at).filter(Q(created_at__lt=created_at) | Q(id__lt=claim_id))
+    rows = list(claims.order_by("-created_at", "-id").values_list("coupon__name", "created_at", "id")[: limit + 1])
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return UserClaimsPage(
+        user_id=user_id,
+        claims=[UserClaim(name, created_at) for name, created_at, _ in page],
+        next_position=(page[-1][1], page[-1][2]) if has_more else None,
+    )
 
 
 def has_claimed(*, coupon_id: int, user_id: str) -> bool:

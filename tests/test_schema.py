@@ -19,7 +19,13 @@ class SchemaTests(SimpleTestCase):
     def test_lists_every_endpoint(self):
         self.assertEqual(
             set(self.schema["paths"]),
-            {"/api/coupons", "/api/coupons/claim", "/api/coupons/{name}", "/api/coupons/{name}/claims/{user_id}"},
+            {
+                "/api/coupons",
+                "/api/coupons/claim",
+                "/api/coupons/{name}",
+                "/api/coupons/{name}/claims/{user_id}",
+                "/api/users/{user_id}/claims",
+            },
         )
 
     def test_documents_every_status_code(self):
@@ -36,6 +42,7 @@ class SchemaTests(SimpleTestCase):
             {"204", "400", "401", "403", "404", "411", "413", "415", "503"},
         )
         self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
+        self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
 
     def test_error_bodies_are_documented(self):

@@ -131,6 +131,30 @@ class ReleaseInputSerializer(serializers.Serializer):
     reason = StrictCharField(required=False, help_text="Why the claim is released (kept in the audit trail).")
 
 
+USER_CLAIMS_PAGE_SIZE = 50
+USER_CLAIMS_MAX_PAGE_SIZE = 100
+
+
+class UserClaimsQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(
+        min_value=1, max_value=USER_CLAIMS_MAX_PAGE_SIZE, default=USER_CLAIMS_PAGE_SIZE, help_text="Claims per page."
+    )
+    cursor = serializers.CharField(
+        required=False, max_length=200, help_text="`next` from the previous page, as it was; absent: the first page."
+    )
+
+
+class UserClaimSerializer(serializers.Serializer):
+    coupon_name = serializers.CharField()
+    claimed_at = Rfc3339DateTimeField(help_text="UTC.")
+
+
+class UserClaimsPageSerializer(serializers.Serializer):
+    user_id = serializers.CharField()
+    claims = UserClaimSerializer(many=True, help_text="Newest first.")
+    next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last page.")
+
+
 class ClaimSerializer(serializers.Serializer):
     user_id = serializers.CharField()
     coupon_name = serializers.CharField()

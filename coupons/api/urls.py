@@ -1,6 +1,6 @@
 from django.urls import path, re_path
 
-from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi
+from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
 
 urlpatterns = [
     path("coupons", CouponCreateApi.as_view(), name="coupon-create"),
@@ -13,4 +13,5 @@ urlpatterns = [
     re_path(r"^coupons/(?P<name>.+?)/claims/(?P<user_id>.+)$", ClaimReleaseApi.as_view(), name="claim-release"),
     # `path` accepts "/" inside a name (sent percent-encoded as %2F).
     path("coupons/<path:name>", CouponDetailApi.as_view(), name="coupon-detail"),
+    re_path(r"^users/(?P<user_id>.+)/claims$", UserClaimsApi.as_view(), name="user-claims"),
 ]

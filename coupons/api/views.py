@@ -8,6 +8,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
+from coupons.api.cursors import decode_cursor, encode_cursor
 from coupons.api.permissions import (
     RELEASE_AUTHENTICATION_CLASSES,
     RELEASE_PERMISSION_CLASSES,
@@ -21,9 +22,11 @@ from coupons.api.serializers import (
     CouponSerializer,
     ErrorSerializer,
     ReleaseInputSerializer,
+    UserClaimsPageSerializer,
+    UserClaimsQuerySerializer,
 )
 from coupons.api.throttling import ClaimRateThrottle
-from coupons.selectors import get_coupon_detail
+from coupons.selectors import get_coupon_detail, get_user_claims_page
 from coupons.services import claim_coupon, create_coupon, release_claim
 
 
@@ -177,3 +180,29 @@ class ClaimReleaseApi(APIView):
     @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
     def get(self, request, name, user_id):
         return coupon_detail_response(f"{name}/claims/{user_id}")
+
+
+class UserClaimsApi(APIView):
+    @extend_schema(
+        operation_id="users_claims_list",
+        summary="A user's claims, newest first, a page at a time",
+        description="Keyset pagination: pass `next` back as `cursor` for the following page. A user with no claims"
+        " gets an empty list.",
+        parameters=[UserClaimsQuerySerializer],
+        responses={
+            200: UserClaimsPageSerializer,
+            400: _error("`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."),
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request, user_id):
+        query = UserClaimsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        cursor = query.validated_data.get("cursor")
+        page = get_user_claims_page(
+            user_id=user_id,
+            limit=query.validated_data["limit"],
+            after=decode_cursor(cursor) if cursor is not None else None,
+        )
+        body = {"user_id": page.user_id, "claims": page.claims, "next": encode_cursor(page.next_position)}
+        return Response(UserClaimsPageSerializer(body).data)
