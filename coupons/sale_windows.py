@@ -22,6 +22,10 @@ class SaleStatus(enum.StrEnum):
     SOLD_OUT = "sold_out"  # inside the window, no stock left
     ENDED = "ended"  # now >= ends_at
 
+    @property
+    def label(self):
+        return self.value.replace("_", " ").capitalize()  # "Sold out"
+
 
 @dataclass(frozen=True)
 class SaleWindow:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Q
+from django.db.models import Q, QuerySet
 from django.db.models.functions import Now
 
 from coupons.exceptions import CouponNotFound
@@ -174,4 +174,19 @@ def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, 
         .order_by("coupon_id", "id")
         .values_list("coupon__name", "user_id", "created_at")
         .iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    )
+
+
+def filter_by_sale_status(coupons: QuerySet[Coupon], status: SaleStatus) -> QuerySet[Coupon]:
+    """The coupons whose status (SaleWindow.status, in SQL) is `status` by the database's clock."""
+    now = Now()
+    started = Q(starts_at__isnull=True) | Q(starts_at__lte=now)
+    not_ended = Q(ends_at__isnull=True) | Q(ends_at__gt=now)
+    return coupons.filter(
+        {
+            SaleStatus.SCHEDULED: Q(starts_at__gt=now),  # and so not ended: the window ends after it starts
+            SaleStatus.LIVE: started & not_ended & Q(remaining_amount__gt=0),
+            SaleStatus.SOLD_OUT: started & not_ended & Q(remaining_amount=0),
+            SaleStatus.ENDED: Q(ends_at__lte=now),
+        }[status]
     )

@@ -143,3 +143,21 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         return ClaimRelease.objects.create(
             coupon_id=coupon_id, user_id=user_id, claimed_at=claimed_at, released_by=released_by, reason=reason
         )
+
+
+def schedule_sale(*, coupon_name: str, starts_at: datetime | None, ends_at: datetime | None) -> Coupon:
+    """Set the coupon's sale window [starts_at, ends_at) (None: no bound).
+
+    Only the window's two columns are written, under the coupon row lock, so
+    concurrent claims' stock changes are never overwritten; a claim checks
+    the window again under that same lock. The database refuses an end that
+    is not after the start.
+    """
+    with transaction.atomic():
+        try:
+            coupon = Coupon.objects.select_for_update(no_key=True).get(name=coupon_name)
+        except Coupon.DoesNotExist:
+            raise CouponNotFound() from None
+        coupon.starts_at, coupon.ends_at = starts_at, ends_at
+        coupon.save(update_fields=["starts_at", "ends_at"])
+    return coupon

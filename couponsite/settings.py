@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import warnings
+import zoneinfo
 from pathlib import Path
 
 import dj_database_url
@@ -177,7 +178,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Internationalisation and static files ---------------------------------------
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The operators' time zone: the admin shows and reads times in it. Times
+# are stored, and the API speaks, in UTC whatever it is.
+TIME_ZONE = os.environ.get("ADMIN_TIME_ZONE") or "UTC"
+if TIME_ZONE not in zoneinfo.available_timezones():
+    raise ImproperlyConfigured(f"ADMIN_TIME_ZONE must be an IANA time zone such as Europe/Paris, got {TIME_ZONE!r}.")
 USE_I18N = True
 USE_TZ = True
 
