@@ -88,4 +88,4 @@ class ClaimRelease(models.Model):
         indexes = [models.Index(fields=["coupon", "-released_at"], name="release_coupon_newest_first")]
 
     def __str__(self):
-        return f"{self.user_id} → {self.coupon_id} (released)"
+        return f"{self.user_id}, released"
