@@ -5,6 +5,7 @@ claiming across it. The service decides with the database's clock; the test
 compares with its own, which on one machine is the same clock.
 """
 
+import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,8 @@ from coupons.models import Claim, Coupon
 from coupons.selectors import database_now
 from coupons.services import claim_coupon, create_coupon
 from tests.stress.base import OneStressClassAtATime, run_simultaneously
+
+logger = logging.getLogger(__name__)
 
 CROWD = 24
 STOCK = 10
@@ -78,8 +81,8 @@ class SaleWindowInstantTests(OneStressClassAtATime, TransactionTestCase):
             self.assertLess(one.sent_at, starts_at)
             left = -((one.sent_at - starts_at) // timedelta(seconds=1))
             self.assertTrue(1 <= one.retry_after <= left, (one, starts_at))
-        print(
-            f"\nopening: {len(attempts)} attempts by {CROWD} users, {len(early)} refused as early"
+        logger.info(
+            f"opening: {len(attempts)} attempts by {CROWD} users, {len(early)} refused as early"
             f" (Retry-After {min(one.retry_after for one in early)}..{max(one.retry_after for one in early)} s);"
             f" last early answer {milliseconds(max(one.answered_at for one in early) - starts_at)} ms,"
             f" first claim {milliseconds(min(claims) - starts_at)} ms,"
@@ -110,8 +113,8 @@ class SaleWindowInstantTests(OneStressClassAtATime, TransactionTestCase):
         self.assertLess(max(claims), ends_at, "no claim at or after the end")
         for caller_attempts in per_caller:
             self.assertGreaterEqual(caller_attempts[-1].answered_at, ends_at, "refused only once the sale ended")
-        print(
-            f"\nclosing: {len(granted)} claims by {CROWD} callers; last claim"
+        logger.info(
+            f"closing: {len(granted)} claims by {CROWD} callers; last claim"
             f" {milliseconds(ends_at - max(claims))} ms before ends_at, first refusal answered"
             f" {milliseconds(min(c[-1].answered_at for c in per_caller) - ends_at)} ms after it"
         )
