@@ -17,7 +17,6 @@ deepest page's query.
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.test.utils import CaptureQueriesContext, setup_test_environment  # noqa: E402
 
+from bench.admin_pages import measure  # noqa: E402
 from coupons.api.cursors import decode_cursor  # noqa: E402
 from coupons.models import Claim, Coupon  # noqa: E402
 from coupons.selectors import get_user_claims_page  # noqa: E402
@@ -65,21 +65,6 @@ def fill(coupons, users_per_coupon):
         )
         cursor.execute("ANALYZE coupons_claim")  # fresh statistics for the planner
     print(f"created {coupons} coupons and {coupons * users_per_coupon} claims in {time.perf_counter() - started:.1f} s")
-
-
-def measure(client, label, url, runs):
-    timings = []
-    for _ in range(runs):
-        with CaptureQueriesContext(connection) as queries:
-            started = time.perf_counter()
-            response = client.get(url)
-            timings.append(time.perf_counter() - started)
-        assert response.status_code == 200, (url, response.status_code)
-    print(
-        f"{label:<30} median {statistics.median(timings) * 1000:7.2f} ms   slowest {max(timings) * 1000:7.2f} ms"
-        f"   {len(queries)} queries   {len(response.json()['claims'])} claims"
-    )
-    return response.json()["next"]
 
 
 def main():

@@ -97,21 +97,27 @@ class RestockForm(forms.Form):
         return amount
 
 
-class ReleaseInline(admin.TabularInline):
-    """The coupon's releases, newest first: read-only, like the audit trail they are."""
-
-    model = ClaimRelease
-    fields = ("user_id", "claimed_at", "released_at", "released_by", "reason")
-    readonly_fields = fields
-    extra = 0
-    can_delete = False
-    verbose_name_plural = "releases"
+class ReadOnly:
+    """A ModelAdmin or inline mixin: rows are only ever read here."""
 
     def has_add_permission(self, request, obj=None):
         return False
 
     def has_change_permission(self, request, obj=None):
         return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReleaseInline(ReadOnly, admin.TabularInline):
+    """The coupon's releases, newest first: read-only, like the audit trail they are."""
+
+    model = ClaimRelease
+    fields = ("user_id", "claimed_at", "released_at", "released_by", "reason")
+    readonly_fields = fields
+    extra = 0
+    verbose_name_plural = "releases"
 
 
 @admin.register(Coupon)
@@ -225,10 +231,33 @@ class CouponAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return coupon
 
-    def restock_view(self, request, object_id):
+    def get_changeable_coupon(self, request, object_id):
+        """The coupon of a restock or schedule page, for operators with the "change coupon" permission."""
         coupon = self.get_viewable_coupon(request, object_id)
         if not self.has_restock_permission(request):
             raise PermissionDenied
+        return coupon
+
+    def coupon_changed(self, request, coupon, change):
+        """Record the change in the coupon's history, say so, and go back to the coupon's page."""
+        self.log_change(request, coupon, change)
+        self.message_user(request, f"“{coupon}”: {change}", messages.SUCCESS)
+        return redirect("admin:coupons_coupon_change", coupon.pk)
+
+    def coupon_form_page(self, request, coupon, form, operation):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{operation} {coupon}",
+            "operation": operation,
+            "opts": self.opts,
+            "original": coupon,
+            "form": form,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, f"admin/coupons/coupon/{operation.lower()}.html", context)
+
+    def restock_view(self, request, object_id):
+        coupon = self.get_changeable_coupon(request, object_id)
         form = RestockForm(request.POST or None, initial={"amount": coupon.amount})
         if request.method == "POST" and form.is_valid():
             try:
@@ -236,8 +265,6 @@ class CouponAdmin(admin.ModelAdmin):
             except CouponError as exc:
                 form.add_error("amount", str(exc))
             else:
-                change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
-                self.log_change(request, restocked, change)
                 logger.info(
                     "coupon_restocked",
                     coupon=restocked.name,
@@ -246,22 +273,12 @@ class CouponAdmin(admin.ModelAdmin):
                     remaining_amount=restocked.remaining_amount,
                     operator=request.user.get_username(),
                 )
-                self.message_user(request, f"“{restocked}”: {change}", messages.SUCCESS)
-                return redirect("admin:coupons_coupon_change", restocked.pk)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Restock {coupon}",
-            "opts": self.opts,
-            "original": coupon,
-            "form": form,
-            "media": self.media + form.media,
-        }
-        return TemplateResponse(request, "admin/coupons/coupon/restock.html", context)
+                change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
+                return self.coupon_changed(request, restocked, change)
+        return self.coupon_form_page(request, coupon, form, "Restock")
 
     def schedule_view(self, request, object_id):
-        coupon = self.get_viewable_coupon(request, object_id)
-        if not self.has_restock_permission(request):
-            raise PermissionDenied
+        coupon = self.get_changeable_coupon(request, object_id)
         # A POST with both bounds empty is a bound form too: it clears the window.
         form = ScheduleForm(request.POST if request.method == "POST" else None, instance=coupon)
         if request.method == "POST" and form.is_valid():
@@ -270,26 +287,11 @@ class CouponAdmin(admin.ModelAdmin):
             except CouponError as exc:
                 form.add_error(None, str(exc))
             else:
-                change = f"Sale window: {format_utc(scheduled.starts_at)} → {format_utc(scheduled.ends_at)} (UTC)."
-                self.log_change(request, scheduled, change)
-                logger.info(
-                    "coupon_scheduled",
-                    coupon=scheduled.name,
-                    starts_at=format_utc(scheduled.starts_at),
-                    ends_at=format_utc(scheduled.ends_at),
-                    operator=request.user.get_username(),
-                )
-                self.message_user(request, f"“{scheduled}”: {change}", messages.SUCCESS)
-                return redirect("admin:coupons_coupon_change", scheduled.pk)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Schedule {coupon}",
-            "opts": self.opts,
-            "original": coupon,
-            "form": form,
-            "media": self.media + form.media,
-        }
-        return TemplateResponse(request, "admin/coupons/coupon/schedule.html", context)
+                window = {"starts_at": format_utc(scheduled.starts_at), "ends_at": format_utc(scheduled.ends_at)}
+                logger.info("coupon_scheduled", coupon=scheduled.name, operator=request.user.get_username(), **window)
+                change = f"Sale window: {window['starts_at']} → {window['ends_at']} (UTC)."
+                return self.coupon_changed(request, scheduled, change)
+        return self.coupon_form_page(request, coupon, form, "Schedule")
 
     def claims_csv_view(self, request, object_id):
         coupon = self.get_viewable_coupon(request, object_id)
@@ -367,7 +369,7 @@ class ClaimAdmin(admin.ModelAdmin):
 
 
 @admin.register(ClaimRelease)
-class ClaimReleaseAdmin(admin.ModelAdmin):
+class ClaimReleaseAdmin(ReadOnly, admin.ModelAdmin):
     """Every release, as release_claim() recorded it: the audit trail is only ever read."""
 
     list_display = ("user_id", "coupon", "claimed_at", "released_at", "released_by", "reason")
@@ -375,12 +377,3 @@ class ClaimReleaseAdmin(admin.ModelAdmin):
     list_filter = ("coupon",)
     search_fields = ("user_id", "released_by")
     date_hierarchy = "released_at"
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
