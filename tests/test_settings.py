@@ -47,6 +47,12 @@ class DeploySettingsTests(SimpleTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("DEBUG must be a boolean", result.stderr)
 
+    def test_the_admin_time_zone_must_be_a_real_one(self):
+        self.assertEqual(manage("check", ADMIN_TIME_ZONE="Europe/Paris").returncode, 0)
+        result = manage("check", ADMIN_TIME_ZONE="Mars/Olympus_Mons")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("ADMIN_TIME_ZONE must be an IANA time zone", result.stderr)
+
 
 @override_settings(DEBUG=False, ROOT_URLCONF="tests.urls_failing")
 class ServerErrorTests(SimpleTestCase):
