@@ -111,7 +111,8 @@ def on_exit(server):
 def write_json_error(sock, status_int, reason, mesg):
     """gunicorn's answer to a request it cannot parse (bad request line, too many or too
     long headers...), in the API's JSON error shape instead of gunicorn's HTML page."""
-    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason}).encode()
+    code = {403: "forbidden", 500: "internal_error"}.get(status_int, "invalid")  # coupons.api.error_codes.ErrorCode
+    body = json.dumps({"error": f"{reason}: {mesg}" if mesg else reason, "code": code}).encode()
     head = (
         f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"

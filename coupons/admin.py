@@ -9,9 +9,11 @@ import structlog
 from django import forms
 from django.contrib import admin, messages
 from django.contrib.admin.utils import unquote
+from django.contrib.admin.widgets import AdminSplitDateTime
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.db.models import F
+from django.db.models.functions import Now
 from django.http import Http404
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -23,9 +25,10 @@ from rest_framework_api_key.models import APIKey
 
 from coupons.exceptions import CouponError
 from coupons.exports import claims_csv_response
-from coupons.models import API_KEY_SCOPES, Claim, ClientApiKey, Coupon
-from coupons.selectors import coupon_claims
-from coupons.services import create_coupon, restock_coupon
+from coupons.models import API_KEY_SCOPES, Claim, ClaimRelease, ClientApiKey, Coupon
+from coupons.sale_windows import SaleStatus, format_utc
+from coupons.selectors import coupon_claims, filter_by_sale_status
+from coupons.services import create_coupon, release_claim, restock_coupon, schedule_sale
 
 CLAIMS_PER_PAGE = 50
 
@@ -47,17 +50,40 @@ class StockFilter(admin.SimpleListFilter):
         return queryset
 
 
+class SaleStatusFilter(admin.SimpleListFilter):
+    title = "sale status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [(status.value, status.label) for status in SaleStatus]
+
+    def queryset(self, request, queryset):
+        if self.value() in [status.value for status in SaleStatus]:
+            return filter_by_sale_status(queryset, SaleStatus(self.value()))
+        return queryset
+
+
 class CountedPaginator(Paginator):
     """A paginator told how many rows there are instead of counting them.
 
     A coupon's claims number exactly `amount - remaining_amount` (every claim
-    takes one unit in the same transaction, and claims are never deleted):
+    takes one unit, and every release gives it back, in the same transaction):
     reading that from the coupon row saves a COUNT(*) over 100,000 claims.
     """
 
     def __init__(self, object_list, per_page, *, count):
         super().__init__(object_list, per_page)
         self.count = count
+
+
+class ScheduleForm(forms.ModelForm):
+    """The sale window, in the operator's time zone (settings.TIME_ZONE, from ADMIN_TIME_ZONE)."""
+
+    class Meta:
+        model = Coupon
+        fields = ("starts_at", "ends_at")
+        widgets = {"starts_at": AdminSplitDateTime, "ends_at": AdminSplitDateTime}
+        field_classes = {"starts_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
 
 
 class RestockForm(forms.Form):
@@ -74,17 +100,47 @@ class RestockForm(forms.Form):
         return amount
 
 
+class ReadOnly:
+    """A ModelAdmin or inline mixin: rows are only ever read here."""
+
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class ReleaseInline(ReadOnly, admin.TabularInline):
+    """The coupon's releases, newest first: read-only, like the audit trail they are."""
+
+    model = ClaimRelease
+    fields = ("user_id", "claimed_at", "released_at", "released_by", "reason")
+    readonly_fields = fields
+    extra = 0
+    verbose_name_plural = "releases"
+
+
 @admin.register(Coupon)
 class CouponAdmin(admin.ModelAdmin):
-    list_display = ("name", "stock", "remaining_amount", "amount", "created_at")
-    list_filter = (StockFilter,)
+    # New columns go after the first four, so that sorted-list links (?o=2) keep their meaning.
+    list_display = ("name", "stock", "remaining_amount", "amount", "status", "starts_at", "ends_at", "created_at")
+    list_filter = (SaleStatusFilter, StockFilter)
+    inlines = (ReleaseInline,)
     search_fields = ("name",)
     date_hierarchy = "created_at"
     actions = ("export_claims_csv",)
     change_form_template = "admin/coupons/coupon/change_form.html"
 
     def get_queryset(self, request):
-        return super().get_queryset(request).annotate(claimed=F("amount") - F("remaining_amount"))
+        # The database's clock rides along with each row: the status is the API's.
+        return super().get_queryset(request).annotate(claimed=F("amount") - F("remaining_amount"), database_now=Now())
+
+    @admin.display(description="status")
+    def status(self, coupon):
+        return coupon.window.status(now=coupon.database_now, remaining_amount=coupon.remaining_amount).label
 
     @admin.display(description="claimed", ordering="claimed")
     def stock(self, coupon):
@@ -98,17 +154,21 @@ class CouponAdmin(admin.ModelAdmin):
             coupon.amount,
         )
 
+    def get_inlines(self, request, obj):
+        return self.inlines if obj is not None else ()  # a new coupon has no releases
+
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name", "amount")  # remaining_amount starts at amount
-        return ("name", "stock", "remaining_amount", "amount", "created_at")
+            return ("name", "amount", "starts_at", "ends_at")  # remaining_amount starts at amount
+        return ("name", "status", "stock", "remaining_amount", "amount", "starts_at", "ends_at", "created_at")
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.get_fields(request, obj)
 
     # A coupon's page never edits it: claims change its stock, and operators
-    # change its amount through the restock page (restock_coupon), which needs
-    # Django's "change coupon" permission.
+    # change its amount through the restock page (restock_coupon) and its
+    # window through the schedule page (schedule_sale), which need Django's
+    # "change coupon" permission.
     def has_change_permission(self, request, obj=None):
         return False
 
@@ -130,7 +190,7 @@ class CouponAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         # Only the add form saves (a coupon's page is read-only): create the
         # coupon the way the API does.
-        coupon = create_coupon(name=obj.name, amount=obj.amount)
+        coupon = create_coupon(name=obj.name, amount=obj.amount, starts_at=obj.starts_at, ends_at=obj.ends_at)
         obj.pk, obj.remaining_amount, obj.created_at = coupon.pk, coupon.remaining_amount, coupon.created_at
 
     def get_urls(self):
@@ -140,6 +200,11 @@ class CouponAdmin(admin.ModelAdmin):
                 "<path:object_id>/restock/",
                 self.admin_site.admin_view(self.restock_view),
                 name=f"{prefix}_restock",
+            ),
+            path(
+                "<path:object_id>/schedule/",
+                self.admin_site.admin_view(self.schedule_view),
+                name=f"{prefix}_schedule",
             ),
             path(
                 "<path:object_id>/claims.csv",
@@ -169,10 +234,33 @@ class CouponAdmin(admin.ModelAdmin):
             raise PermissionDenied
         return coupon
 
-    def restock_view(self, request, object_id):
+    def get_changeable_coupon(self, request, object_id):
+        """The coupon of a restock or schedule page, for operators with the "change coupon" permission."""
         coupon = self.get_viewable_coupon(request, object_id)
         if not self.has_restock_permission(request):
             raise PermissionDenied
+        return coupon
+
+    def coupon_changed(self, request, coupon, change):
+        """Record the change in the coupon's history, say so, and go back to the coupon's page."""
+        self.log_change(request, coupon, change)
+        self.message_user(request, f"“{coupon}”: {change}", messages.SUCCESS)
+        return redirect("admin:coupons_coupon_change", coupon.pk)
+
+    def coupon_form_page(self, request, coupon, form, operation):
+        context = {
+            **self.admin_site.each_context(request),
+            "title": f"{operation} {coupon}",
+            "operation": operation,
+            "opts": self.opts,
+            "original": coupon,
+            "form": form,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, f"admin/coupons/coupon/{operation.lower()}.html", context)
+
+    def restock_view(self, request, object_id):
+        coupon = self.get_changeable_coupon(request, object_id)
         form = RestockForm(request.POST or None, initial={"amount": coupon.amount})
         if request.method == "POST" and form.is_valid():
             try:
@@ -180,8 +268,6 @@ class CouponAdmin(admin.ModelAdmin):
             except CouponError as exc:
                 form.add_error("amount", str(exc))
             else:
-                change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
-                self.log_change(request, restocked, change)
                 logger.info(
                     "coupon_restocked",
                     coupon=restocked.name,
@@ -190,17 +276,25 @@ class CouponAdmin(admin.ModelAdmin):
                     remaining_amount=restocked.remaining_amount,
                     operator=request.user.get_username(),
                 )
-                self.message_user(request, f"“{restocked}”: {change}", messages.SUCCESS)
-                return redirect("admin:coupons_coupon_change", restocked.pk)
-        context = {
-            **self.admin_site.each_context(request),
-            "title": f"Restock {coupon}",
-            "opts": self.opts,
-            "original": coupon,
-            "form": form,
-            "media": self.media + form.media,
-        }
-        return TemplateResponse(request, "admin/coupons/coupon/restock.html", context)
+                change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
+                return self.coupon_changed(request, restocked, change)
+        return self.coupon_form_page(request, coupon, form, "Restock")
+
+    def schedule_view(self, request, object_id):
+        coupon = self.get_changeable_coupon(request, object_id)
+        # A POST with both bounds empty is a bound form too: it clears the window.
+        form = ScheduleForm(request.POST if request.method == "POST" else None, instance=coupon)
+        if request.method == "POST" and form.is_valid():
+            try:
+                scheduled = schedule_sale(coupon_name=coupon.name, **form.cleaned_data)
+            except CouponError as exc:
+                form.add_error(None, str(exc))
+            else:
+                window = {"starts_at": format_utc(scheduled.starts_at), "ends_at": format_utc(scheduled.ends_at)}
+                logger.info("coupon_scheduled", coupon=scheduled.name, operator=request.user.get_username(), **window)
+                change = f"Sale window: {window['starts_at']} → {window['ends_at']} (UTC)."
+                return self.coupon_changed(request, scheduled, change)
+        return self.coupon_form_page(request, coupon, form, "Schedule")
 
     def claims_csv_view(self, request, object_id):
         coupon = self.get_viewable_coupon(request, object_id)
@@ -211,9 +305,16 @@ class CouponAdmin(admin.ModelAdmin):
         return claims_csv_response(queryset, filename="coupon-claims.csv")
 
 
+class ReleaseForm(forms.Form):
+    reason = forms.CharField(
+        max_length=255, help_text="Why the claims are given back (an order cancelled, a fraudulent claim…)."
+    )
+
+
 @admin.register(Claim)
 class ClaimAdmin(admin.ModelAdmin):
     list_display = ("user_id", "coupon", "created_at")
+    actions = ("release_selected_claims",)
     list_select_related = ("coupon",)
     list_filter = ("coupon",)
     search_fields = ("user_id",)
@@ -231,6 +332,54 @@ class ClaimAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request, obj=None):
         return False
+
+    # Releasing is not deleting by hand: release_claim() gives the unit back
+    # and records the release. It needs Django's "delete claim" permission.
+    def has_release_permission(self, request):
+        return request.user.has_perm(f"{self.opts.app_label}.delete_{self.opts.model_name}")
+
+    @admin.action(description="Release selected claims", permissions=["release"])
+    def release_selected_claims(self, request, queryset):
+        form = ReleaseForm(request.POST if "apply" in request.POST else None)
+        if form.is_valid():
+            released = 0
+            for coupon_name, user_id in queryset.values_list("coupon__name", "user_id"):
+                try:
+                    release_claim(
+                        coupon_name=coupon_name,
+                        user_id=user_id,
+                        released_by=request.user.get_username(),
+                        reason=form.cleaned_data["reason"],
+                    )
+                except CouponError:
+                    continue  # released meanwhile
+                released += 1
+                logger.info("claim_released", coupon=coupon_name, user_id=user_id, operator=request.user.get_username())
+            self.message_user(
+                request, f"Released {released} claim(s): their units are back in stock.", messages.SUCCESS
+            )
+            return None
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Release claims",
+            "opts": self.opts,
+            "claims": queryset.select_related("coupon"),
+            "form": form,
+            "action_checkbox_name": admin.helpers.ACTION_CHECKBOX_NAME,
+            "media": self.media + form.media,
+        }
+        return TemplateResponse(request, "admin/coupons/claim/release_claims.html", context)
+
+
+@admin.register(ClaimRelease)
+class ClaimReleaseAdmin(ReadOnly, admin.ModelAdmin):
+    """Every release, as release_claim() recorded it: the audit trail is only ever read."""
+
+    list_display = ("user_id", "coupon", "claimed_at", "released_at", "released_by", "reason")
+    list_select_related = ("coupon",)
+    list_filter = ("coupon",)
+    search_fields = ("user_id", "released_by")
+    date_hierarchy = "released_at"
 
 
 # The library registers its own key model; the service's keys are ClientApiKey.

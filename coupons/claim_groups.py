@@ -30,11 +30,13 @@ import copy
 import threading
 
 from django.db import transaction
-from django.db.models import F
+from django.db.models import F, FilteredRelation, Q
+from django.db.models.functions import Now
 from prometheus_client import Histogram
 
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
+from coupons.sale_windows import SaleWindow
 
 group_sizes = Histogram(
     "coupon_claim_group_size",
@@ -47,33 +49,43 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
     """Grant one unit each to `user_ids`, in order, in one transaction; per user, the new claim or the refusal.
 
     The coupon row lock is taken first: every claim (and every change to a
-    coupon's stock) takes it before writing, so under it the holders read is
-    exact and no concurrent insert can collide with ours. On SQLite, where
-    select_for_update() does nothing, the transaction's BEGIN IMMEDIATE
-    takes the database's write lock instead (settings: transaction_mode).
+    coupon's stock or window) takes it before writing, so under it the
+    holders read is exact and no concurrent insert can collide with ours. On
+    SQLite, where select_for_update() does nothing, the transaction's BEGIN
+    IMMEDIATE takes the database's write lock instead (settings:
+    transaction_mode).
     """
     with transaction.atomic():
         try:
-            remaining_amount = (
+            remaining_amount, starts_at, ends_at = (
                 Coupon.objects.select_for_update(no_key=True)
-                .values_list("remaining_amount", flat=True)
+                .values_list("remaining_amount", "starts_at", "ends_at")
                 .get(pk=coupon_id)
             )
         except Coupon.DoesNotExist:
             return [CouponNotFound() for _ in user_ids]  # deleted since the eligibility read
-        # A statement of its own, after the lock: its snapshot includes the
-        # claims committed by whoever held the lock before. (Joined into the
-        # locking statement, the claims would be read from the snapshot taken
-        # before the wait, and a holder who committed meanwhile be missed.)
-        holders = set(
-            Claim.objects.filter(coupon_id=coupon_id, user_id__in=set(user_ids))
+        # A statement of its own, after the lock, for two reasons. Its
+        # snapshot includes the claims committed by whoever held the lock
+        # before (joined into the locking statement, they would be read from
+        # the snapshot taken before the wait, and a holder who committed
+        # meanwhile be missed). And its clock reads an instant at which this
+        # transaction holds the lock: the sale window is judged then, so no
+        # claim that waited for the lock past ends_at is granted.
+        rows = list(
+            Coupon.objects.filter(pk=coupon_id)
+            .annotate(holder=FilteredRelation("claims", condition=Q(claims__user_id__in=set(user_ids))))
             .order_by()
-            .values_list("user_id", flat=True)
+            .values_list(Now(), "holder__user_id")
         )
+        now = rows[0][0]
+        holders = {holder for _, holder in rows if holder is not None}
+        window = SaleWindow(starts_at, ends_at)
         outcomes, winners = [], []
         for user_id in user_ids:
             if user_id in holders:
-                outcomes.append(AlreadyClaimed())
+                outcomes.append(AlreadyClaimed())  # 409 comes before the window's 403
+            elif (refusal := window.refusal(now)) is not None:
+                outcomes.append(refusal)
             elif len(winners) < remaining_amount:
                 holders.add(user_id)
                 winners.append(Claim(coupon_id=coupon_id, user_id=user_id))

@@ -29,3 +29,20 @@ class OutOfStock(CouponError):
 
 class AmountBelowClaimed(CouponError):
     default_message = "The amount cannot be lower than the number of units already claimed."
+
+
+class ClaimNotFound(CouponError):
+    default_message = "This user holds no claim of this coupon."
+
+
+class SaleNotStarted(CouponError):
+    default_message = "The sale has not started yet."
+
+    def __init__(self, message=None, *, retry_after_seconds: int):
+        super().__init__(message)
+        # Whole seconds until the sale opens, rounded up (at least 1).
+        self.retry_after_seconds = retry_after_seconds
+
+
+class SaleEnded(CouponError):
+    default_message = "The sale has ended."

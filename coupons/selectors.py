@@ -6,9 +6,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
+from django.db.models import Q, QuerySet
+from django.db.models.functions import Now
 
 from coupons.exceptions import CouponNotFound
 from coupons.models import Claim, Coupon
+from coupons.sale_windows import SaleStatus, SaleWindow, as_utc_datetime
 
 
 @dataclass(frozen=True)
@@ -16,29 +19,37 @@ class CouponDetail:
     name: str
     amount: int
     remaining_amount: int
+    starts_at: datetime | None
+    ends_at: datetime | None
+    status: SaleStatus
     claimed_by: list[str]
 
 
 def get_coupon_detail(*, name: str) -> CouponDetail:
-    """The coupon with the ids of its claimers, in the order they claimed.
+    """The coupon with the ids of its claimers, in the order they claimed, and its sale status.
 
     One statement (coupon LEFT JOIN claims) reads one snapshot, so
     `claimed_by` always holds exactly `amount - remaining_amount` users, even
-    while claims are committing.
+    while claims are committing; the status is computed with the database's
+    clock, read by the same statement.
     """
     rows = list(
         Coupon.objects.filter(name=name)
         .order_by("claims__id")
-        .values_list("amount", "remaining_amount", "claims__user_id")
+        .values_list("amount", "remaining_amount", "starts_at", "ends_at", Now(), "claims__user_id")
     )
     if not rows:
         raise CouponNotFound()
-    amount, remaining_amount, first_claimer = rows[0]
+    amount, remaining_amount, starts_at, ends_at, now, first_claimer = rows[0]
+    window = SaleWindow(starts_at, ends_at)
     return CouponDetail(
         name=name,
         amount=amount,
         remaining_amount=remaining_amount,
-        claimed_by=[] if first_claimer is None else [user_id for _, _, user_id in rows],
+        starts_at=starts_at,
+        ends_at=ends_at,
+        status=window.status(now=now, remaining_amount=remaining_amount),
+        claimed_by=[] if first_claimer is None else [row[-1] for row in rows],
     )
 
 
@@ -47,24 +58,43 @@ class ClaimEligibility:
     coupon_id: int
     remaining_amount: int
     already_claimed: bool
+    window: SaleWindow
+    now: datetime  # the database's clock at the read
+
+
+# The database's clock, as django.db.models.functions.Now reads it.
+_DATABASE_NOW_SQL = {
+    "postgresql": "STATEMENT_TIMESTAMP()",
+    "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
+
+def database_now() -> datetime:
+    """The database's clock: the one every sale window is checked against."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {_DATABASE_NOW_SQL[connection.vendor]}")
+        return as_utc_datetime(cursor.fetchone()[0])
 
 
 @functools.cache
 def _eligibility_sql():
     quote = connection.ops.quote_name
+    # "%%": this query has parameters.
+    now = _DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
     return (
-        f"SELECT c.id, c.remaining_amount, EXISTS ("  # noqa: S608 - only model table names are interpolated
+        "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
+        f"{now}, EXISTS ("
         f"SELECT 1 FROM {quote(Claim._meta.db_table)} u WHERE u.coupon_id = c.id AND u.user_id = %s"
         f") FROM {quote(Coupon._meta.db_table)} c WHERE c.name = %s"
     )
 
 
 def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility:
-    """The coupon's stock and whether the user holds it, in one lock-free read.
+    """The coupon's stock, whether the user holds it, its sale window and the database's clock, in one lock-free read.
 
-    It sees committed state: a claim shown is never undone, and an empty
-    stock was empty at that moment, so either proves a refusal without the
-    row lock.
+    It sees committed state: a claim shown was held at that moment, an
+    empty stock was empty then, and a window closed at the database's "now"
+    was closed then, so each proves a refusal without the row lock.
 
     Every claim request makes this read, so it is written in SQL (portable
     to PostgreSQL and SQLite): building the same query with the ORM's
@@ -75,8 +105,49 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
         row = cursor.fetchone()
     if row is None:
         raise CouponNotFound()
-    coupon_id, remaining_amount, already_claimed = row
-    return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed))
+    coupon_id, remaining_amount, starts_at, ends_at, now, already_claimed = row
+    window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
+    return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed), window, as_utc_datetime(now))
+
+
+@dataclass(frozen=True)
+class UserClaim:
+    coupon_name: str
+    claimed_at: datetime
+
+
+# Where a page of a user's claims ends: the last claim's (created_at, id).
+ClaimPosition = tuple[datetime, int]
+
+
+@dataclass(frozen=True)
+class UserClaimsPage:
+    user_id: str
+    claims: list[UserClaim]
+    next_position: ClaimPosition | None  # None: this is the last page
+
+
+def get_user_claims_page(*, user_id: str, limit: int, after: ClaimPosition | None = None) -> UserClaimsPage:
+    """A page of the user's claims, newest first, from just after `after` (keyset pagination).
+
+    The (user_id, created_at, id) index gives the page as one short range
+    scan, however deep it is and however many claims the user holds: no
+    OFFSET to skip through, no COUNT.
+    """
+    claims = Claim.objects.filter(user_id=user_id)
+    if after is not None:
+        created_at, claim_id = after
+        # (created_at, id) < after, with the bound on created_at alone
+        # stated too, so that the index scan starts there.
+        claims = claims.filter(created_at__lte=created_at).filter(Q(created_at__lt=created_at) | Q(id__lt=claim_id))
+    rows = list(claims.order_by("-created_at", "-id").values_list("coupon__name", "created_at", "id")[: limit + 1])
+    page = rows[:limit]
+    has_more = len(rows) > limit
+    return UserClaimsPage(
+        user_id=user_id,
+        claims=[UserClaim(name, created_at) for name, created_at, _ in page],
+        next_position=(page[-1][1], page[-1][2]) if has_more else None,
+    )
 
 
 def coupon_claims(*, coupon_id: int):
@@ -99,4 +170,19 @@ def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, 
         .order_by("coupon_id", "id")
         .values_list("coupon__name", "user_id", "created_at")
         .iterator(chunk_size=EXPORT_CHUNK_SIZE)
+    )
+
+
+def filter_by_sale_status(coupons: QuerySet[Coupon], status: SaleStatus) -> QuerySet[Coupon]:
+    """The coupons whose status (SaleWindow.status, in SQL) is `status` by the database's clock."""
+    now = Now()
+    started = Q(starts_at__isnull=True) | Q(starts_at__lte=now)
+    not_ended = Q(ends_at__isnull=True) | Q(ends_at__gt=now)
+    return coupons.filter(
+        {
+            SaleStatus.SCHEDULED: Q(starts_at__gt=now),  # and so not ended: the window ends after it starts
+            SaleStatus.LIVE: started & not_ended & Q(remaining_amount__gt=0),
+            SaleStatus.SOLD_OUT: started & not_ended & Q(remaining_amount=0),
+            SaleStatus.ENDED: Q(ends_at__lte=now),
+        }[status]
     )

@@ -1,5 +1,6 @@
 from django.conf import settings
-from django.http import JsonResponse
+
+from coupons.api.error_codes import ErrorCode, json_error
 
 
 class RequestBodyLimitMiddleware:
@@ -19,14 +20,14 @@ class RequestBodyLimitMiddleware:
         try:
             content_length = int(request.META.get("CONTENT_LENGTH") or 0)
         except ValueError:
-            return JsonResponse({"error": "Invalid Content-Length header."}, status=400)
+            return json_error("Invalid Content-Length header.", 400, ErrorCode.INVALID)
         if "chunked" in request.META.get("HTTP_TRANSFER_ENCODING", "").lower():
-            return JsonResponse(
-                {"error": "Send the body with a Content-Length: chunked bodies are refused."}, status=411
+            return json_error(
+                "Send the body with a Content-Length: chunked bodies are refused.", 411, ErrorCode.LENGTH_REQUIRED
             )
         limit = settings.MAX_REQUEST_BODY_BYTES
         if content_length > limit:
-            return JsonResponse({"error": f"Request body too large: the limit is {limit} bytes."}, status=413)
+            return json_error(f"Request body too large: the limit is {limit} bytes.", 413, ErrorCode.PAYLOAD_TOO_LARGE)
         return self.get_response(request)
 
 
@@ -48,7 +49,7 @@ class NulRefusalMiddleware:
 
     def __call__(self, request):
         if "\x00" in request.path:
-            return JsonResponse({"error": "Not found."}, status=404)
+            return json_error("Not found.", 404, ErrorCode.NOT_FOUND)
         query_string = request.META.get("QUERY_STRING", "")
         if (
             "%00" in query_string
@@ -56,7 +57,7 @@ class NulRefusalMiddleware:
             or any("\x00" in value for value in request.COOKIES.values())
             or (request.content_type in self.FORM_CONTENT_TYPES and _holds_nul(request.body))
         ):
-            return JsonResponse({"error": "NUL characters are not allowed in a request."}, status=400)
+            return json_error("NUL characters are not allowed in a request.", 400, ErrorCode.INVALID)
         return self.get_response(request)
 
 

@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import warnings
+import zoneinfo
 from pathlib import Path
 
 import dj_database_url
@@ -180,7 +181,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # Internationalisation and static files ---------------------------------------
 
 LANGUAGE_CODE = "en-us"
-TIME_ZONE = "UTC"
+# The operators' time zone: the admin shows and reads times in it. Times
+# are stored, and the API speaks, in UTC whatever it is.
+TIME_ZONE = os.environ.get("ADMIN_TIME_ZONE") or "UTC"
+if TIME_ZONE not in zoneinfo.available_timezones():
+    raise ImproperlyConfigured(f"ADMIN_TIME_ZONE must be an IANA time zone such as Europe/Paris, got {TIME_ZONE!r}.")
 USE_I18N = True
 USE_TZ = True
 
@@ -294,6 +299,8 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "coupons.api.key_access.document_key_errors",
     ],
+    # The error codes' enum under a name that says what it is (not "CodeEnum").
+    "ENUM_NAME_OVERRIDES": {"ErrorCode": "coupons.api.error_codes.ErrorCode"},
 }
 
 

@@ -3,6 +3,8 @@
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
 
+from coupons.api.error_codes import ErrorCode, json_error
+
 
 def health(request):
     """200 after a database round trip; 503 when the database cannot answer."""
@@ -12,28 +14,24 @@ def health(request):
             cursor.fetchone()
     except DatabaseError:
         return JsonResponse(
-            {"status": "unhealthy", "error": "Database unavailable."},
+            {"status": "unhealthy", "error": "Database unavailable.", "code": ErrorCode.UNAVAILABLE},
             status=503,
             headers={"Retry-After": "1"},
         )
     return JsonResponse({"status": "healthy"})
 
 
-def _json_error(message, status):
-    return JsonResponse({"error": message}, status=status)
-
-
 def bad_request(request, exception=None):
-    return _json_error("Bad request.", 400)
+    return json_error("Bad request.", 400, ErrorCode.INVALID)
 
 
 def permission_denied(request, exception=None):
-    return _json_error("Permission denied.", 403)
+    return json_error("Permission denied.", 403, ErrorCode.FORBIDDEN)
 
 
 def page_not_found(request, exception=None):
-    return _json_error("Not found.", 404)
+    return json_error("Not found.", 404, ErrorCode.NOT_FOUND)
 
 
 def server_error(request):
-    return _json_error("Internal server error.", 500)
+    return json_error("Internal server error.", 500, ErrorCode.INTERNAL_ERROR)

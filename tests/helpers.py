@@ -45,13 +45,19 @@ class JsonApiAssertions:
     def post_raw(self, path, data, content_type="application/json", **extra):
         return self.client.post(path, data=data, content_type=content_type, **extra)
 
-    def assert_error(self, response, status_code):
+    def assert_error(self, response, status_code, code=None):
+        """A JSON error body, {"error": message, "code": one of ErrorCode (`code`, when given)}; returns the message."""
+        from coupons.api.error_codes import ErrorCode
+
         self.assertEqual(response.status_code, status_code, response.content)
         self.assertEqual(response["Content-Type"], "application/json")
         body = response.json()
-        self.assertEqual(list(body), ["error"])
+        self.assertEqual(list(body), ["error", "code"])
         self.assertIsInstance(body["error"], str)
         self.assertTrue(body["error"])
+        self.assertIn(body["code"], list(ErrorCode))
+        if code is not None:
+            self.assertEqual(body["code"], code)
         return body["error"]
 
     def get_coupon(self, name):

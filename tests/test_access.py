@@ -41,20 +41,24 @@ class UnrestrictedCouponCreationTests(JsonApiAssertions, TestCase):
 class StaffOnlyCouponCreationTests(JsonApiAssertions, TestCase):
     def test_anonymous_is_a_json_401_naming_the_scheme(self):
         response = self.post_json("/api/coupons", NEW_COUPON)
-        self.assert_error(response, 401)
+        self.assert_error(response, 401, "unauthorized")
         self.assertEqual(response["WWW-Authenticate"], "Token")
         self.assertFalse(Coupon.objects.exists())
 
     def test_invalid_token_is_a_401(self):
-        self.assert_error(self.post_json("/api/coupons", NEW_COUPON, HTTP_AUTHORIZATION="Token not-a-token"), 401)
+        self.assert_error(
+            self.post_json("/api/coupons", NEW_COUPON, HTTP_AUTHORIZATION="Token not-a-token"), 401, "unauthorized"
+        )
         self.assertFalse(Coupon.objects.exists())
 
     def test_inactive_staff_token_is_a_401(self):
         extra = token_header(make_user("gone", is_staff=True, is_active=False))
-        self.assert_error(self.post_json("/api/coupons", NEW_COUPON, **extra), 401)
+        self.assert_error(self.post_json("/api/coupons", NEW_COUPON, **extra), 401, "unauthorized")
 
     def test_non_staff_token_is_a_403(self):
-        self.assert_error(self.post_json("/api/coupons", NEW_COUPON, **token_header(make_user("shopper"))), 403)
+        self.assert_error(
+            self.post_json("/api/coupons", NEW_COUPON, **token_header(make_user("shopper"))), 403, "forbidden"
+        )
         self.assertFalse(Coupon.objects.exists())
 
     def test_staff_token_creates(self):
@@ -66,7 +70,7 @@ class StaffOnlyCouponCreationTests(JsonApiAssertions, TestCase):
         self.client = Client(enforce_csrf_checks=True)
         self.client.force_login(make_user("operator", is_staff=True))
 
-        self.assert_error(self.post_json("/api/coupons", NEW_COUPON), 403)
+        self.assert_error(self.post_json("/api/coupons", NEW_COUPON), 403, "forbidden")
         self.assertFalse(Coupon.objects.exists())
 
         self.client.get("/admin/")  # sets the CSRF cookie, as the admin's pages do

@@ -3,6 +3,7 @@ import json
 from django.conf import settings
 from django.test import SimpleTestCase, TestCase
 
+from coupons.api.error_codes import ErrorCode
 from coupons.exceptions import CouponError
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
@@ -18,7 +19,10 @@ class CreateCouponApiTests(ApiTestCase):
         response = self.post_json("/api/coupons", {"name": "PROMO_SUPER", "amount": 100})
 
         self.assertEqual(response.status_code, 201)
-        self.assertEqual(response.json(), {"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100})
+        self.assertEqual(
+            response.json(),
+            {"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100, "starts_at": None, "ends_at": None},
+        )
         self.assertEqual(Coupon.objects.get().remaining_amount, 100)
 
     def test_unknown_fields_are_ignored(self):
@@ -35,7 +39,7 @@ class CreateCouponApiTests(ApiTestCase):
 
         response = self.post_json("/api/coupons", {"name": "PROMO_SUPER", "amount": 100})
 
-        self.assert_error(response, 409)
+        self.assert_error(response, 409, "coupon_exists")
         self.assertEqual(Coupon.objects.get().amount, 5)
 
     def test_invalid_bodies(self):
@@ -78,13 +82,13 @@ class CreateCouponApiTests(ApiTestCase):
         }
         for label, body in cases.items():
             with self.subTest(label):
-                self.assert_error(self.post_json("/api/coupons", body), 400)
+                self.assert_error(self.post_json("/api/coupons", body), 400, "invalid")
         self.assertFalse(Coupon.objects.exists())
 
     def test_body_not_a_json_object(self):
         for raw in [b"[]", b'[{"name": "P", "amount": 1}]', b'"PROMO"', b"42", b"null", b"true"]:
             with self.subTest(raw):
-                self.assert_error(self.post_raw("/api/coupons", raw), 400)
+                self.assert_error(self.post_raw("/api/coupons", raw), 400, "invalid")
         self.assertFalse(Coupon.objects.exists())
 
     def test_malformed_json(self):
@@ -100,44 +104,46 @@ class CreateCouponApiTests(ApiTestCase):
         ]
         for raw in bodies:
             with self.subTest(raw):
-                self.assert_error(self.post_raw("/api/coupons", raw), 400)
+                self.assert_error(self.post_raw("/api/coupons", raw), 400, "invalid")
         self.assertFalse(Coupon.objects.exists())
 
     def test_empty_body(self):
-        self.assert_error(self.post_raw("/api/coupons", b""), 400)
+        self.assert_error(self.post_raw("/api/coupons", b""), 400, "invalid")
 
     def test_invalid_utf8(self):
-        self.assert_error(self.post_raw("/api/coupons", b'{"name": "P\xff\xfe", "amount": 1}'), 400)
+        self.assert_error(self.post_raw("/api/coupons", b'{"name": "P\xff\xfe", "amount": 1}'), 400, "invalid")
         self.assertFalse(Coupon.objects.exists())
 
     def test_lone_surrogate_escape(self):
-        self.assert_error(self.post_raw("/api/coupons", b'{"name": "P\\ud800", "amount": 1}'), 400)
+        self.assert_error(self.post_raw("/api/coupons", b'{"name": "P\\ud800", "amount": 1}'), 400, "invalid")
         self.assertFalse(Coupon.objects.exists())
 
     def test_absurdly_nested_json(self):
         for depth in [1_000, 5_000]:
             with self.subTest(depth=depth):
                 raw = b'{"name": ' + b"[" * depth + b"]" * depth + b', "amount": 1}'
-                self.assert_error(self.post_raw("/api/coupons", raw), 400)
+                self.assert_error(self.post_raw("/api/coupons", raw), 400, "invalid")
 
     def test_huge_integer_literal(self):
-        self.assert_error(self.post_raw("/api/coupons", b'{"name": "P", "amount": ' + b"9" * 5000 + b"}"), 400)
+        self.assert_error(
+            self.post_raw("/api/coupons", b'{"name": "P", "amount": ' + b"9" * 5000 + b"}"), 400, "invalid"
+        )
 
     def test_oversized_body(self):
         raw = json.dumps({"name": "P", "amount": 1, "padding": "x" * settings.MAX_REQUEST_BODY_BYTES}).encode()
-        self.assert_error(self.post_raw("/api/coupons", raw), 413)
+        self.assert_error(self.post_raw("/api/coupons", raw), 413, "payload_too_large")
         self.assertFalse(Coupon.objects.exists())
 
     def test_chunked_body_is_refused_with_411(self):
         response = self.post_raw("/api/coupons", b'{"name": "P", "amount": 1}', HTTP_TRANSFER_ENCODING="chunked")
-        self.assert_error(response, 411)
+        self.assert_error(response, 411, "length_required")
         self.assertFalse(Coupon.objects.exists())
 
     def test_unsupported_content_types(self):
         for content_type in ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]:
             with self.subTest(content_type):
                 response = self.post_raw("/api/coupons", b'{"name": "P", "amount": 1}', content_type)
-                self.assert_error(response, 415)
+                self.assert_error(response, 415, "unsupported_media_type")
         self.assertFalse(Coupon.objects.exists())
 
     def test_json_with_charset_is_accepted(self):
@@ -157,7 +163,7 @@ class CreateCouponApiTests(ApiTestCase):
                 self.assertEqual(response["Content-Type"], "application/json")
 
     def test_get_is_not_allowed(self):
-        self.assert_error(self.client.get("/api/coupons"), 405)
+        self.assert_error(self.client.get("/api/coupons"), 405, "method_not_allowed")
 
 
 class ClaimApiTests(ApiTestCase):
@@ -176,20 +182,20 @@ class ClaimApiTests(ApiTestCase):
 
     def test_already_claimed(self):
         self.claim()
-        self.assert_error(self.claim(), 409)
+        self.assert_error(self.claim(), 409, "already_claimed")
         self.assertEqual(Claim.objects.count(), 1)
 
     def test_no_stock(self):
         self.claim("user_1")
-        self.assert_error(self.claim("user_2"), 400)
+        self.assert_error(self.claim("user_2"), 400, "out_of_stock")
         self.assertEqual(Claim.objects.count(), 1)
 
     def test_repeat_claimer_of_a_sold_out_coupon_gets_409(self):
         self.claim("user_1")
-        self.assert_error(self.claim("user_1"), 409)
+        self.assert_error(self.claim("user_1"), 409, "already_claimed")
 
     def test_unknown_coupon(self):
-        self.assert_error(self.claim(coupon_name="NOPE"), 404)
+        self.assert_error(self.claim(coupon_name="NOPE"), 404, "not_found")
         self.assertFalse(Claim.objects.exists())
 
     def test_invalid_bodies(self):
@@ -216,24 +222,26 @@ class ClaimApiTests(ApiTestCase):
         }
         for label, body in cases.items():
             with self.subTest(label):
-                self.assert_error(self.post_json("/api/coupons/claim", body), 400)
+                self.assert_error(self.post_json("/api/coupons/claim", body), 400, "invalid")
         self.assertFalse(Claim.objects.exists())
         self.assertEqual(Coupon.objects.get().remaining_amount, 1)
 
     def test_every_invalid_field_is_named_in_the_one_error(self):
-        message = self.assert_error(self.post_json("/api/coupons/claim", {"user_id": "u\x90", "coupon_name": ""}), 400)
+        message = self.assert_error(
+            self.post_json("/api/coupons/claim", {"user_id": "u\x90", "coupon_name": ""}), 400, "invalid"
+        )
         self.assertIn("user_id: Must not contain control or non-printable characters (found U+0090).", message)
         self.assertIn("coupon_name: This field may not be blank.", message)
 
     def test_malformed_and_non_object_bodies(self):
         for raw in [b"{", b"[]", b"null", b'"x"', b"", b'{"user_id": "\xff", "coupon_name": "PROMO_SUPER"}']:
             with self.subTest(raw):
-                self.assert_error(self.post_raw("/api/coupons/claim", raw), 400)
+                self.assert_error(self.post_raw("/api/coupons/claim", raw), 400, "invalid")
         self.assertFalse(Claim.objects.exists())
 
     def test_unsupported_content_type(self):
         response = self.post_raw("/api/coupons/claim", b"user_id=u&coupon_name=PROMO_SUPER", "text/plain")
-        self.assert_error(response, 415)
+        self.assert_error(response, 415, "unsupported_media_type")
         self.assertFalse(Claim.objects.exists())
 
     def test_longest_user_id(self):
@@ -251,11 +259,19 @@ class CouponDetailApiTests(ApiTestCase):
         self.assertEqual(response.status_code, 200)
         self.assertEqual(
             response.json(),
-            {"name": "PROMO_SUPER", "amount": 5, "remaining_amount": 2, "claimed_by": ["user_2", "user_1", "user_3"]},
+            {
+                "name": "PROMO_SUPER",
+                "amount": 5,
+                "remaining_amount": 2,
+                "starts_at": None,
+                "ends_at": None,
+                "status": "live",
+                "claimed_by": ["user_2", "user_1", "user_3"],
+            },
         )
 
     def test_unknown(self):
-        self.assert_error(self.client.get("/api/coupons/NOPE"), 404)
+        self.assert_error(self.client.get("/api/coupons/NOPE"), 404, "not_found")
 
     def test_every_creatable_name_reads_back(self):
         names = [
@@ -301,11 +317,11 @@ class CouponDetailApiTests(ApiTestCase):
     def test_trailing_slash_is_part_of_the_name_not_a_redirect(self):
         create_coupon(name="PROMO", amount=1)
         response = self.client.get("/api/coupons/PROMO/")
-        self.assert_error(response, 404)
+        self.assert_error(response, 404, "not_found")
 
     def test_post_is_not_allowed(self):
         create_coupon(name="PROMO", amount=1)
-        self.assert_error(self.post_json("/api/coupons/PROMO", {}), 405)
+        self.assert_error(self.post_json("/api/coupons/PROMO", {}), 405, "method_not_allowed")
 
 
 class NoRedirectsAndJsonEverywhereTests(ApiTestCase):
@@ -325,15 +341,17 @@ class NoRedirectsAndJsonEverywhereTests(ApiTestCase):
     def test_unknown_paths_are_json_404(self):
         for path in ["/", "/nope", "/api", "/api/", "/api/coupons/", "/api/claim", "/admin"]:
             with self.subTest(path=path):
-                self.assert_error(self.client.get(path), 404)
+                self.assert_error(self.client.get(path), 404, "not_found")
 
 
 class DomainErrorMappingTests(SimpleTestCase):
-    def test_every_domain_error_has_a_client_error_status(self):
+    def test_every_domain_error_has_a_client_error_status_and_a_code(self):
         # Imported here: coupons.api.errors is loaded through DRF's settings,
         # which it imports itself.
-        from coupons.api.errors import DOMAIN_ERROR_STATUS
+        from coupons.api.errors import DOMAIN_ERRORS
 
         for error in CouponError.__subclasses__():
             with self.subTest(error=error.__name__):
-                self.assertIn(DOMAIN_ERROR_STATUS[error], range(400, 500))
+                status_code, code = DOMAIN_ERRORS[error]
+                self.assertIn(status_code, range(400, 500))
+                self.assertIn(code, list(ErrorCode))

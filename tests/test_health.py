@@ -42,6 +42,7 @@ class HealthTests(TransactionTestCase):
         self.assertEqual(response.status_code, 503)
         self.assertEqual(response["Content-Type"], "application/json")
         self.assertEqual(response.json()["status"], "unhealthy")
+        self.assertEqual(response.json()["code"], "unavailable")
         self.assertIn("Retry-After", response)
 
         self.assertEqual(self.client.get("/health").status_code, 200)
@@ -51,7 +52,8 @@ class DatabaseUnavailableApiTests(TransactionTestCase):
     def assert_unavailable(self, response):
         self.assertEqual(response.status_code, 503, response.content)
         self.assertEqual(response["Content-Type"], "application/json")
-        self.assertEqual(list(response.json()), ["error"])
+        self.assertEqual(response.json()["code"], "unavailable")
+        self.assertEqual(list(response.json()), ["error", "code"])
         self.assertEqual(response["Retry-After"], "1")
 
     def test_api_answers_503_json_and_recovers(self):

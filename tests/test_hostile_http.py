@@ -37,11 +37,12 @@ class HostileHttpTests(SimpleTestCase):
         super().setUpClass()
         cls.service = cls.enterClassContext(Service(f"postgres://postgres@127.0.0.1:{free_port()}/nowhere"))
 
-    def assert_json_error(self, raw, status):
+    def assert_json_error(self, raw, status, code):
         answer_status, headers, body = exchange(self.service.port, raw)
         self.assertEqual(answer_status, status, body)
         self.assertEqual(headers["content-type"], "application/json")
-        self.assertEqual(list(json.loads(body)), ["error"])
+        self.assertEqual(list(json.loads(body)), ["error", "code"])
+        self.assertEqual(json.loads(body)["code"], code)
         self.assertNotIn(b"Traceback", body)
 
     def test_requests_gunicorn_refuses_get_a_json_4xx(self):
@@ -54,18 +55,18 @@ class HostileHttpTests(SimpleTestCase):
         }
         for label, (raw, status) in cases.items():
             with self.subTest(label):
-                self.assert_json_error(raw, status)
+                self.assert_json_error(raw, status, "invalid")
 
     def test_a_declared_oversized_body_is_refused_without_reading_it(self):
         raw = request("POST", "/api/coupons/claim", ["Content-Type: application/json", "Content-Length: 100000000"])
-        self.assert_json_error(raw, 413)
+        self.assert_json_error(raw, 413, "payload_too_large")
 
     def test_a_chunked_body_is_a_json_411(self):
         body = json.dumps({"user_id": "u", "coupon_name": "PROMO"}).encode()
         chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
         raw = request("POST", "/api/coupons/claim", ["Content-Type: application/json", "Transfer-Encoding: chunked"])
-        self.assert_json_error(raw + chunked, 411)
+        self.assert_json_error(raw + chunked, 411, "length_required")
 
     def test_without_a_database_the_api_answers_a_json_503(self):
         raw = request("POST", "/api/coupons/claim", body=json.dumps({"user_id": "u", "coupon_name": "P"}).encode())
-        self.assert_json_error(raw, 503)
+        self.assert_json_error(raw, 503, "unavailable")

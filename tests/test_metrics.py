@@ -9,7 +9,17 @@ from prometheus_client.parser import text_string_to_metric_families
 from coupons.services import create_coupon
 from tests.test_health import unreachable_database
 
-OUTCOMES = ["success", "already_claimed", "out_of_stock", "not_found", "invalid", "unavailable", "error"]
+OUTCOMES = [
+    "success",
+    "already_claimed",
+    "sale_not_started",
+    "sale_ended",
+    "out_of_stock",
+    "not_found",
+    "invalid",
+    "unavailable",
+    "error",
+]
 
 
 def claims_counted():

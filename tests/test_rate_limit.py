@@ -59,7 +59,7 @@ class ClaimRateLimitTests(RateLimitTestCase, TestCase):
 
         response = self.claim("user_3")
 
-        self.assertIn("throttled", self.assert_error(response, 429))
+        self.assertIn("throttled", self.assert_error(response, 429, "rate_limited"))
         self.assertEqual(response["Retry-After"], "20")  # the seconds left in the minute
         self.assertFalse(Claim.objects.filter(user_id="user_3").exists())
         self.assertEqual(Coupon.objects.get().remaining_amount, 997)
@@ -68,24 +68,24 @@ class ClaimRateLimitTests(RateLimitTestCase, TestCase):
         self.assertEqual(self.claim("user_1").status_code, 201)
         self.assertEqual(self.claim("user_1").status_code, 409)
         self.assertEqual(self.claim("user_1").status_code, 409)
-        self.assert_error(self.claim("user_2"), 429)
+        self.assert_error(self.claim("user_2"), 429, "rate_limited")
 
     def test_each_client_address_has_its_own_limit(self):
         for i in range(3):
             self.claim(f"a_{i}", REMOTE_ADDR="10.0.0.1")
-        self.assert_error(self.claim("a_3", REMOTE_ADDR="10.0.0.1"), 429)
+        self.assert_error(self.claim("a_3", REMOTE_ADDR="10.0.0.1"), 429, "rate_limited")
         self.assertEqual(self.claim("b_0", REMOTE_ADDR="10.0.0.2").status_code, 201)
 
     def test_a_forged_forwarded_for_header_does_not_dodge_the_limit(self):
         for i in range(3):
             self.claim(f"user_{i}", HTTP_X_FORWARDED_FOR=f"192.0.2.{i}")
-        self.assert_error(self.claim("user_3", HTTP_X_FORWARDED_FOR="192.0.2.99"), 429)
+        self.assert_error(self.claim("user_3", HTTP_X_FORWARDED_FOR="192.0.2.99"), 429, "rate_limited")
 
     @override_settings(REST_FRAMEWORK={**settings.REST_FRAMEWORK, "NUM_PROXIES": 1})
     def test_behind_a_trusted_proxy_the_forwarded_address_is_the_client(self):
         for i in range(3):
             self.claim(f"a_{i}", HTTP_X_FORWARDED_FOR="198.51.100.7")
-        self.assert_error(self.claim("a_3", HTTP_X_FORWARDED_FOR="198.51.100.7"), 429)
+        self.assert_error(self.claim("a_3", HTTP_X_FORWARDED_FOR="198.51.100.7"), 429, "rate_limited")
         self.assertEqual(self.claim("b_0", HTTP_X_FORWARDED_FOR="198.51.100.8").status_code, 201)
 
     def test_reads_and_coupon_creation_are_not_limited(self):
@@ -100,7 +100,7 @@ class ClaimRateLimitTests(RateLimitTestCase, TestCase):
         self.claim("user_1")
         self.claim("user_2")
         response = self.claim("user_3")
-        self.assert_error(response, 429)
+        self.assert_error(response, 429, "rate_limited")
         self.assertEqual(response["Retry-After"], "1")
 
         self.now += 1

@@ -4,6 +4,8 @@ import json
 from django.core.management import call_command
 from django.test import SimpleTestCase, TestCase
 
+from coupons.api.error_codes import ErrorCode
+
 
 class SchemaTests(SimpleTestCase):
     def setUp(self):
@@ -17,7 +19,13 @@ class SchemaTests(SimpleTestCase):
     def test_lists_every_endpoint(self):
         self.assertEqual(
             set(self.schema["paths"]),
-            {"/api/coupons", "/api/coupons/claim", "/api/coupons/{name}"},
+            {
+                "/api/coupons",
+                "/api/coupons/claim",
+                "/api/coupons/{name}",
+                "/api/coupons/{name}/claims/{user_id}",
+                "/api/users/{user_id}/claims",
+            },
         )
 
     def test_documents_every_status_code(self):
@@ -25,14 +33,23 @@ class SchemaTests(SimpleTestCase):
             self.statuses("/api/coupons", "post"), {"201", "400", "401", "403", "409", "411", "413", "415", "503"}
         )
         self.assertEqual(
-            self.statuses("/api/coupons/claim", "post"), {"201", "400", "404", "409", "411", "413", "415", "429", "503"}
+            self.statuses("/api/coupons/claim", "post"),
+            {"201", "400", "403", "404", "409", "411", "413", "415", "429", "503"},
         )
         self.assertEqual(self.statuses("/api/coupons/{name}", "get"), {"200", "404", "503"})
+        self.assertEqual(
+            self.statuses("/api/coupons/{name}/claims/{user_id}", "delete"),
+            {"204", "400", "401", "403", "404", "411", "413", "415", "503"},
+        )
+        self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
+        self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
 
     def test_error_bodies_are_documented(self):
         error = self.schema["components"]["schemas"]["Error"]
-        self.assertEqual(error["required"], ["error"])
+        self.assertEqual(sorted(error["required"]), ["code", "error"])
+        self.assertEqual(error["properties"]["code"]["allOf"], [{"$ref": "#/components/schemas/ErrorCode"}])
+        self.assertEqual(self.schema["components"]["schemas"]["ErrorCode"]["enum"], list(ErrorCode))
         not_found = self.schema["paths"]["/api/coupons/{name}"]["get"]["responses"]["404"]
         self.assertEqual(not_found["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/Error")
 

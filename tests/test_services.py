@@ -7,9 +7,16 @@ from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
 from coupons import services
-from coupons.exceptions import AlreadyClaimed, AmountBelowClaimed, CouponAlreadyExists, CouponNotFound, OutOfStock
+from coupons.exceptions import (
+    AlreadyClaimed,
+    AmountBelowClaimed,
+    CouponAlreadyExists,
+    CouponNotFound,
+    OutOfStock,
+    SaleEnded,
+)
 from coupons.models import Claim, Coupon
-from coupons.selectors import get_claim_eligibility, get_coupon_detail
+from coupons.selectors import database_now, get_claim_eligibility, get_coupon_detail
 from coupons.services import claim_coupon, create_coupon, restock_coupon
 from tests.stress.base import run_simultaneously
 
@@ -129,6 +136,17 @@ class StaleReadTests(TransactionTestCase):
         self.assertFalse(Claim.objects.filter(user_id="user_3").exists())
         self.coupon.refresh_from_db()
         self.assertEqual(self.coupon.remaining_amount, 0)
+
+    def test_sale_ended_since_the_read_is_rechecked_under_the_lock(self):
+        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
+        Coupon.objects.filter(pk=self.coupon.pk).update(ends_at=database_now())
+
+        with self.assertRaises(SaleEnded):
+            self.claim_with(stale, "user_1")
+
+        self.assertFalse(Claim.objects.exists())
+        self.coupon.refresh_from_db()
+        self.assertEqual(self.coupon.remaining_amount, 2)
 
     def test_coupon_deleted_since_the_read(self):
         stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")

@@ -47,6 +47,12 @@ class DeploySettingsTests(SimpleTestCase):
         self.assertNotEqual(result.returncode, 0)
         self.assertIn("DEBUG must be a boolean", result.stderr)
 
+    def test_the_admin_time_zone_must_be_a_real_one(self):
+        self.assertEqual(manage("check", ADMIN_TIME_ZONE="Europe/Paris").returncode, 0)
+        result = manage("check", ADMIN_TIME_ZONE="Mars/Olympus_Mons")
+        self.assertNotEqual(result.returncode, 0)
+        self.assertIn("ADMIN_TIME_ZONE must be an IANA time zone", result.stderr)
+
 
 @override_settings(DEBUG=False, ROOT_URLCONF="tests.urls_failing")
 class ServerErrorTests(SimpleTestCase):
@@ -59,7 +65,7 @@ class ServerErrorTests(SimpleTestCase):
                 response = self.client.get(path)
                 self.assertEqual(response.status_code, 500)
                 self.assertEqual(response["Content-Type"], "application/json")
-                self.assertEqual(response.json(), {"error": "Internal server error."})
+                self.assertEqual(response.json(), {"error": "Internal server error.", "code": "internal_error"})
                 self.assertNotIn(b"secret internals", response.content)
 
 
@@ -68,7 +74,7 @@ class DisallowedHostTests(SimpleTestCase):
     def test_unknown_host_is_a_json_400(self):
         response = self.client.get("/health", HTTP_HOST="evil.example")
         self.assertEqual(response.status_code, 400)
-        self.assertEqual(response.json(), {"error": "Bad request."})
+        self.assertEqual(response.json(), {"error": "Bad request.", "code": "invalid"})
 
 
 # The defaults, whatever the environment running the tests says.

@@ -17,11 +17,13 @@ from prometheus_client import Counter
 from rest_framework.exceptions import APIException
 
 from coupons.api.serializers import MAX_TEXT_LENGTH
-from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
+from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock, SaleEnded, SaleNotStarted
 
 SUCCESS = "success"
 DOMAIN_OUTCOMES = {
     AlreadyClaimed: "already_claimed",
+    SaleNotStarted: "sale_not_started",
+    SaleEnded: "sale_ended",
     OutOfStock: "out_of_stock",
     CouponNotFound: "not_found",
 }

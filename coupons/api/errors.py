@@ -1,6 +1,7 @@
 """How the API turns failures into JSON: the one place that maps errors to HTTP.
 
-Every error body is {"error": "<message>"}.
+Every error body is {"error": "<message>", "code": "<ErrorCode>"}: clients
+switch on the code, people read the message.
 """
 
 from django.db import InterfaceError, OperationalError
@@ -11,34 +12,61 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from coupons.api.error_codes import ErrorCode, error_body
 from coupons.exceptions import (
     AlreadyClaimed,
     AmountBelowClaimed,
+    ClaimNotFound,
     CouponAlreadyExists,
     CouponError,
     CouponNotFound,
     OutOfStock,
+    SaleEnded,
+    SaleNotStarted,
 )
 
-DOMAIN_ERROR_STATUS = {
-    CouponNotFound: status.HTTP_404_NOT_FOUND,
-    CouponAlreadyExists: status.HTTP_409_CONFLICT,
-    AlreadyClaimed: status.HTTP_409_CONFLICT,
-    OutOfStock: status.HTTP_400_BAD_REQUEST,
-    AmountBelowClaimed: status.HTTP_409_CONFLICT,
+DOMAIN_ERRORS = {
+    CouponNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.NOT_FOUND),
+    CouponAlreadyExists: (status.HTTP_409_CONFLICT, ErrorCode.COUPON_EXISTS),
+    AlreadyClaimed: (status.HTTP_409_CONFLICT, ErrorCode.ALREADY_CLAIMED),
+    SaleNotStarted: (status.HTTP_403_FORBIDDEN, ErrorCode.SALE_NOT_STARTED),
+    SaleEnded: (status.HTTP_403_FORBIDDEN, ErrorCode.SALE_ENDED),
+    OutOfStock: (status.HTTP_400_BAD_REQUEST, ErrorCode.OUT_OF_STOCK),
+    ClaimNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.CLAIM_NOT_FOUND),
+    AmountBelowClaimed: (status.HTTP_409_CONFLICT, ErrorCode.AMOUNT_BELOW_CLAIMED),
+}
+
+# DRF's own exceptions (and any raised by authentication or permission
+# classes), by the status they answer with.
+STATUS_CODES = {
+    status.HTTP_400_BAD_REQUEST: ErrorCode.INVALID,
+    status.HTTP_401_UNAUTHORIZED: ErrorCode.UNAUTHORIZED,
+    status.HTTP_403_FORBIDDEN: ErrorCode.FORBIDDEN,
+    status.HTTP_404_NOT_FOUND: ErrorCode.NOT_FOUND,
+    status.HTTP_405_METHOD_NOT_ALLOWED: ErrorCode.METHOD_NOT_ALLOWED,
+    status.HTTP_406_NOT_ACCEPTABLE: ErrorCode.INVALID,
+    status.HTTP_411_LENGTH_REQUIRED: ErrorCode.LENGTH_REQUIRED,
+    status.HTTP_413_REQUEST_ENTITY_TOO_LARGE: ErrorCode.PAYLOAD_TOO_LARGE,
+    status.HTTP_415_UNSUPPORTED_MEDIA_TYPE: ErrorCode.UNSUPPORTED_MEDIA_TYPE,
+    status.HTTP_429_TOO_MANY_REQUESTS: ErrorCode.RATE_LIMITED,
+    status.HTTP_503_SERVICE_UNAVAILABLE: ErrorCode.UNAVAILABLE,
 }
 
 # Seconds a client should wait before retrying when the database is away.
 DATABASE_UNAVAILABLE_RETRY_AFTER = 1
 
 
-def error_response(message, status_code, headers=None):
-    return Response({"error": message}, status=status_code, headers=headers)
+def error_response(message, status_code, code, headers=None):
+    return Response(error_body(message, code), status=status_code, headers=headers)
 
 
 def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
-        return error_response(str(exc), DOMAIN_ERROR_STATUS[type(exc)])
+        status_code, code = DOMAIN_ERRORS[type(exc)]
+        headers = None
+        if isinstance(exc, SaleNotStarted):
+            headers = {"Retry-After": str(exc.retry_after_seconds)}
+        return error_response(str(exc), status_code, code, headers=headers)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is down or restarting, a lock or statement timed out,
         # or no connection was to be had. Retrying is safe: a claim whose
@@ -47,11 +75,13 @@ def api_exception_handler(exc, context):
         return error_response(
             "Service temporarily unavailable: the database cannot be reached. Retry shortly.",
             status.HTTP_503_SERVICE_UNAVAILABLE,
+            ErrorCode.UNAVAILABLE,
             headers={"Retry-After": str(DATABASE_UNAVAILABLE_RETRY_AFTER)},
         )
     response = exception_handler(exc, context)
     if response is not None:
-        response.data = {"error": " ".join(_messages(response.data))}
+        code = STATUS_CODES.get(response.status_code, ErrorCode.INVALID)
+        response.data = error_body(" ".join(_messages(response.data)), code)
     return response
 
 

@@ -51,24 +51,26 @@ class ApiKeyAuthentication(BaseAuthentication):
         return KEYWORD
 
 
-class HasApiKeyScope(BasePermission):
-    """With API_KEYS_REQUIRED on, the request's API key must hold `scope`; off, everyone passes.
-
-    Use a scope's own class, e.g. `permission_classes = [HasApiKeyScope.of("release")]`
-    (the view needs ApiKeyAuthentication among its authenticators: see ApiKeyRequired).
-    """
+class KeyWithScope(BasePermission):
+    """The request's API key holds `scope`. Use a scope's own class, e.g. `KeyWithScope.of("release")`
+    (the view needs ApiKeyAuthentication among its authenticators: see ApiKeyRequired)."""
 
     scope = None
 
     @classmethod
     @functools.cache  # one class per scope, not one per request
     def of(cls, scope):
-        return type(f"HasApiKeyScope_{scope}", (cls,), {"scope": scope})
+        return type(f"{cls.__name__}_{scope}", (cls,), {"scope": scope})
 
     def has_permission(self, request, view):
-        if not settings.API_KEYS_REQUIRED:
-            return True
         return isinstance(request.auth, VerifiedKey) and self.scope in request.auth.scopes
+
+
+class HasApiKeyScope(KeyWithScope):
+    """With API_KEYS_REQUIRED on, the request's API key must hold `scope`; off, everyone passes."""
+
+    def has_permission(self, request, view):
+        return not settings.API_KEYS_REQUIRED or super().has_permission(request, view)
 
 
 class ApiKeyRequired:
@@ -92,7 +94,10 @@ class ApiKeyRequired:
         return permissions
 
     def api_key_permission_class(self):
-        return HasApiKeyScope.of(self.api_key_scopes[self.request.method])
+        # HEAD reads as GET does; a method the view has no scope for (it would
+        # answer 405) needs a key all the same, and no key can hold scope None.
+        method = "GET" if self.request.method == "HEAD" else self.request.method
+        return HasApiKeyScope.of(self.api_key_scopes.get(method))
 
 
 class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):

@@ -1,8 +1,11 @@
-"""Who may create coupons: anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on."""
+"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on)
+and who may release claims (never anyone: staff only)."""
 
 from django.conf import settings
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import IsAdminUser
+
+from coupons.api.key_access import KeyWithScope
 
 
 class StaffOnlyWhenRestricted:
@@ -29,3 +32,10 @@ class StaffOnlyWhenRestricted:
         if settings.API_KEYS_REQUIRED:
             return [(IsAdminUser | self.api_key_permission_class())()]
         return [IsAdminUser()]
+
+
+# Release is never anonymous: a staff user, by DRF token or by admin session
+# (with its CSRF token), or a client application's key with the `release`
+# scope (the view adds the key's authentication).
+RELEASE_AUTHENTICATION_CLASSES = [TokenAuthentication, SessionAuthentication]
+RELEASE_PERMISSION_CLASSES = [IsAdminUser | KeyWithScope.of("release")]

@@ -4,9 +4,16 @@ Input fields are strict about JSON types: a name must be a JSON string and an
 amount a JSON integer (not true, 1.5, "5" or null), where DRF would coerce.
 """
 
+import re
+from datetime import UTC, datetime
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from coupons.api.error_codes import ErrorCode
 from coupons.models import MAX_AMOUNT
+from coupons.sale_windows import SaleStatus, format_utc
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
 MAX_TEXT_LENGTH = 255
@@ -32,6 +39,33 @@ class StrictIntegerField(serializers.IntegerField):
         if isinstance(data, bool) or not isinstance(data, int):
             self.fail("invalid")
         return super().to_internal_value(data)
+
+
+# RFC 3339's date-time (section 5.6): the offset is required. fromisoformat
+# alone would also take a date, a naive time, week dates or a comma.
+RFC3339_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})", re.ASCII)
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class Rfc3339DateTimeField(serializers.Field):
+    """In: an RFC 3339 timestamp with an offset. Out: UTC, `YYYY-MM-DDTHH:MM:SS[.ffffff]Z`, or null."""
+
+    default_error_messages = {
+        "invalid": "Must be an RFC 3339 timestamp with an offset, such as 2026-12-01T12:00:00Z "
+        "or 2026-12-01T13:00:00+01:00.",
+    }
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str) or not RFC3339_DATE_TIME.fullmatch(data):
+            self.fail("invalid")
+        try:
+            # Python 3.11 reads "Z" and cuts fractions past microseconds.
+            return datetime.fromisoformat(data.upper()).astimezone(UTC)
+        except (ValueError, OverflowError):  # month 13, second 60, year 0 or 10000 once in UTC...
+            self.fail("invalid")
+
+    def to_representation(self, value):
+        return format_utc(value)
 
 
 # The validators' Unicode rules cannot be written as a portable JSON Schema
@@ -68,6 +102,20 @@ class InputSerializer(serializers.Serializer):
 class CouponCreateInputSerializer(InputSerializer):
     name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
+    starts_at = Rfc3339DateTimeField(
+        required=False, allow_null=True, help_text="Claims are refused before this instant. Absent or null: no bound."
+    )
+    ends_at = Rfc3339DateTimeField(
+        required=False,
+        allow_null=True,
+        help_text="Claims are refused from this instant on; after starts_at. Absent or null: no bound.",
+    )
+
+    def validate(self, attrs):
+        starts_at, ends_at = attrs.get("starts_at"), attrs.get("ends_at")
+        if starts_at is not None and ends_at is not None and ends_at <= starts_at:
+            raise serializers.ValidationError({"ends_at": "Must be after starts_at."})
+        return attrs
 
 
 class ClaimInputSerializer(InputSerializer):
@@ -79,6 +127,8 @@ class CouponSerializer(serializers.Serializer):
     name = serializers.CharField()
     amount = serializers.IntegerField()
     remaining_amount = serializers.IntegerField()
+    starts_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
+    ends_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
 
 
 class UserIdListField(serializers.ListField):
@@ -91,7 +141,40 @@ class UserIdListField(serializers.ListField):
 
 
 class CouponDetailSerializer(CouponSerializer):
+    status = serializers.ChoiceField(
+        choices=[(status.value, status.name) for status in SaleStatus],
+        help_text="By the database's clock: scheduled (before starts_at), live, sold_out (no stock left inside "
+        "the window), ended (at or after ends_at).",
+    )
     claimed_by = UserIdListField(help_text="User ids, in claim order.")
+
+
+class ReleaseInputSerializer(serializers.Serializer):
+    reason = StrictCharField(required=False, help_text="Why the claim is released (kept in the audit trail).")
+
+
+USER_CLAIMS_PAGE_SIZE = 50
+USER_CLAIMS_MAX_PAGE_SIZE = 100
+
+
+class UserClaimsQuerySerializer(serializers.Serializer):
+    limit = serializers.IntegerField(
+        min_value=1, max_value=USER_CLAIMS_MAX_PAGE_SIZE, default=USER_CLAIMS_PAGE_SIZE, help_text="Claims per page."
+    )
+    cursor = serializers.CharField(
+        required=False, max_length=200, help_text="`next` from the previous page, as it was; absent: the first page."
+    )
+
+
+class UserClaimSerializer(serializers.Serializer):
+    coupon_name = serializers.CharField()
+    claimed_at = Rfc3339DateTimeField(help_text="UTC.")
+
+
+class UserClaimsPageSerializer(serializers.Serializer):
+    user_id = serializers.CharField()
+    claims = UserClaimSerializer(many=True, help_text="Newest first.")
+    next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last page.")
 
 
 class ClaimSerializer(serializers.Serializer):
@@ -100,4 +183,9 @@ class ClaimSerializer(serializers.Serializer):
 
 
 class ErrorSerializer(serializers.Serializer):
-    error = serializers.CharField()
+    error = serializers.CharField(help_text="For people: what went wrong.")
+    code = serializers.ChoiceField(
+        # (value, name) pairs, as ENUM_NAME_OVERRIDES reads the enum: the schema names it ErrorCode.
+        choices=[(code.value, code.name) for code in ErrorCode],
+        help_text="For programs: what went wrong, one of a fixed set.",
+    )

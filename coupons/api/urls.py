@@ -1,12 +1,17 @@
-from django.urls import path
+from django.urls import path, re_path
 
-from coupons.api.views import ClaimApi, CouponCreateApi, CouponDetailApi
+from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
 
 urlpatterns = [
     path("coupons", CouponCreateApi.as_view(), name="coupon-create"),
     # Before the catch-all name pattern: POST here claims, GET reads the
     # coupon that happens to be named "claim".
     path("coupons/claim", ClaimApi.as_view(), name="coupon-claim"),
+    # Before the catch-all name pattern too: DELETE releases a claim, GET
+    # reads the coupon whose name happens to contain "/claims/". The name is
+    # what comes before the first "/claims/"; a user id may hold "/".
+    re_path(r"^coupons/(?P<name>.+?)/claims/(?P<user_id>.+)$", ClaimReleaseApi.as_view(), name="claim-release"),
     # `path` accepts "/" inside a name (sent percent-encoded as %2F).
     path("coupons/<path:name>", CouponDetailApi.as_view(), name="coupon-detail"),
+    re_path(r"^users/(?P<user_id>.+)/claims$", UserClaimsApi.as_view(), name="user-claims"),
 ]

@@ -1,13 +1,19 @@
 """The HTTP API: validate the input, call one service or selector, render."""
 
-from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
-from coupons.api.key_access import ApiKeyRequired
-from coupons.api.permissions import StaffOnlyWhenRestricted
+from coupons.api.cursors import decode_cursor, encode_cursor
+from coupons.api.key_access import ApiKeyAuthentication, ApiKeyRequired
+from coupons.api.permissions import (
+    RELEASE_AUTHENTICATION_CLASSES,
+    RELEASE_PERMISSION_CLASSES,
+    StaffOnlyWhenRestricted,
+)
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -15,11 +21,14 @@ from coupons.api.serializers import (
     CouponDetailSerializer,
     CouponSerializer,
     ErrorSerializer,
+    ReleaseInputSerializer,
+    UserClaimsPageSerializer,
+    UserClaimsQuerySerializer,
 )
 from coupons.api.throttling import ClaimRateThrottle, ClaimRateThrottlePerKey
 from coupons.exceptions import CouponNotFound
-from coupons.selectors import get_coupon_detail
-from coupons.services import claim_coupon, create_coupon
+from coupons.selectors import get_coupon_detail, get_user_claims_page
+from coupons.services import claim_coupon, create_coupon, release_claim
 from coupons.validators import is_possible_coupon_name
 
 
@@ -60,7 +69,10 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
         request=CouponCreateInputSerializer,
         responses={
             201: CouponSerializer,
-            400: _error("Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range."),
+            400: _error(
+                "Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range,"
+                " a timestamp without an offset, or ends_at not after starts_at."
+            ),
             401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
             403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
             409: _error("A coupon with this name already exists."),
@@ -83,9 +95,22 @@ class ClaimApi(ApiKeyRequired, APIView):
         operation_id="coupons_claim",
         summary="Claim a coupon for a user",
         request=ClaimInputSerializer,
+        parameters=[
+            OpenApiParameter(
+                "Retry-After",
+                OpenApiTypes.INT,
+                OpenApiParameter.HEADER,
+                response=[403, 429, 503],
+                description="Whole seconds to wait before retrying.",
+            )
+        ],
         responses={
             201: ClaimSerializer,
-            400: _error("Invalid input, or the coupon has no stock left."),
+            400: _error("Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."),
+            403: _error(
+                "Outside the sale window, by the database's clock: sale_not_started (with Retry-After, the whole"
+                " seconds until the start, rounded up) or sale_ended. Checked after 404 and 409, before 400."
+            ),
             404: _error("No coupon has this name."),
             409: _error("This user has already claimed this coupon."),
             429: _error(
@@ -124,3 +149,86 @@ class CouponDetailApi(ApiKeyRequired, APIView):
     )
     def get(self, request, name):
         return coupon_detail_response(name)
+
+
+class ClaimReleaseApi(ApiKeyRequired, APIView):
+    """DELETE releases a claim, and is never anonymous: a staff user (DRF token, or admin session with CSRF)
+    or an API key with the `release` scope, whether or not API_KEYS_REQUIRED is on. A GET here reads the
+    coupon whose name this path spells (below), like any read."""
+
+    api_key_scopes = {"GET": "read"}
+
+    def get_authenticators(self):
+        if self.request.method == "DELETE":
+            # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
+            return [ApiKeyAuthentication(), *(authentication() for authentication in RELEASE_AUTHENTICATION_CLASSES)]
+        return super().get_authenticators()
+
+    def get_permissions(self):
+        if self.request.method == "DELETE":
+            return [permission() for permission in RELEASE_PERMISSION_CLASSES]
+        return super().get_permissions()
+
+    @extend_schema(
+        operation_id="coupons_claims_release",
+        summary="Release a user's claim back to stock",
+        description="Staff (a DRF token, or an admin session with its CSRF token) or an API key with the `release`"
+        " scope, never anonymous. The claim is deleted,"
+        " `remaining_amount` goes up by one, the user may claim again while the sale is live, and the release"
+        " is recorded (coupon, user, when, by whom, reason). The coupon name is what precedes the first"
+        " `/claims/` of the path.",
+        request=ReleaseInputSerializer,
+        responses={
+            204: OpenApiResponse(description="Released."),
+            400: _error("Invalid body: the reason must be a string of 1 to 255 characters."),
+            401: _error("No valid token, session or API key was sent."),
+            403: _error("The user is not staff, the session's CSRF token is missing, or the key lacks `release`."),
+            404: _error("No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."),
+            **BODY_ERRORS,
+            **COMMON_ERRORS,
+        },
+    )
+    def delete(self, request, name, user_id):
+        serializer = ReleaseInputSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        release_claim(coupon_name=name, user_id=user_id, released_by=released_by(request), **serializer.validated_data)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
+    def get(self, request, name, user_id):
+        return coupon_detail_response(f"{name}/claims/{user_id}")
+
+
+def released_by(request):
+    """Who released a claim, for the audit trail: the staff user's username, or the API key's name."""
+    if request.user is not None:
+        return request.user.get_username()
+    return f"API key {request.auth.name}"
+
+
+class UserClaimsApi(ApiKeyRequired, APIView):
+    api_key_scopes = {"GET": "read"}
+
+    @extend_schema(
+        operation_id="users_claims_list",
+        summary="A user's claims, newest first, a page at a time",
+        description="Keyset pagination: pass `next` back as `cursor` for the following page. A user with no claims"
+        " gets an empty list.",
+        parameters=[UserClaimsQuerySerializer],
+        responses={
+            200: UserClaimsPageSerializer,
+            400: _error("`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."),
+            **COMMON_ERRORS,
+        },
+    )
+    def get(self, request, user_id):
+        query = UserClaimsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        cursor = query.validated_data.get("cursor")
+        page = get_user_claims_page(
+            user_id=user_id,
+            limit=query.validated_data["limit"],
+            after=decode_cursor(cursor) if cursor is not None else None,
+        )
+        body = {"user_id": page.user_id, "claims": page.claims, "next": encode_cursor(page.next_position)}
+        return Response(UserClaimsPageSerializer(body).data)

@@ -2,10 +2,12 @@
 
 import csv
 import io
+from datetime import timedelta
 
 from playwright.sync_api import expect
 
 from coupons.models import Coupon
+from coupons.selectors import database_now
 
 PASSWORD = "secret-password"
 
@@ -19,18 +21,23 @@ def coupon_row(page, name):
     return page.locator("#result_list tbody tr", has=page.get_by_role("link", name=name, exact=True))
 
 
-def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifacts):
+def log_in(page, base_url, django_user_model, screenshot=None):
     django_user_model.objects.create_superuser("operator", "op@example.com", PASSWORD)
-    base_url = live_server.url
-
-    # Log in as staff.
     page.goto(f"{base_url}/admin/")
     expect(page).to_have_url(f"{base_url}/admin/login/?next=/admin/")
     page.get_by_label("Username").fill("operator")
     page.get_by_label("Password").fill(PASSWORD)
-    page.screenshot(path=artifacts / "01-admin-login.png")
+    if screenshot:
+        page.screenshot(path=screenshot)
     page.get_by_role("button", name="Log in").click()
     expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
+
+
+def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifacts):
+    base_url = live_server.url
+
+    # Log in as staff.
+    log_in(page, base_url, django_user_model, screenshot=artifacts / "01-admin-login.png")
 
     # Create a coupon.
     page.goto(f"{base_url}/admin/coupons/coupon/add/")
@@ -87,7 +94,68 @@ def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifa
         400,
     ]
     page.goto(f"{base_url}/admin/coupons/coupon/")
-    page.get_by_role("link", name="Sold out").click()
+    page.locator('details[data-filter-title="stock"]').get_by_role("link", name="Sold out").click()
     expect(coupon_row(page, "FLASH SALE").locator("td.field-stock")).to_have_text("5 / 5")
     expect(coupon_row(page, "FLASH SALE").locator("td.field-remaining_amount")).to_have_text("0")
     page.screenshot(path=artifacts / "06-coupon-list-sold-out.png")
+
+
+def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
+    page, live_server, django_user_model, artifacts
+):
+    base_url = live_server.url
+    log_in(page, base_url, django_user_model)
+
+    # Schedule a sale a few seconds ahead (the admin's time zone is UTC here).
+    starts_at = (database_now() + timedelta(seconds=6)).replace(microsecond=0) + timedelta(seconds=1)
+    page.goto(f"{base_url}/admin/coupons/coupon/add/")
+    page.get_by_label("Name").fill("MIDNIGHT SALE")
+    page.get_by_label("Amount").fill("2")
+    page.locator("#id_starts_at_0").fill(starts_at.strftime("%Y-%m-%d"))
+    page.locator("#id_starts_at_1").fill(starts_at.strftime("%H:%M:%S"))
+    page.screenshot(path=artifacts / "07-coupon-add-scheduled.png")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+    assert Coupon.objects.get(name="MIDNIGHT SALE").starts_at == starts_at
+
+    # Before the start: listed as scheduled, and claims are refused with a time to wait.
+    page.goto(f"{base_url}/admin/coupons/coupon/?status=scheduled")
+    expect(coupon_row(page, "MIDNIGHT SALE").locator("td.field-status")).to_have_text("Scheduled")
+    early = page.request.post(
+        f"{base_url}/api/coupons/claim", data={"user_id": "early", "coupon_name": "MIDNIGHT SALE"}
+    )
+    assert (early.status, early.json()["code"]) == (403, "sale_not_started")
+    assert 1 <= int(early.headers["retry-after"]) <= 7
+
+    # Watch it open: the list shows it live once the database's clock passes the start.
+    for _ in range(60):
+        if page.request.get(f"{base_url}/api/coupons/MIDNIGHT%20SALE").json()["status"] == "live":
+            break
+        page.wait_for_timeout(250)
+    page.goto(f"{base_url}/admin/coupons/coupon/?status=live")
+    expect(coupon_row(page, "MIDNIGHT SALE").locator("td.field-status")).to_have_text("Live")
+    page.screenshot(path=artifacts / "08-coupon-list-live.png")
+    assert [claim(page, base_url, user, "MIDNIGHT SALE") for user in ["alice", "bob", "carol"]] == [201, 201, 400]
+
+    # Release alice's claim from the claims list, giving a reason.
+    page.goto(f"{base_url}/admin/coupons/claim/?q=alice")
+    page.locator("#result_list input.action-select").first.check()
+    page.locator("select[name=action]").select_option("release_selected_claims")
+    page.get_by_role("button", name="Go").click()
+    expect(page.locator("#claims-to-release")).to_contain_text("alice — MIDNIGHT SALE")
+    page.get_by_label("Reason").fill("order cancelled")
+    page.screenshot(path=artifacts / "09-release-reason.png")
+    page.get_by_role("button", name="Release").click()
+    expect(page.locator(".messagelist")).to_contain_text("Released 1 claim(s)")
+
+    # The stock came back, and the coupon's page shows the release.
+    page.goto(f"{base_url}/admin/coupons/coupon/")
+    row = coupon_row(page, "MIDNIGHT SALE")
+    expect(row.locator("td.field-remaining_amount")).to_have_text("1")
+    expect(row.locator("td.field-status")).to_have_text("Live")
+    row.get_by_role("link", name="MIDNIGHT SALE").click()
+    releases = page.locator("#releases-group")
+    expect(releases).to_contain_text("alice")
+    expect(releases).to_contain_text("order cancelled")
+    page.screenshot(path=artifacts / "10-coupon-releases.png", full_page=True)
+    assert claim(page, base_url, "alice", "MIDNIGHT SALE") == 201  # a released user may claim again

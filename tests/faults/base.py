@@ -45,10 +45,11 @@ class FaultTestCase(SimpleTestCase):
             ).fetchone()[0]
 
     def assert_unavailable(self, reply):
-        """A clean 503: JSON with an "error" (the API's {"error"}, /health's {"status", "error"}), and Retry-After."""
+        """A clean 503: JSON with an "error" and the code "unavailable" (the API's and /health's), and Retry-After."""
         self.assertEqual(reply.status, 503, reply)
         self.assertTrue(reply.is_json, reply)
         self.assertIsInstance(reply.body["error"], str)
+        self.assertEqual(reply.body["code"], "unavailable")
         self.assertIn("retry-after", reply.headers)
 
     def create_coupon(self, service, name, amount):

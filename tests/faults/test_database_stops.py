@@ -125,7 +125,9 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
         self.assertIsNone(self.service.process.poll(), "gunicorn is still running")
         self.assertEqual(self.service.workers(), workers, "no worker was restarted")
         self.assertEqual(health_while_down.status, 503)
-        self.assertEqual(health_while_down.body, {"status": "unhealthy", "error": "Database unavailable."})
+        self.assertEqual(
+            health_while_down.body, {"status": "unhealthy", "error": "Database unavailable.", "code": "unavailable"}
+        )
         self.assertIn("retry-after", health_while_down.headers)
         first_claim_at = min(at for _, _, at in load.answered_since(back_at, 201))
         recovery = {"health": healthy_at - back_at, "claims": first_claim_at - back_at}

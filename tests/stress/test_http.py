@@ -10,16 +10,26 @@ import http.client
 import json
 from urllib.parse import quote, urlsplit
 
+from django.contrib.auth import get_user_model
 from django.core.servers.basehttp import ThreadedWSGIServer
 from django.db import connection
 from django.test.testcases import LiveServerThread
 from hypothesis.extra.django import LiveServerTestCase, TransactionTestCase
+from rest_framework.authtoken.models import Token
 
 from tests.faults.service import Service
 from tests.helpers import subprocess_database_url
 from tests.stress.base import StressScenarios, run_simultaneously
 
-STATUS_OUTCOMES = {201: "claimed", 409: "already_claimed", 400: "out_of_stock", 404: "not_found"}
+# A refusal's outcome is its error code, which must come with its status.
+REFUSAL_STATUS = {
+    "already_claimed": 409,
+    "sale_not_started": 403,
+    "sale_ended": 403,
+    "out_of_stock": 400,
+    "not_found": 404,
+    "claim_not_found": 404,
+}
 
 
 class HttpClaims:
@@ -32,16 +42,23 @@ class HttpClaims:
         connection.connect()
         return connection
 
-    def send(self, connection, method, path, body=None):
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+    def send(self, connection, method, path, body=None, headers=None):
+        headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
         try:
             connection.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
             response = connection.getresponse()
-            self.assertTrue(response.getheader("Content-Type").startswith(("application/json", "text/plain")))
-            raw = response.read()
-            return response.status, json.loads(raw) if response.getheader("Content-Type") == "application/json" else raw
+            content = response.read()
+            if response.status == 204:
+                return 204, None
+            self.assertEqual(response.getheader("Content-Type"), "application/json")
+            return response.status, json.loads(content)
         finally:
             connection.close()
+
+    def refusal(self, status, body):
+        self.assertEqual(list(body), ["error", "code"])
+        self.assertEqual(status, REFUSAL_STATUS.get(body["code"]), body)
+        return body["code"]
 
     def claim(self, connection, user_id, coupon_name):
         status, body = self.send(
@@ -49,14 +66,26 @@ class HttpClaims:
         )
         if status == 201:
             self.assertEqual(body, {"user_id": user_id, "coupon_name": coupon_name})
-        else:
-            self.assertEqual(list(body), ["error"])
-        return STATUS_OUTCOMES.get(status, f"HTTP {status}")
+            return "claimed"
+        return self.refusal(status, body)
 
-    def claim_all(self, requests):
+    def release(self, connection, user_id, coupon_name, token):
+        path = f"/api/coupons/{quote(coupon_name, safe='')}/claims/{quote(user_id, safe='')}"
+        status, body = self.send(connection, "DELETE", path, headers={"Authorization": f"Token {token}"})
+        return "released" if status == 204 else self.refusal(status, body)
+
+    def fire(self, connection, action, user_id, coupon_name, *, token):
+        if action == "release":
+            return self.release(connection, user_id, coupon_name, token)
+        return self.claim(connection, user_id, coupon_name)
+
+    def fire_all(self, requests):
+        # An operator's token for the releases (the database is emptied after each generated sale).
+        operator, _ = get_user_model().objects.get_or_create(username="stress-operator", defaults={"is_staff": True})
+        token = Token.objects.get_or_create(user=operator)[0].key
         connections = [self.open_connection() for _ in requests]
         calls = [
-            lambda connection=connection, request=request: self.claim(connection, *request)
+            lambda connection=connection, request=request: self.fire(connection, *request, token=token)
             for connection, request in zip(connections, requests, strict=True)
         ]
         return run_simultaneously(calls, connect=False)

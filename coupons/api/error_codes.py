@@ -1,0 +1,46 @@
+"""The `code` of every error body, and JSON errors answered outside DRF.
+
+Apart from coupons/api/errors.py (which imports DRF, whose settings import
+it back), so that middleware and project views can use it.
+"""
+
+import enum
+
+from django.http import JsonResponse
+
+
+class ErrorCode(enum.StrEnum):
+    """Every `code` an error body can carry (the OpenAPI schema's enum).
+
+    gunicorn.conf.py writes "invalid", "forbidden" and "internal_error" by
+    hand: it runs before Django is set up.
+    """
+
+    INVALID = "invalid"
+    NOT_FOUND = "not_found"
+    COUPON_EXISTS = "coupon_exists"
+    ALREADY_CLAIMED = "already_claimed"
+    OUT_OF_STOCK = "out_of_stock"
+    SALE_NOT_STARTED = "sale_not_started"
+    SALE_ENDED = "sale_ended"
+    CLAIM_NOT_FOUND = "claim_not_found"
+    AMOUNT_BELOW_CLAIMED = "amount_below_claimed"
+    RATE_LIMITED = "rate_limited"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    LENGTH_REQUIRED = "length_required"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAVAILABLE = "unavailable"
+    # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
+    INTERNAL_ERROR = "internal_error"
+
+
+def error_body(message, code):
+    return {"error": message, "code": code}
+
+
+def json_error(message, status_code, code, headers=None):
+    """An error answered outside DRF (project views, middleware) in the API's shape."""
+    return JsonResponse(error_body(message, code), status=status_code, headers=headers)
