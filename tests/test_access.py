@@ -85,6 +85,7 @@ class StaffOnlyCouponCreationTests(JsonApiAssertions, TestCase):
 
     def test_schema_documents_the_security_schemes(self):
         schema = self.client.get("/api/schema/", {"format": "json"}).json()
-        self.assertEqual(set(schema["components"]["securitySchemes"]), {"tokenAuth", "cookieAuth"})
+        # apiKeyAuth: a release takes a `release` key whether or not keys are required.
+        self.assertEqual(set(schema["components"]["securitySchemes"]), {"tokenAuth", "cookieAuth", "apiKeyAuth"})
         self.assertEqual(schema["paths"]["/api/coupons"]["post"]["security"], [{"tokenAuth": []}, {"cookieAuth": []}])
         self.assertEqual(schema["paths"]["/api/coupons/claim"]["post"]["security"], [{}])  # anonymous

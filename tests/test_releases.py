@@ -6,6 +6,7 @@ from urllib.parse import quote
 
 from django.test import Client, TestCase, TransactionTestCase
 
+from coupons.api_keys import create_api_key
 from coupons.exceptions import AmountBelowClaimed, ClaimNotFound, OutOfStock
 from coupons.models import Claim, ClaimRelease, Coupon
 from coupons.selectors import database_now
@@ -13,6 +14,7 @@ from coupons.services import claim_coupon, create_coupon, release_claim, restock
 from tests.helpers import JsonApiAssertions
 from tests.stress.base import run_simultaneously
 from tests.test_access import make_user, token_header
+from tests.test_api_keys import api_key_header, new_key
 from tests.test_services import done_or_refused
 
 
@@ -69,6 +71,27 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
         ]:
             with self.subTest(label):
                 self.assert_error(self.release(**extra), status, code)
+                self.assert_unchanged()
+
+    def test_a_key_with_the_release_scope_releases_whether_or_not_keys_are_required(self):
+        for required in [False, True]:
+            with self.subTest(API_KEYS_REQUIRED=required), self.settings(API_KEYS_REQUIRED=required):
+                if not Claim.objects.exists():  # released by the previous round
+                    claim_coupon(user_id="alice", coupon_name="PROMO")
+
+                row, key = create_api_key(name="shop backend", scopes={"release"})
+
+                response = self.release(**api_key_header(key))
+
+                self.assertEqual(response.status_code, 204, response.content)
+                self.assertFalse(Claim.objects.exists())
+                self.assertEqual(ClaimRelease.objects.latest("id").released_by, f"API key {row.prefix}")
+
+    def test_a_key_without_the_release_scope_is_refused(self):
+        for required in [False, True]:
+            with self.subTest(API_KEYS_REQUIRED=required), self.settings(API_KEYS_REQUIRED=required):
+                self.assert_error(self.release(**api_key_header(new_key("claim", "read", "create"))), 403, "forbidden")
+                self.assert_error(self.release(HTTP_AUTHORIZATION="Api-Key not.a-key"), 401, "unauthorized")
                 self.assert_unchanged()
 
     def test_admin_session_needs_its_csrf_token(self):

@@ -158,14 +158,20 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
 
     api_key_scopes = {"GET": "read"}
 
+    def initialize_request(self, request, *args, **kwargs):
+        # Read here, from the request being wrapped: drf-spectacular builds
+        # the schema's requests through this too, with no self.request set.
+        self.releasing = request.method == "DELETE"
+        return super().initialize_request(request, *args, **kwargs)
+
     def get_authenticators(self):
-        if self.request.method == "DELETE":
+        if self.releasing:
             # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
             return [ApiKeyAuthentication(), *(authentication() for authentication in RELEASE_AUTHENTICATION_CLASSES)]
         return super().get_authenticators()
 
     def get_permissions(self):
-        if self.request.method == "DELETE":
+        if self.releasing:
             return [permission() for permission in RELEASE_PERMISSION_CLASSES]
         return super().get_permissions()
 
@@ -200,10 +206,10 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
 
 
 def released_by(request):
-    """Who released a claim, for the audit trail: the staff user's username, or the API key's name."""
+    """Who released a claim, for the audit trail: the staff user's username, or the API key's prefix."""
     if request.user is not None:
         return request.user.get_username()
-    return f"API key {request.auth.name}"
+    return f"API key {request.auth.prefix}"
 
 
 class UserClaimsApi(ApiKeyRequired, APIView):
