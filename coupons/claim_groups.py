@@ -27,16 +27,17 @@ that error: no claim of the group is half-done.
 """
 
 import copy
+import functools
 import threading
 
-from django.db import transaction
-from django.db.models import F, FilteredRelation, Q
-from django.db.models.functions import Now
+from django.db import connection, transaction
+from django.db.models import F
 from prometheus_client import Histogram
 
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
-from coupons.sale_windows import SaleWindow
+from coupons.sale_windows import SaleWindow, as_utc_datetime
+from coupons.selectors import DATABASE_NOW_SQL
 
 group_sizes = Histogram(
     "coupon_claim_group_size",
@@ -71,14 +72,7 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
         # meanwhile be missed). And its clock reads an instant at which this
         # transaction holds the lock: the sale window is judged then, so no
         # claim that waited for the lock past ends_at is granted.
-        rows = list(
-            Coupon.objects.filter(pk=coupon_id)
-            .annotate(holder=FilteredRelation("claims", condition=Q(claims__user_id__in=set(user_ids))))
-            .order_by()
-            .values_list(Now(), "holder__user_id")
-        )
-        now = rows[0][0]
-        holders = {holder for _, holder in rows if holder is not None}
+        now, holders = _read_holders_and_clock(coupon_id, user_ids)
         window = SaleWindow(starts_at, ends_at)
         outcomes, winners = [], []
         for user_id in user_ids:
@@ -88,14 +82,66 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
                 outcomes.append(refusal)
             elif len(winners) < remaining_amount:
                 holders.add(user_id)
-                winners.append(Claim(coupon_id=coupon_id, user_id=user_id))
+                winners.append(Claim(coupon_id=coupon_id, user_id=user_id, created_at=now))
                 outcomes.append(winners[-1])
             else:
                 outcomes.append(OutOfStock())
         if winners:
-            Claim.objects.bulk_create(winners)  # one INSERT; fills in each claim's id
+            _insert_claims(winners)
             Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - len(winners))
     return outcomes
+
+
+# The holders read and the INSERT run under the coupon row lock, so their
+# cost is paid by every claim queued behind the lock: they are hand-written
+# SQL (portable to PostgreSQL and SQLite), built once per group size. Built
+# by the ORM (a FilteredRelation join, bulk_create), they cost 0.8 ms of CPU
+# each for a group of 8, against 0.04 ms for a database round trip
+# (README, Performance).
+
+
+@functools.lru_cache(maxsize=256)
+def _holders_sql(group_size):
+    quote = connection.ops.quote_name
+    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")  # "%%": this query has parameters
+    users = ", ".join(["%s"] * group_size)
+    return (
+        f"SELECT {now}, u.user_id FROM {quote(Coupon._meta.db_table)} c"  # noqa: S608 - only model table names
+        f" LEFT JOIN {quote(Claim._meta.db_table)} u ON u.coupon_id = c.id AND u.user_id IN ({users})"
+        " WHERE c.id = %s"
+    )
+
+
+def _read_holders_and_clock(coupon_id, user_ids):
+    """The database's clock, and which of `user_ids` hold the coupon (one row per holder, or one of NULL)."""
+    distinct = list(dict.fromkeys(user_ids))
+    with connection.cursor() as cursor:
+        cursor.execute(_holders_sql(len(distinct)), [*distinct, coupon_id])
+        rows = cursor.fetchall()
+    return as_utc_datetime(rows[0][0]), {holder for _, holder in rows if holder is not None}
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(count):
+    quote = connection.ops.quote_name
+    return (
+        f"INSERT INTO {quote(Claim._meta.db_table)} (coupon_id, user_id, created_at)"  # noqa: S608 - only the table
+        f" VALUES {', '.join(['(%s, %s, %s)'] * count)} RETURNING id"
+    )
+
+
+def _insert_claims(claims):
+    """One INSERT of the winners, each claim stamped with the database's clock under the lock; fills in their ids."""
+    created_at = connection.ops.adapt_datetimefield_value(claims[0].created_at)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _insert_sql(len(claims)),
+            [value for claim in claims for value in (claim.coupon_id, claim.user_id, created_at)],
+        )
+        # Multi-row INSERT ... RETURNING gives the rows in VALUES order on both backends (bulk_create relies on it too).
+        for claim, (claim_id,) in zip(claims, cursor.fetchall(), strict=True):
+            claim.id = claim_id
+            claim._state.adding = False
 
 
 class _PendingClaim:

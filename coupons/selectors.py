@@ -62,8 +62,9 @@ class ClaimEligibility:
     now: datetime  # the database's clock at the read
 
 
-# The database's clock, as django.db.models.functions.Now reads it.
-_DATABASE_NOW_SQL = {
+# The database's clock, as django.db.models.functions.Now reads it, in the
+# hand-written SQL of the claim path (here and in coupons/claim_groups.py).
+DATABASE_NOW_SQL = {
     "postgresql": "STATEMENT_TIMESTAMP()",
     "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
 }
@@ -72,7 +73,7 @@ _DATABASE_NOW_SQL = {
 def database_now() -> datetime:
     """The database's clock: the one every sale window is checked against."""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT {_DATABASE_NOW_SQL[connection.vendor]}")
+        cursor.execute(f"SELECT {DATABASE_NOW_SQL[connection.vendor]}")
         return as_utc_datetime(cursor.fetchone()[0])
 
 
@@ -80,7 +81,7 @@ def database_now() -> datetime:
 def _eligibility_sql():
     quote = connection.ops.quote_name
     # "%%": this query has parameters.
-    now = _DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
+    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
     return (
         "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
         f"{now}, EXISTS ("

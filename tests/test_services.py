@@ -239,7 +239,7 @@ class ClaimStatementTests(TransactionTestCase):
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
         read, begin, lock, holders, insert, update, commit = sql
         self.assertNotIn("FOR", read)  # the eligibility read takes no lock
-        self.assertIn('holder."user_id" IN', holders)
+        self.assertIn("u.user_id IN", holders)
         self.assertTrue(insert.startswith("INSERT"))
         self.assertTrue(update.startswith("UPDATE"))
         self.assertEqual(commit, "COMMIT")
