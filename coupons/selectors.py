@@ -13,6 +13,13 @@ from coupons.exceptions import CouponNotFound
 from coupons.models import Claim, Coupon
 from coupons.sale_windows import SaleStatus, SaleWindow, as_utc_datetime
 
+# The database's clock, as django.db.models.functions.Now reads it, in the
+# hand-written SQL of the claim path (here and in coupons/claim_groups.py).
+DATABASE_NOW_SQL = {
+    "postgresql": "STATEMENT_TIMESTAMP()",
+    "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
+}
+
 
 @dataclass(frozen=True)
 class CouponDetail:
@@ -28,28 +35,44 @@ class CouponDetail:
 def get_coupon_detail(*, name: str) -> CouponDetail:
     """The coupon with the ids of its claimers, in the order they claimed, and its sale status.
 
-    One statement (coupon LEFT JOIN claims) reads one snapshot, so
-    `claimed_by` always holds exactly `amount - remaining_amount` users, even
-    while claims are committing; the status is computed with the database's
-    clock, read by the same statement.
+    One statement reads one snapshot, so `claimed_by` always holds exactly
+    `amount - remaining_amount` users, even while claims are committing; the
+    status is computed with the database's clock, read by the same
+    statement. It is hand-written SQL, the coupon's row first, then one short
+    row per claim: a coupon may have 100,000 claimers, and a join repeating
+    the coupon's columns on every claim's row (its three timestamps parsed
+    each time) cost eight times the rest of the read.
     """
-    rows = list(
-        Coupon.objects.filter(name=name)
-        .order_by("claims__id")
-        .values_list("amount", "remaining_amount", "starts_at", "ends_at", Now(), "claims__user_id")
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_detail_sql(), [name, name])
+        rows = cursor.fetchall()
     if not rows:
         raise CouponNotFound()
-    amount, remaining_amount, starts_at, ends_at, now, first_claimer = rows[0]
-    window = SaleWindow(starts_at, ends_at)
+    _, amount, remaining_amount, starts_at, ends_at, now, _ = rows[0]
+    window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
     return CouponDetail(
         name=name,
         amount=amount,
         remaining_amount=remaining_amount,
-        starts_at=starts_at,
-        ends_at=ends_at,
-        status=window.status(now=now, remaining_amount=remaining_amount),
-        claimed_by=[] if first_claimer is None else [row[-1] for row in rows],
+        starts_at=window.starts_at,
+        ends_at=window.ends_at,
+        status=window.status(now=as_utc_datetime(now), remaining_amount=remaining_amount),
+        claimed_by=[row[-1] for row in rows[1:]],
+    )
+
+
+@functools.cache
+def _detail_sql():
+    quote = connection.ops.quote_name
+    coupons, claims = quote(Coupon._meta.db_table), quote(Claim._meta.db_table)
+    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")  # "%%": this query has parameters
+    return (
+        # Claim ids are positive: the coupon's row (0) comes first, then the claims in claim order.
+        f"SELECT 0, c.amount, c.remaining_amount, c.starts_at, c.ends_at, {now}, NULL"  # noqa: S608 - table names
+        f" FROM {coupons} c WHERE c.name = %s"
+        " UNION ALL"
+        f" SELECT u.id, NULL, NULL, NULL, NULL, NULL, u.user_id FROM {coupons} c JOIN {claims} u ON u.coupon_id = c.id"
+        " WHERE c.name = %s ORDER BY 1"
     )
 
 
@@ -60,14 +83,6 @@ class ClaimEligibility:
     already_claimed: bool
     window: SaleWindow
     now: datetime  # the database's clock at the read
-
-
-# The database's clock, as django.db.models.functions.Now reads it, in the
-# hand-written SQL of the claim path (here and in coupons/claim_groups.py).
-DATABASE_NOW_SQL = {
-    "postgresql": "STATEMENT_TIMESTAMP()",
-    "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
-}
 
 
 def database_now() -> datetime:
