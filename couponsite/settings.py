@@ -152,9 +152,11 @@ def database_settings(url):
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
             "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
-            # Bind parameters on the server, so psycopg prepares the claim's
-            # statements once per connection instead of PostgreSQL parsing
-            # and planning them on every request.
+            # Send parameters apart from the SQL (the extended protocol)
+            # rather than interpolated on the client. Django leaves psycopg's
+            # automatic prepared statements off (prepare_threshold None), so
+            # statements are still parsed per execution: which is also what
+            # lets PgBouncer 1.18 in transaction mode carry them (README).
             "server_side_binding": env_bool("DATABASE_SERVER_SIDE_BINDING", True),
             # Parameters of the URL itself (?sslmode=require...) win.
             **config.get("OPTIONS", {}),

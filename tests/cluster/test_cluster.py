@@ -16,12 +16,13 @@ from unittest import skipUnless
 from django.test import SimpleTestCase
 
 from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered
-from tests.cluster.topology import HTTP_PORT, Topology, wait_for
+from tests.cluster.topology import APP_HOSTS, HTTP_PORT, Topology, wait_for
 from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
 
 SALE_CLIENTS = 8
-SLOW_CLIENTS = 12
+# More than every request slot of the app hosts (2 hosts x 2 workers x 16 threads).
+SLOW_CLIENTS = 80
 PGBENCH_CLIENTS = 32
 PGBENCH_SECONDS = 5
 
@@ -113,8 +114,13 @@ class ClusterTests(SimpleTestCase):
         self.assertEqual(remaining, amount - users)
         FIGURES.append(f"double dip, {users} users × {attempts} at once: {users} × 201, {users * 3} × 409")
 
+    def request_slots(self):
+        topology = self.topology
+        return len(APP_HOSTS) * topology.app_workers * topology.app_threads
+
     def test_3_slow_clients_do_not_hold_the_app_hosts(self):
-        """More slow clients than app-host workers, each stuck mid-body: HAProxy holds them, claims go on."""
+        """More slow clients than app-host request slots (workers x threads), each stuck mid-body: HAProxy holds
+        them, claims go on."""
         name = "cluster-slow-clients"
         self.create_coupon(name, 100)
         slow = []
@@ -137,7 +143,8 @@ class ClusterTests(SimpleTestCase):
         amount, remaining, claimers = self.rows(name)
         self.assertEqual(claimers, {a.user_id for a in answers})
         FIGURES.append(
-            f"slow clients: {SLOW_CLIENTS} requests stuck mid-body (app hosts have 4 workers in all): 10 claims"
+            f"slow clients: {SLOW_CLIENTS} requests stuck mid-body (app hosts have {self.request_slots()} request slots"
+            " in all): 10 claims"
             f" answered 201 meanwhile, slowest {slowest * 1000:.0f} ms; the slow ones got HAProxy's 408"
         )
 
