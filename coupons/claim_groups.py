@@ -37,7 +37,7 @@ from prometheus_client import Histogram
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
 from coupons.sale_windows import SaleWindow, as_utc_datetime
-from coupons.selectors import DATABASE_NOW_SQL
+from coupons.selectors import database_now_sql
 
 group_sizes = Histogram(
     "coupon_claim_group_size",
@@ -103,7 +103,7 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
 @functools.lru_cache(maxsize=256)
 def _holders_sql(group_size):
     quote = connection.ops.quote_name
-    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")  # "%%": this query has parameters
+    now = database_now_sql()
     users = ", ".join(["%s"] * group_size)
     return (
         f"SELECT {now}, u.user_id FROM {quote(Coupon._meta.db_table)} c"  # noqa: S608 - only model table names

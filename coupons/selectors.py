@@ -21,6 +21,11 @@ DATABASE_NOW_SQL = {
 }
 
 
+def database_now_sql():
+    """DATABASE_NOW_SQL for this connection, for a query that has parameters (its "%" doubled)."""
+    return DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
+
+
 @dataclass(frozen=True)
 class CouponDetail:
     name: str
@@ -65,7 +70,7 @@ def get_coupon_detail(*, name: str) -> CouponDetail:
 def _detail_sql():
     quote = connection.ops.quote_name
     coupons, claims = quote(Coupon._meta.db_table), quote(Claim._meta.db_table)
-    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")  # "%%": this query has parameters
+    now = database_now_sql()
     return (
         # Claim ids are positive: the coupon's row (0) comes first, then the claims in claim order.
         f"SELECT 0, c.amount, c.remaining_amount, c.starts_at, c.ends_at, {now}, NULL"  # noqa: S608 - table names
@@ -95,8 +100,7 @@ def database_now() -> datetime:
 @functools.cache
 def _eligibility_sql():
     quote = connection.ops.quote_name
-    # "%%": this query has parameters.
-    now = DATABASE_NOW_SQL[connection.vendor].replace("%", "%%")
+    now = database_now_sql()
     return (
         "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
         f"{now}, EXISTS ("
