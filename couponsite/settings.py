@@ -121,10 +121,11 @@ DEFAULT_DATABASE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
 
 def database_settings(url):
     """DATABASES["default"] for a DATABASE_URL, tuned for concurrent claims."""
-    # Health checks cost a `SELECT 1` round trip on every request. Without
-    # them a connection broken by a database restart fails one request (a
-    # 503) and is then replaced.
-    config = dj_database_url.parse(url, conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", False))
+    # Before a persistent connection is reused in a request, check that a
+    # database restart or failover has not broken it (PostgreSQL: without a
+    # round trip, couponsite/postgresql); otherwise a broken one fails one
+    # request (a 503) and is then replaced.
+    config = dj_database_url.parse(url, conn_health_checks=env_bool("DATABASE_CONN_HEALTH_CHECKS", True))
     engine = config["ENGINE"]
     if engine == "django.db.backends.sqlite3":
         # SQLite has no row locks (select_for_update is a no-op there): every
@@ -142,6 +143,7 @@ def database_settings(url):
         # tests need a real file that many connections can share.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name("test_" + Path(config["NAME"]).name))}
     elif engine == "django.db.backends.postgresql":
+        config["ENGINE"] = "couponsite.postgresql"
         # Bounds (seconds, 0: none) on one statement and on one wait for a
         # row lock: a stuck lock or a runaway query ends in an
         # OperationalError, answered with a 503, instead of holding a worker
