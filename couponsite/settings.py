@@ -143,7 +143,7 @@ def database_settings(url):
         # tests need a real file that many connections can share.
         config["TEST"] = {"NAME": str(Path(config["NAME"]).with_name("test_" + Path(config["NAME"]).name))}
     elif engine == "django.db.backends.postgresql":
-        config["ENGINE"] = "couponsite.postgresql"
+        config["ENGINE"] = "couponsite.postgresql"  # Django's, with the round-trip-free connection check
         # Bounds (seconds, 0: none) on one statement and on one wait for a
         # row lock: a stuck lock or a runaway query ends in an
         # OperationalError, answered with a 503, instead of holding a worker
