@@ -151,9 +151,17 @@ def database_settings(url):
         # a flash-sale queue (see the README).
         statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT", 15) * 1000
         lock_timeout_ms = env_int("DATABASE_LOCK_TIMEOUT", 10) * 1000
+        # And on how long a transaction may sit waiting for its client. The
+        # service never pauses inside one (a claim group's statements follow
+        # each other within milliseconds), so a transaction idle that long
+        # belongs to an app process that froze or lost its network while it
+        # held a coupon's row lock: PostgreSQL ends it and frees the lock,
+        # and the claims of every other host go on (README, Deployment).
+        idle_timeout_ms = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 2) * 1000
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
-            "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}",
+            "options": f"-c statement_timeout={statement_timeout_ms} -c lock_timeout={lock_timeout_ms}"
+            f" -c idle_in_transaction_session_timeout={idle_timeout_ms}",
             # Send parameters apart from the SQL (the extended protocol)
             # rather than interpolated on the client. Django leaves psycopg's
             # automatic prepared statements off (prepare_threshold None), so

@@ -99,9 +99,8 @@ class PgBouncerTests(SimpleTestCase):
         self.assertEqual(remaining, 0)
         self.assertLessEqual(servers, SERVER_CONNECTIONS)
 
-    def test_the_statement_and_lock_timeouts_hold_on_every_server_connection(self):
+    def test_the_statement_lock_and_idle_timeouts_hold_on_every_server_connection(self):
+        names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
         with self.connect() as connection:
-            timeouts = [
-                connection.execute(f"SHOW {name}").fetchone()[0] for name in ("statement_timeout", "lock_timeout")
-            ]
-        self.assertEqual(timeouts, ["15s", "10s"])
+            timeouts = [connection.execute(f"SHOW {name}").fetchone()[0] for name in names]
+        self.assertEqual(timeouts, ["15s", "10s", "2s"])

@@ -79,12 +79,21 @@ class DisallowedHostTests(SimpleTestCase):
 
 # The defaults, whatever the environment running the tests says.
 @mock.patch.dict(
-    os.environ, {"DATABASE_STATEMENT_TIMEOUT": "", "DATABASE_LOCK_TIMEOUT": "", "DATABASE_CONNECT_TIMEOUT": ""}
+    os.environ,
+    {
+        "DATABASE_STATEMENT_TIMEOUT": "",
+        "DATABASE_LOCK_TIMEOUT": "",
+        "DATABASE_IDLE_IN_TRANSACTION_TIMEOUT": "",
+        "DATABASE_CONNECT_TIMEOUT": "",
+    },
 )
 class DatabaseSettingsTests(SimpleTestCase):
     def test_postgres_connections_bound_statements_and_lock_waits(self):
         options = database_settings("postgres://u@db.example:5432/coupons")["OPTIONS"]
-        self.assertEqual(options["options"], "-c statement_timeout=15000 -c lock_timeout=10000")
+        self.assertEqual(
+            options["options"],
+            "-c statement_timeout=15000 -c lock_timeout=10000 -c idle_in_transaction_session_timeout=2000",
+        )
         self.assertEqual(options["connect_timeout"], 5)
 
     def test_parameters_of_the_url_are_kept(self):

@@ -136,11 +136,15 @@ class PrivateCluster:
             postgres = pwd.getpwnam("postgres")
             os.chown(self.directory, postgres.pw_uid, postgres.pw_gid)
         self.port = free_port()
+        self._create()
+        return self
+
+    def _create(self):
+        """A new data directory, started, with the `coupons` database."""
         self._pg("initdb", "-D", str(self.data_directory), "-U", "postgres", "-A", "trust", "--no-sync", "-E", "UTF8")
         self.start()
         with self.connect(dbname="postgres") as connection:
             connection.execute(f"CREATE DATABASE {DATABASE}")
-        return self
 
     def __exit__(self, *exc_info):
         self.destroy()
@@ -152,6 +156,7 @@ class PrivateCluster:
             text=True,
             check=True,
             timeout=timeout,
+            cwd=self.directory,  # the postgres user's; PostgreSQL's programs fail where it cannot enter
         )
 
     def start(self):
@@ -190,3 +195,16 @@ class PrivateCluster:
         shutil.rmtree(self.directory, ignore_errors=True)
         self.directory = None
         atexit.unregister(self.destroy)
+
+
+class StandbyCluster(PrivateCluster):
+    """A hot standby of `primary`, streaming from it (pg_basebackup -R): read-only, as a demoted primary is."""
+
+    def __init__(self, primary, **server_settings):
+        super().__init__(**server_settings)
+        self.primary = primary
+
+    def _create(self):
+        self._pg("pg_basebackup", "-D", str(self.data_directory), "-R", "-X", "stream", "-c", "fast", "-U", "postgres",
+                 "-h", "127.0.0.1", "-p", str(self.primary.port))  # fmt: skip
+        self.start()
