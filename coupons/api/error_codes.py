@@ -13,7 +13,8 @@ class ErrorCode(enum.StrEnum):
     """Every `code` an error body can carry (the OpenAPI schema's enum).
 
     gunicorn.conf.py writes "invalid", "forbidden" and "internal_error" by
-    hand: it runs before Django is set up.
+    hand: it runs before Django is set up; so do HAProxy's error files
+    (deploy/haproxy-errors).
     """
 
     INVALID = "invalid"
@@ -32,6 +33,8 @@ class ErrorCode(enum.StrEnum):
     LENGTH_REQUIRED = "length_required"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    # HAProxy's 408 (deploy/haproxy-errors): the whole request did not arrive in time.
+    REQUEST_TIMEOUT = "request_timeout"
     UNAVAILABLE = "unavailable"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"
