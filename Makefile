@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity test-cluster
+.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -24,13 +24,28 @@ capacity: $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/capacity.py $(ARGS)
 
+# Patroni, pinned (deploy/requirements-patroni.txt), in a virtualenv of its
+# own on Debian's python3, outside the checkout: the postgres user runs it,
+# and a checkout may sit where that user cannot enter (root's home).
+PATRONI_VENV ?= /opt/couponsite-patroni
+export PATRONI_VENV
+patroni:
+	@cmp -s deploy/requirements-patroni.txt $(PATRONI_VENV)/requirements-patroni.txt || { \
+		rm -rf $(PATRONI_VENV) && /usr/bin/python3 -m venv $(PATRONI_VENV) && \
+		$(PATRONI_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements-patroni.txt && \
+		cp deploy/requirements-patroni.txt $(PATRONI_VENV)/ && chmod -R a+rX $(PATRONI_VENV); }
+
 # The multi-host deployment of deploy/ under failure (tests/cluster, README:
-# Deployment): as root, in network namespaces; HAProxy, Patroni, etcd and
-# PgBouncer from Debian's packages; pgbench's ceilings use the bench's helpers.
-CLUSTER_PACKAGES = haproxy patroni etcd-server etcd-client pgbouncer
-test-cluster: $(VENV)/.installed
+# Deployment): as root, in network namespaces; HAProxy, etcd and PgBouncer
+# from Debian's packages, Patroni from `make patroni`; pgbench's ceilings use
+# the bench's helpers.
+CLUSTER_PACKAGES = haproxy etcd-server etcd-client pgbouncer iptables python3-venv
+cluster-tools: $(VENV)/.installed
 	dpkg -s $(CLUSTER_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(CLUSTER_PACKAGES))
 	$(BIN)/pip install --quiet -r requirements-bench.txt
+	@$(MAKE) --no-print-directory patroni
+
+test-cluster: cluster-tools
 	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
 
 superuser: $(VENV)/.installed

@@ -182,6 +182,8 @@ class ClusterComposeTests(SimpleTestCase):
     def test_haproxy_runs_the_shipped_config_on_every_host_of_the_compose_file(self):
         lb = self.services["lb"]
         self.assertIn("./deploy/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro", lb["volumes"])
+        # Its error files, relative to the config (default-path config).
+        self.assertIn("./deploy/haproxy-errors:/usr/local/etc/haproxy/haproxy-errors:ro", lb["volumes"])
         environment = lb["environment"]
         config = (ROOT / "deploy" / "haproxy.cfg").read_text()
         lines = [line for line in config.splitlines() if not line.lstrip().startswith("#")]
@@ -208,6 +210,9 @@ class ClusterComposeTests(SimpleTestCase):
         self.assertEqual(len(self.database_hosts), 2)
         dockerfile = (ROOT / "deploy" / "patroni.Dockerfile").read_text()
         self.assertIn("COPY deploy/patroni.yml /etc/patroni/patroni.yml", dockerfile)
+        # The pinned Patroni (deploy/requirements-patroni.txt), not the distribution's.
+        self.assertIn("pip install --no-cache-dir -r /opt/patroni/requirements-patroni.txt", dockerfile)
+        self.assertNotIn("install -y --no-install-recommends patroni", dockerfile)
         names = set()
         for name in self.database_hosts:
             with self.subTest(database_host=name):
@@ -217,11 +222,15 @@ class ClusterComposeTests(SimpleTestCase):
                 names.add(environment["PATRONI_NAME"])
                 self.assertEqual(environment["PATRONI_POSTGRESQL_CONNECT_ADDRESS"], f"{name}:5432")
                 self.assertEqual(environment["PATRONI_RESTAPI_CONNECT_ADDRESS"], f"{name}:8008")
-                self.assertEqual(environment["PATRONI_ETCD3_HOSTS"], "etcd:2379")
+                etcd = [name for name in self.services if name.startswith("etcd")]
+                self.assertEqual(len(etcd), 3, "three etcd members")
+                self.assertEqual(environment["PATRONI_ETCD3_HOSTS"], ",".join(f"{name}:2379" for name in etcd))
         self.assertEqual(len(names), 2)
         patroni = yaml.safe_load((ROOT / "deploy" / "patroni.yml").read_text())
         self.assertTrue(patroni["bootstrap"]["dcs"]["synchronous_mode"])
+        self.assertTrue(patroni["bootstrap"]["dcs"]["failsafe_mode"])
         self.assertEqual(patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]["synchronous_commit"], "on")
+        self.assertEqual(patroni["etcd3"]["hosts"], "etcd1:2379,etcd2:2379,etcd3:2379")
 
     def test_prometheus_scrapes_every_app_host(self):
         source, target = self.services["prometheus"]["volumes"][0].split(":")[:2]

@@ -123,6 +123,31 @@ class Network:
         """The command prefix that runs a program on host `name`."""
         return ["ip", "netns", "exec", PREFIX + name]
 
+    def pids(self, name):
+        """Every process running on host `name`."""
+        return [int(pid) for pid in ip("netns", "pids", PREFIX + name, check=False).stdout.split()]
+
+    def signal_processes(self, name, signum):
+        """Send `signum` to every process of host `name`; for SIGKILL, return once they are gone."""
+        for pid in self.pids(name):
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+        if signum == signal.SIGKILL:
+            kill_namespace_processes(PREFIX + name)
+
+    def partition(self, name, others, heal=False):
+        """Drop every packet between host `name` and the hosts `others` (both ways); heal=True undoes it.
+
+        The rest of the network is untouched: a partition, not a cut.
+        """
+        action = "-D" if heal else "-I"
+        for a, b in [(name, other) for other in others] + [(other, name) for other in others]:
+            peer = self.hosts[b]
+            ip("netns", "exec", PREFIX + a, "iptables", action, "INPUT", "-s", peer, "-j", "DROP")
+            ip("netns", "exec", PREFIX + a, "iptables", action, "OUTPUT", "-d", peer, "-j", "DROP")
+
     def cut(self, name):
         """Unplug the host: its processes run on, and nothing reaches them or leaves them."""
         ip("link", "set", PREFIX + name, "down")

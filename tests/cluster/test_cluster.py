@@ -153,7 +153,7 @@ class ClusterTests(SimpleTestCase):
         self.create_coupon(name, 100_000)
         with Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS) as sale:
             wait_for(lambda: sale.count(201) >= 100, 60, "the sale under way")
-            self.topology.kill_app_host("app1")  # returns once every process of it is gone
+            self.topology.kill_host("app1")  # returns once every process of it is gone
             dead = time.monotonic()
             wait_for(lambda: sale.count(201, sent_after=dead) >= 200, 60, "claims going on without app1")
         answers = sale.snapshot()

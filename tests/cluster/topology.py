@@ -1,16 +1,23 @@
 """The deployment of deploy/ on one machine: every host in a network namespace.
 
-    etcd  10.231.0.10   etcd (v3 API), the store Patroni keeps its leader key in
+    etcd1 10.231.0.10   } etcd (v3 API), three members: the store Patroni keeps
+    etcd2 10.231.0.13   } its leader key in, which survives losing one member
+    etcd3 10.231.0.14   }
     pg1   10.231.0.11   Patroni + PostgreSQL  } a primary and its synchronous
     pg2   10.231.0.12   Patroni + PostgreSQL  } standby, whichever is which
-    app1  10.231.0.21   gunicorn --config gunicorn.conf.py couponsite.wsgi
+    app1  10.231.0.21   the service, as `make run` serves it (tests/faults/service.py)
     app2  10.231.0.22   the same
     lb    10.231.0.30   HAProxy: HTTP on :80 to the app hosts, :5000 to the
                         PostgreSQL primary (Patroni's REST check), stats on :8404
 
 HAProxy and Patroni run on deploy/haproxy.cfg and deploy/patroni.yml as
-shipped, given their per-host values through the environment; the app hosts
-start as `make run` starts gunicorn.
+shipped, given their per-host values through the environment. Patroni is
+the pinned release of deploy/requirements-patroni.txt, from the virtualenv
+`make patroni` builds at PATRONI_VENV, outside the checkout: the postgres
+user runs it, and a checkout may sit where that user cannot enter.
+
+The faults (kill, pause, resume, cut, reconnect, partition) act on whole
+hosts, as a crashed, frozen or unplugged machine would.
 """
 
 import contextlib
@@ -20,8 +27,10 @@ import json
 import os
 import pwd
 import secrets
+import signal
 import subprocess
 import time
+from pathlib import Path
 
 import psycopg
 import yaml
@@ -33,14 +42,19 @@ from tests.helpers import ROOT, manage
 
 DATABASE = "coupons"
 PATRONI_PORT = 8008
+ETCD_CLIENT_PORT = 2379
+ETCD_PEER_PORT = 2380
 HTTP_PORT = 80
 POSTGRES_PORT = 5000
 STATS_PORT = 8404
 APP_PORT = 8000
-HOSTS = {"etcd": 10, "pg1": 11, "pg2": 12, "app1": 21, "app2": 22, "lb": 30}
+HOSTS = {"etcd1": 10, "etcd2": 13, "etcd3": 14, "pg1": 11, "pg2": 12, "app1": 21, "app2": 22, "lb": 30}
+ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")
 DATABASE_HOSTS = ("pg1", "pg2")
 APP_HOSTS = ("app1", "app2")
 START_TIMEOUT_SECONDS = 120
+# Where `make patroni` installs deploy/requirements-patroni.txt (the Makefile passes it on).
+DEFAULT_PATRONI_VENV = "/opt/couponsite-patroni"
 
 
 def wait_for(condition, timeout, what):
@@ -66,6 +80,33 @@ def get_json(host, port, path, timeout=2):
         return None
 
 
+def patroni_command():
+    """The pinned Patroni, checked to run as the postgres user before anything is built.
+
+    Fails at once, saying what to do, rather than after a start timeout.
+    """
+    venv = Path(os.environ.get("PATRONI_VENV") or DEFAULT_PATRONI_VENV)
+    patroni = venv / "bin" / "patroni"
+    pinned = next(
+        line.split("==")[1].strip()
+        for line in (ROOT / "deploy" / "requirements-patroni.txt").read_text().splitlines()
+        if line.startswith("patroni")
+    )
+    try:
+        version = subprocess.run(
+            as_server_user([str(patroni), "--version"]), capture_output=True, text=True, timeout=60, cwd="/"
+        )
+    except FileNotFoundError:
+        version = None
+    if version is None or version.returncode != 0 or version.stdout.split()[-1:] != [pinned]:
+        detail = "" if version is None else (version.stdout + version.stderr).strip()
+        raise RuntimeError(
+            f"Patroni {pinned} must run as the postgres user from {patroni} ({detail or 'not found'}): "
+            "`make patroni` installs it there (PATRONI_VENV picks another place the postgres user can enter)"
+        )
+    return [str(patroni)]
+
+
 class Topology:
     """Builds the hosts on enter, removes everything on exit (or when the process exits)."""
 
@@ -77,13 +118,16 @@ class Topology:
         self.app_hosts = {}
 
     def __enter__(self):
+        self.patroni = patroni_command()
         self.stack = contextlib.ExitStack()
         try:
             self.network = self.stack.enter_context(Network())
             for name, number in HOSTS.items():
                 self.network.add_host(name, number)
             self.stack.callback(self._stop_processes)
-            self._start_etcd()
+            for name in ETCD_HOSTS:
+                self.start_etcd_member(name)
+            self.wait_until_etcd_healthy()
             for name in DATABASE_HOSTS:
                 self.start_database_host(name)
             self.wait_until_replicated()
@@ -115,7 +159,7 @@ class Topology:
 
     # Processes -------------------------------------------------------------
 
-    def _spawn(self, name, host, command, environment):
+    def _spawn(self, name, host, command, environment, cwd=None):
         log = open(self.directory / f"{name}.log", "a")  # noqa: SIM115 - closed with the process
         self.processes[name] = subprocess.Popen(
             [*self.network.launcher(host), *command],
@@ -123,6 +167,7 @@ class Topology:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            cwd=cwd or self.directory,
         )
         log.close()
 
@@ -142,33 +187,33 @@ class Topology:
         except OSError:
             return ""
 
-    def _start_etcd(self):
-        address = self.address("etcd")
+    def start_etcd_member(self, name):
+        """The etcd member of host `name`; restarted on its own data directory after a kill."""
+        address = self.address(name)
+        peers = ",".join(f"{member}=http://{self.address(member)}:{ETCD_PEER_PORT}" for member in ETCD_HOSTS)
         self._spawn(
-            "etcd",
-            "etcd",
+            name,
+            name,
             [
                 "etcd",
-                "--name",
-                "etcd",
-                "--data-dir",
-                str(self.directory / "etcd"),
-                "--listen-client-urls",
-                f"http://{address}:2379",
-                "--advertise-client-urls",
-                f"http://{address}:2379",
-                "--listen-peer-urls",
-                f"http://{address}:2380",
-                "--initial-advertise-peer-urls",
-                f"http://{address}:2380",
-                "--initial-cluster",
-                f"etcd=http://{address}:2380",
-                "--initial-cluster-state",
-                "new",
-            ],  # fmt: skip
+                "--name", name,
+                "--data-dir", str(self.directory / name),
+                "--listen-client-urls", f"http://{address}:{ETCD_CLIENT_PORT}",
+                "--advertise-client-urls", f"http://{address}:{ETCD_CLIENT_PORT}",
+                "--listen-peer-urls", f"http://{address}:{ETCD_PEER_PORT}",
+                "--initial-advertise-peer-urls", f"http://{address}:{ETCD_PEER_PORT}",
+                "--initial-cluster", peers,
+                "--initial-cluster-state", "new",
+                "--initial-cluster-token", "coupons-etcd",
+            ],
             {},
-        )
-        wait_for(lambda: (get_json(address, 2379, "/health") or {}).get("health") == "true", 60, "etcd")
+        )  # fmt: skip
+
+    def etcd_member_healthy(self, name):
+        return (get_json(self.address(name), ETCD_CLIENT_PORT, "/health", timeout=1) or {}).get("health") == "true"
+
+    def wait_until_etcd_healthy(self, timeout=60):
+        wait_for(lambda: all(self.etcd_member_healthy(name) for name in ETCD_HOSTS), timeout, "every etcd member")
 
     def start_database_host(self, name):
         """Patroni on host `name`, with deploy/patroni.yml and this host's values."""
@@ -189,12 +234,14 @@ class Topology:
             "PATRONI_POSTGRESQL_DATA_DIR": str(home / "data"),
             "PATRONI_POSTGRESQL_BIN_DIR": os.path.dirname(server_binary("postgres")),
             "PATRONI_POSTGRESQL_PGPASS": str(home / "pgpass"),
-            "PATRONI_ETCD3_HOSTS": f"{self.address('etcd')}:2379",
+            "PATRONI_ETCD3_HOSTS": ",".join(f"{self.address(m)}:{ETCD_CLIENT_PORT}" for m in ETCD_HOSTS),
             "PATRONI_SUPERUSER_PASSWORD": self.password,
             "PATRONI_REPLICATION_PASSWORD": self.password,
             "PATRONI_REWIND_PASSWORD": self.password,
         }
-        self._spawn(name, name, as_server_user(["patroni", str(home / "patroni.yml")]), environment)
+        # Its working directory is its own home: PostgreSQL's programs fail
+        # in a directory the postgres user cannot enter (the checkout's may be one).
+        self._spawn(name, name, as_server_user([*self.patroni, str(home / "patroni.yml")]), environment, cwd=home)
 
     def _start_haproxy(self):
         lb = self.address("lb")
@@ -230,8 +277,34 @@ class Topology:
         )
         self.app_hosts[name] = service.__enter__()
 
-    def kill_app_host(self, name):
-        self.app_hosts.pop(name).kill()
+    def restart_host(self, name):
+        """Start the host's service again, as a rebooted machine would (on the data it kept)."""
+        if name in ETCD_HOSTS:
+            self.start_etcd_member(name)
+        elif name in DATABASE_HOSTS:
+            self.start_database_host(name)
+        elif name in APP_HOSTS:
+            self.start_app_host(name)
+        else:
+            raise ValueError(f"{name} cannot be restarted")
+
+    # Faults: whole hosts, as a crashed, frozen or unplugged machine --------
+
+    def kill_host(self, name):
+        """SIGKILL every process of the host at once; returns once all are gone."""
+        service = self.app_hosts.pop(name, None)
+        if service is not None:
+            service.kill()
+        self.network.signal_processes(name, signal.SIGKILL)
+        if name in self.processes:
+            self.processes[name].wait()
+
+    def pause_host(self, name):
+        """SIGSTOP every process of the host (a VM paused, a long stall): it holds its sockets and does nothing."""
+        self.network.signal_processes(name, signal.SIGSTOP)
+
+    def resume_host(self, name):
+        self.network.signal_processes(name, signal.SIGCONT)
 
     # State -----------------------------------------------------------------
 
@@ -263,6 +336,42 @@ class Topology:
         except TimeoutError as error:
             logs = "\n".join(f"--- {name}\n{self.log(name)}" for name in DATABASE_HOSTS)
             raise TimeoutError(f"{error}; Patroni says {self.cluster()}\n{logs}") from None
+
+    def problems(self):
+        """What keeps the deployment from being whole (an empty list: healthy).
+
+        Every etcd member healthy; a leader and a synchronous standby
+        streaming with no lag; HAProxy sending PostgreSQL connections to the
+        leader and requests to every app host.
+        """
+        found = [f"etcd member {name} not healthy" for name in ETCD_HOSTS if not self.etcd_member_healthy(name)]
+        members = self.cluster()
+        leaders = [name for name, m in members.items() if m["role"] == "leader" and m["state"] == "running"]
+        standbys = [
+            name
+            for name, m in members.items()
+            if m["role"] == "sync_standby" and m["state"] in {"running", "streaming"} and m.get("lag") == 0
+        ]
+        if len(leaders) != 1 or len(standbys) != 1:
+            roles = {name: (m["role"], m["state"], m.get("lag")) for name, m in members.items()}
+            found.append(f"Patroni: {roles}")
+        servers = self.haproxy_servers()
+        if leaders and servers.get(("postgres", leaders[0]), {}).get("status") != "UP":
+            found.append(f"HAProxy does not send connections to the leader {leaders[0]}")
+        found += [
+            f"HAProxy does not send requests to {name}"
+            for name in APP_HOSTS
+            if servers.get(("app_hosts", name), {}).get("status") != "UP"
+        ]
+        return found
+
+    def wait_until_healthy(self, timeout=START_TIMEOUT_SECONDS):
+        """Until problems() is empty; TimeoutError naming what is still broken, with the logs that matter."""
+        try:
+            wait_for(lambda: not self.problems(), timeout, "the deployment to heal")
+        except TimeoutError as error:
+            logs = "\n".join(f"--- {name}\n{self.log(name, 15)}" for name in (*DATABASE_HOSTS, "haproxy"))
+            raise TimeoutError(f"{error}: {self.problems()}\n{logs}") from None
 
     def connect_primary(self):
         name = wait_for(self.primary, 60, "a primary")
