@@ -4,21 +4,21 @@ the pages show (tests/docs/runner.py runs them).
 The convention (docs/guarantees.md, "Documentation examples"): a fenced
 block of language `console` holds commands, each on a line starting with
 `$ ` (continued on the next line after a trailing `\\`, or on lines
-starting with `> ` as bash's PS2 shows them), and after each
-command the output it prints, until the next command.
+starting with `> ` as bash's PS2 shows them), and after each command the
+output it prints, until the next command.
 
 Outputs are compared strictly, except for values that differ on every run:
-timestamps of the run, UUIDs, API keys, DRF tokens, pagination cursors, the wait
-in DRF's 429 message. Those are
-matched by kind, and each value shown in a page must stand for one actual
-value throughout the page (and a value the page itself sends must come
-back unchanged), so a later command that uses a value shown earlier (a
-cursor, a key) is sent the actual one. HTTP answers (`curl -i`) are
-compared as status line, headers and body: the headers in HIDDEN_HEADERS
-may be left out of the page (every other header must be shown, with its
-value), `Retry-After` is compared as "a number of seconds", and a JSON
-body as JSON (so a page may pretty-print it; keys, their order, types and
-values must match).
+timestamps of the run, UUIDs, API keys, DRF tokens, pagination cursors, the
+wait in DRF's 429 message. Those are matched by kind, and each value shown
+in a page must stand for one actual value throughout the page (and a value
+the page itself sends must come back unchanged), so a later command that
+uses a value shown earlier (a cursor, a key) is sent the actual one.
+
+HTTP answers (`curl -i`) are compared as status line, headers and body: the
+headers in HIDDEN_HEADERS may be left out of the page (every other header
+must be shown, with its value), `Retry-After` is compared as "a number of
+seconds", and a JSON body as JSON (so a page may pretty-print it; keys,
+their order, types and values must match).
 
 An HTML comment right before a block changes how it is run:
 
@@ -292,7 +292,6 @@ class Command:
 class Block:
     page: Path
     line: int
-    language: str
     commands: list
     not_run_reason: str | None = None
     server_settings: dict | None = None  # None: as the previous block
@@ -329,7 +328,7 @@ def read_blocks(page):
             raise ExampleError(f"{where}: a shell example must be a `console` block (`$ ` commands, then output)")
         if language != RUNNABLE_LANGUAGE:
             continue
-        block = Block(page, start + 1, language, _commands(body, start + 2, where))
+        block = Block(page, start + 1, _commands(body, start + 2, where))
         _apply_directive(block, lines[:start], where)
         blocks.append(block)
     return blocks
