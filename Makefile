@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster
+.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster docs docs-serve
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -12,13 +12,13 @@ run: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto
 
-# The flash-sale benchmark (README, Performance): wrk and pgbench from Debian's packages.
+# The flash-sale benchmark (docs/performance.md): wrk and pgbench from Debian's packages.
 bench: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/flashsale.py $(ARGS)
 
-# The capacity model's measurements (README, Deployment): same tools as bench.
+# The capacity model's measurements (docs/deployment.md): same tools as bench.
 capacity: $(VENV)/.installed
 	command -v wrk >/dev/null || (apt-get update && apt-get install -y wrk)
 	$(BIN)/pip install --quiet -r requirements-bench.txt
@@ -35,8 +35,8 @@ patroni:
 		$(PATRONI_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements-patroni.txt && \
 		cp deploy/requirements-patroni.txt $(PATRONI_VENV)/ && chmod -R a+rX $(PATRONI_VENV); }
 
-# The multi-host deployment of deploy/ under failure (tests/cluster, README:
-# Deployment): as root, in network namespaces; HAProxy, etcd and PgBouncer
+# The multi-host deployment of deploy/ under failure (tests/cluster,
+# docs/deployment.md): as root, in network namespaces; HAProxy, etcd and PgBouncer
 # from Debian's packages, Patroni from `make patroni`; pgbench's ceilings use
 # the bench's helpers.
 CLUSTER_PACKAGES = haproxy etcd-server etcd-client pgbouncer iptables python3-venv
@@ -48,10 +48,24 @@ cluster-tools: $(VENV)/.installed
 test-cluster: cluster-tools
 	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
 
+# The documentation site (mkdocs.yml, docs/): the API reference's schema generated from the service
+# (with the default settings: API_KEYS_REQUIRED adds 401/403 to every operation), then a strict build
+# into site/ (a broken link or anchor, or a page missing from the nav, fails it).
+GENERATE_SCHEMA = env -u API_KEYS_REQUIRED $(BIN)/python manage.py spectacular --validate --fail-on-warn --file docs/openapi.yaml
+MKDOCS = NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs
+
+docs: $(VENV)/.installed
+	$(GENERATE_SCHEMA)
+	$(MKDOCS) build --strict
+
+docs-serve: $(VENV)/.installed
+	$(GENERATE_SCHEMA)
+	$(MKDOCS) serve --dev-addr 127.0.0.1:8001
+
 superuser: $(VENV)/.installed
 	$(BIN)/python manage.py createsuperuser
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt requirements-docs.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt

@@ -11,7 +11,7 @@ groups meet at the row lock); 16 threads per process let a 64-connection
 burst queue inside the processes rather than in the listen backlog. Each
 thread keeps its own persistent database connection, so the service opens
 up to workers x threads connections (32 on 2 cores): size PostgreSQL's
-max_connections (or PgBouncer) for it. The benchmark (README, Performance)
+max_connections (or PgBouncer) for it. The benchmark (docs/performance.md)
 compares this with sync workers and other shapes.
 
 Environment overrides: GUNICORN_BIND, WEB_CONCURRENCY, GUNICORN_THREADS,

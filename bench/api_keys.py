@@ -1,4 +1,4 @@
-"""What checking an API key costs a request, in-process (README, Clients and keys).
+"""What checking an API key costs a request, in-process (docs/operator-guide.md, API keys).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/coupons python bench/api_keys.py [--requests 1000] [--runs 5]
 

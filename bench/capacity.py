@@ -14,7 +14,7 @@ gunicorn processes and of the database processes metered:
   the classic lock-then-write claim transaction), and the database CPU a
   claim and a refusal cost;
 - from those, how many app-host cores one primary feeds, and the worked
-  example of the README: 1,000,000 users in 10 s for 5,000 units.
+  example of docs/deployment.md: 1,000,000 users in 10 s for 5,000 units.
 
 Both tiers share this machine's cores, so the per-core figures are per
 CPU-second actually used, not per wall-clock second.

@@ -97,7 +97,7 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
 # SQL (portable to PostgreSQL and SQLite), built once per group size. Built
 # by the ORM (a FilteredRelation join, bulk_create), they cost 0.8 ms of CPU
 # each for a group of 8, against 0.04 ms for a database round trip
-# (README, Performance).
+# (docs/performance.md).
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,6 +1,6 @@
 """Settings for the flash-sale coupon service.
 
-Everything deployment-specific comes from the environment (see the README's
+Everything deployment-specific comes from the environment (see docs/operator-guide.md,
 configuration table). The defaults run the service locally with zero setup on
 a SQLite file; set DATABASE_URL to use PostgreSQL.
 """
@@ -148,7 +148,7 @@ def database_settings(url):
         # row lock: a stuck lock or a runaway query ends in an
         # OperationalError, answered with a 503, instead of holding a worker
         # until gunicorn kills it. Both are far above what a claim waits in
-        # a flash-sale queue (see the README).
+        # a flash-sale queue (see docs/architecture.md, Timeouts).
         statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT", 15) * 1000
         lock_timeout_ms = env_int("DATABASE_LOCK_TIMEOUT", 10) * 1000
         # And on how long a transaction may sit waiting for its client. The
@@ -166,7 +166,7 @@ def database_settings(url):
             # rather than interpolated on the client. Django leaves psycopg's
             # automatic prepared statements off (prepare_threshold None), so
             # statements are still parsed per execution: which is also what
-            # lets PgBouncer 1.18 in transaction mode carry them (README).
+            # lets PgBouncer 1.18 in transaction mode carry them (docs/deployment.md).
             "server_side_binding": env_bool("DATABASE_SERVER_SIDE_BINDING", True),
             # Parameters of the URL itself (?sslmode=require...) win.
             **config.get("OPTIONS", {}),
@@ -278,7 +278,7 @@ CLAIM_RATE_LIMIT_PER_KEY = env_rate("CLAIM_RATE_LIMIT_PER_KEY")
 COUPON_CREATE_REQUIRES_STAFF = env_bool("COUPON_CREATE_REQUIRES_STAFF", False)
 
 # Off: the API is open (the contract). On: every /api/ request needs
-# `Authorization: Api-Key <key>` with the endpoint's scope (coupons/api/keys.py).
+# `Authorization: Api-Key <key>` with the endpoint's scope (coupons/api/key_access.py).
 API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
 # Seconds a worker trusts a key it has verified before reading it again: the
 # most a revocation (or a change of scopes or expiry date) takes to bite.

@@ -109,7 +109,7 @@ class ApiKeyAuthenticationScheme(OpenApiAuthenticationExtension):
             "type": "apiKey",
             "in": "header",
             "name": "Authorization",
-            "description": f"`{KEYWORD} <key>`; see the README, Clients and keys.",
+            "description": f"`{KEYWORD} <key>`; see the client guide, API keys.",
         }
 
 

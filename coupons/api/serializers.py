@@ -84,7 +84,7 @@ class InputSerializer(serializers.Serializer):
 
     DRF deep-copies every declared field for each serializer instance, which
     runs each field's __init__ again and builds its validators anew: on the
-    claim endpoint that was a fifth of a refusal's CPU (README, Performance).
+    claim endpoint that was a fifth of a refusal's CPU (docs/performance.md).
     Input fields here keep no per-request state (they read no context, and
     `partial` is never used), so the fields of one prototype instance, bound
     once, serve every instance in every thread.

@@ -9,8 +9,8 @@ Three changes, each for a way a primary's loss used to reach clients wrongly:
    it: long after the database is back, a crowd meets the threads that were
    idle through the outage. Django's own check (CONN_HEALTH_CHECKS) sends
    `SELECT 1` before reuse, a round trip on every request that cost 5-7% of
-   the throughput of `GET /health` and of a sold-out refusal (README,
-   Architecture). An idle connection receives nothing unless the server or
+   the throughput of `GET /health` and of a sold-out refusal
+   (docs/architecture.md, Serving). An idle connection receives nothing unless the server or
    a proxy is hanging up on it (a FATAL message, then the end of the
    stream), so asking the kernel whether anything has arrived answers the
    same question without a round trip. A false alarm (an unsolicited

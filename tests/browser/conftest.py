@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,11 @@ CHROMIUM_FLAGS = [
 ]
 # Screenshots and downloads of the runs, kept for people to look at (gitignored).
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
+# The screenshots the documentation shows (docs/operator-guide.md): written by every run, committed.
+DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img" / "admin"
+# A time as the admin shows it: "2026-12-02 07:52:11.936000 UTC" (claims) or "Dec. 2, 2026, 7:52 a.m." (Django's).
+ADMIN_TIMES = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d|[A-Z][a-z]+\.? \d{1,2}, \d{4}, \d")
+MASK_COLOR = "#d9d9d9"
 
 
 @pytest.fixture(scope="session")
@@ -32,6 +38,22 @@ def browser_context_args(browser_context_args):
 def artifacts():
     ARTIFACTS.mkdir(exist_ok=True)
     return ARTIFACTS
+
+
+@pytest.fixture
+def screenshot(artifacts):
+    """Take a screenshot into the artifacts; `docs_name`: also the one the documentation shows under that name."""
+
+    def take(page, name, docs_name=None, **options):
+        page.screenshot(path=artifacts / name, **options)
+        if docs_name:
+            # Times change on every run: masked, so that a run changes the committed picture only when the
+            # admin itself changes.
+            DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+            times = page.get_by_text(ADMIN_TIMES)
+            page.screenshot(path=DOCS_SCREENSHOTS / docs_name, mask=[times], mask_color=MASK_COLOR, **options)
+
+    return take
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -33,7 +33,7 @@ def log_in(page, base_url, django_user_model, screenshot=None):
     expect(page.get_by_role("heading", name="Site administration")).to_be_visible()
 
 
-def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifacts):
+def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifacts, screenshot):
     base_url = live_server.url
 
     # Log in as staff.
@@ -43,7 +43,7 @@ def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifa
     page.goto(f"{base_url}/admin/coupons/coupon/add/")
     page.get_by_label("Name").fill("FLASH SALE")
     page.get_by_label("Amount").fill("3")
-    page.screenshot(path=artifacts / "02-coupon-add.png")
+    screenshot(page, "02-coupon-add.png")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
     assert Coupon.objects.get(name="FLASH SALE").remaining_amount == 3
@@ -57,14 +57,14 @@ def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifa
     expect(row.locator("td.field-stock")).to_have_text("2 / 3")
     expect(row.locator("td.field-stock progress")).to_have_attribute("value", "2")
     expect(row.locator("td.field-remaining_amount")).to_have_text("1")
-    page.screenshot(path=artifacts / "03-coupon-list.png")
+    screenshot(page, "03-coupon-list.png", docs_name="coupon-list.png")
 
     # The coupon's page lists its claimers, newest first.
     row.get_by_role("link", name="FLASH SALE").click()
     claimers = page.locator("#claims td.claim-user-id")
     expect(claimers).to_have_text(["bob", "alice"])
     expect(page.locator("#claims h2")).to_have_text("Claims: 2, newest first")
-    page.screenshot(path=artifacts / "04-coupon-claims.png", full_page=True)
+    screenshot(page, "04-coupon-claims.png", docs_name="coupon-page.png", full_page=True)
 
     # Export the claims as CSV.
     with page.expect_download() as download_info:
@@ -80,7 +80,7 @@ def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifa
     page.get_by_label("New amount").fill("1")
     page.get_by_role("button", name="Restock").click()
     expect(page.locator(".errorlist")).to_have_text("The amount cannot be lower than the 2 units already claimed.")
-    page.screenshot(path=artifacts / "05-restock-refused.png")
+    screenshot(page, "05-restock-refused.png", docs_name="restock-refused.png")
     page.get_by_label("New amount").fill("5")
     page.get_by_role("button", name="Restock").click()
     expect(page.locator(".messagelist")).to_contain_text("Restocked: amount 3 → 5, 3 left.")
@@ -97,11 +97,11 @@ def test_operator_runs_a_flash_sale(page, live_server, django_user_model, artifa
     page.locator('details[data-filter-title="stock"]').get_by_role("link", name="Sold out").click()
     expect(coupon_row(page, "FLASH SALE").locator("td.field-stock")).to_have_text("5 / 5")
     expect(coupon_row(page, "FLASH SALE").locator("td.field-remaining_amount")).to_have_text("0")
-    page.screenshot(path=artifacts / "06-coupon-list-sold-out.png")
+    screenshot(page, "06-coupon-list-sold-out.png")
 
 
 def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
-    page, live_server, django_user_model, artifacts
+    page, live_server, django_user_model, screenshot
 ):
     base_url = live_server.url
     log_in(page, base_url, django_user_model)
@@ -113,7 +113,7 @@ def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
     page.get_by_label("Amount").fill("2")
     page.locator("#id_starts_at_0").fill(starts_at.strftime("%Y-%m-%d"))
     page.locator("#id_starts_at_1").fill(starts_at.strftime("%H:%M:%S"))
-    page.screenshot(path=artifacts / "07-coupon-add-scheduled.png")
+    screenshot(page, "07-coupon-add-scheduled.png")
     page.get_by_role("button", name="Save", exact=True).click()
     expect(page.locator(".messagelist")).to_contain_text("was added successfully")
     assert Coupon.objects.get(name="MIDNIGHT SALE").starts_at == starts_at
@@ -134,7 +134,7 @@ def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
         page.wait_for_timeout(250)
     page.goto(f"{base_url}/admin/coupons/coupon/?status=live")
     expect(coupon_row(page, "MIDNIGHT SALE").locator("td.field-status")).to_have_text("Live")
-    page.screenshot(path=artifacts / "08-coupon-list-live.png")
+    screenshot(page, "08-coupon-list-live.png")
     assert [claim(page, base_url, user, "MIDNIGHT SALE") for user in ["alice", "bob", "carol"]] == [201, 201, 400]
 
     # Release alice's claim from the claims list, giving a reason.
@@ -144,7 +144,7 @@ def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
     page.get_by_role("button", name="Go").click()
     expect(page.locator("#claims-to-release")).to_contain_text("alice — MIDNIGHT SALE")
     page.get_by_label("Reason").fill("order cancelled")
-    page.screenshot(path=artifacts / "09-release-reason.png")
+    screenshot(page, "09-release-reason.png", docs_name="release-reason.png")
     page.get_by_role("button", name="Release").click()
     expect(page.locator(".messagelist")).to_contain_text("Released 1 claim(s)")
 
@@ -157,5 +157,5 @@ def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
     releases = page.locator("#releases-group")
     expect(releases).to_contain_text("alice")
     expect(releases).to_contain_text("order cancelled")
-    page.screenshot(path=artifacts / "10-coupon-releases.png", full_page=True)
+    screenshot(page, "10-coupon-releases.png", docs_name="coupon-releases.png", full_page=True)
     assert claim(page, base_url, "alice", "MIDNIGHT SALE") == 201  # a released user may claim again

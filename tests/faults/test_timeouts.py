@@ -3,7 +3,7 @@ connection pool and a database out of connection slots each end in a prompt JSON
 with Retry-After, and the service serves claims again as soon as the cause is gone.
 
 The limits are set low here (seconds) to keep the tests short; the defaults
-are in the README.
+are in docs/operator-guide.md (Configuration).
 """
 
 import time
