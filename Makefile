@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster docs docs-serve
+.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster test-chaos docs docs-serve
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
@@ -47,6 +47,15 @@ cluster-tools: $(VENV)/.installed
 
 test-cluster: cluster-tools
 	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
+
+# A sale under a randomized, seeded schedule of faults, checked afterwards
+# (tests/cluster/test_chaos.py, docs/deployment.md): every fault type once,
+# then random ones until MINUTES have passed.
+SEED ?= 1
+MINUTES ?= 3
+test-chaos: cluster-tools
+	CLUSTER_TESTS=1 CHAOS_SEED=$(SEED) CHAOS_MINUTES=$(MINUTES) $(BIN)/pytest tests/cluster/test_chaos.py \
+		-o log_cli=true --log-cli-level=INFO
 
 # The documentation site (mkdocs.yml, docs/): the API reference's schema generated from the service
 # (with the default settings: API_KEYS_REQUIRED adds 401/403 to every operation), then a strict build

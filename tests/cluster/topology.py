@@ -355,6 +355,10 @@ class Topology:
         if len(leaders) != 1 or len(standbys) != 1:
             roles = {name: (m["role"], m["state"], m.get("lag")) for name, m in members.items()}
             found.append(f"Patroni: {roles}")
+        else:
+            # Patroni's view of a standby lags behind (its member key lives
+            # `ttl` s): the leader's own replication view is the one to trust.
+            found += self._replication_problems(leaders[0], standbys[0])
         servers = self.haproxy_servers()
         if leaders and servers.get(("postgres", leaders[0]), {}).get("status") != "UP":
             found.append(f"HAProxy does not send connections to the leader {leaders[0]}")
@@ -365,6 +369,21 @@ class Topology:
         ]
         return found
 
+    def _replication_problems(self, leader, standby):
+        try:
+            with psycopg.connect(
+                host=self.address(leader), port=5432, user="postgres", password=self.password, dbname="postgres",
+                connect_timeout=2,
+            ) as connection:  # fmt: skip
+                replicas = connection.execute(
+                    "SELECT application_name, state, sync_state FROM pg_stat_replication"
+                ).fetchall()
+        except psycopg.Error as error:
+            return [f"the leader {leader} does not answer: {error}"]
+        if (standby, "streaming", "sync") not in replicas:
+            return [f"{standby} is not streaming synchronously from {leader}: {replicas}"]
+        return []
+
     def wait_until_healthy(self, timeout=START_TIMEOUT_SECONDS):
         """Until problems() is empty; TimeoutError naming what is still broken, with the logs that matter."""
         try:
@@ -372,6 +391,19 @@ class Topology:
         except TimeoutError as error:
             logs = "\n".join(f"--- {name}\n{self.log(name, 15)}" for name in (*DATABASE_HOSTS, "haproxy"))
             raise TimeoutError(f"{error}: {self.problems()}\n{logs}") from None
+
+    def patch_dynamic_config(self, changes):
+        """Change Patroni's dynamic configuration (kept in etcd); every member applies it within a loop (1 s)."""
+
+        def patched():
+            for name in DATABASE_HOSTS:  # any member writes it to etcd
+                reply = request(self.address(name), PATRONI_PORT, "PATCH", "/config", changes, timeout=5)
+                if reply.status == 200:
+                    return reply
+            return None
+
+        wait_for(patched, 60, f"Patroni to take {changes}")
+        time.sleep(3)
 
     def connect_primary(self):
         name = wait_for(self.primary, 60, "a primary")
