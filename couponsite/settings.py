@@ -276,6 +276,11 @@ API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
 # most a revocation (or a change of scopes or expiry date) takes to bite.
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 
+# The hold expiry worker (python manage.py expire_holds) sleeps until the
+# next deadline it knows of, and never longer than this between passes: the
+# most a hold shorter than it, granted while the worker sleeps, expires late.
+EXPIRE_HOLDS_MAX_SLEEP_MS = env_int("EXPIRE_HOLDS_MAX_SLEEP_MS", 1000)
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["coupons.api.errors.StrictJSONParser"],
