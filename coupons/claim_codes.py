@@ -17,8 +17,8 @@ import re
 import secrets
 
 from coupons.exceptions import MalformedCode
-from coupons.models import CLAIM_CODE_LENGTH
 
+CLAIM_CODE_LENGTH = 16
 ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 BITS = CLAIM_CODE_LENGTH * 5  # 80
 GROUP = 4

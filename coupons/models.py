@@ -4,6 +4,7 @@ from django.db.models.functions import Length
 from django.db.models.lookups import Exact
 from rest_framework_api_key.models import AbstractAPIKey
 
+from coupons.claim_codes import CLAIM_CODE_LENGTH, new_claim_code
 from coupons.sale_windows import SaleWindow
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -95,9 +96,6 @@ class ClaimStatus(models.TextChoices):
 LIVE_STATUSES = (ClaimStatus.HELD, ClaimStatus.REDEEMED)
 RETURNED_STATUSES = (ClaimStatus.RELEASED, ClaimStatus.EXPIRED)
 
-# A claim's code: 16 characters of Crockford's base32, 80 random bits (coupons/claim_codes.py).
-CLAIM_CODE_LENGTH = 16
-
 
 class Claim(models.Model):
     user_id = models.CharField(max_length=255, validators=[validate_identifier_text])
@@ -106,7 +104,9 @@ class Claim(models.Model):
     coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="claims", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Stored without its hyphens, upper case; shown grouped (XXXX-XXXX-XXXX-XXXX).
-    code = models.CharField(max_length=CLAIM_CODE_LENGTH, editable=False)
+    # The claim path draws it itself (coupons/claim_groups.py); the default
+    # serves rows made through the ORM (scripts, the benchmarks' bulk inserts).
+    code = models.CharField(max_length=CLAIM_CODE_LENGTH, default=new_claim_code, editable=False)
     status = models.CharField(max_length=8, choices=ClaimStatus.choices, default=ClaimStatus.HELD)
     # created_at + the coupon's hold_seconds at the time of the claim; None: held for ever.
     expires_at = models.DateTimeField(null=True, blank=True)

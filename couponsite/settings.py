@@ -309,7 +309,10 @@ SPECTACULAR_SETTINGS = {
         "coupons.api.key_access.document_key_errors",
     ],
     # The error codes' enum under a name that says what it is (not "CodeEnum").
-    "ENUM_NAME_OVERRIDES": {"ErrorCode": "coupons.api.error_codes.ErrorCode"},
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCode": "coupons.api.error_codes.ErrorCode",
+        "ClaimStatus": "coupons.models.ClaimStatus",
+    },
 }
 
 

@@ -114,13 +114,29 @@ class ReleasesInTheAdminTests(OperatorTestCase):
 
         done = self.client.post(CLAIMS, {**action, "apply": "Release", "reason": "orders cancelled"})
         self.assertRedirects(done, CLAIMS, fetch_redirect_response=False)
-        self.assertEqual(list(Claim.objects.values_list("user_id", flat=True)), ["carol"])
+        self.assertEqual(
+            dict(Claim.objects.values_list("user_id", "status")),
+            {"alice": "released", "bob": "released", "carol": "held"},
+        )
         self.coupon.refresh_from_db()
         self.assertEqual(self.coupon.remaining_amount, 2)
         self.assertEqual(
             sorted(ClaimRelease.objects.values_list("user_id", "released_by", "reason")),
             [("alice", "operator", "orders cancelled"), ("bob", "operator", "orders cancelled")],
         )
+
+    def test_a_released_claim_selected_again_leaves_the_users_new_claim_alone(self):
+        release_claim(coupon_name="PROMO", user_id="alice", released_by="someone")
+        claim_coupon(user_id="alice", coupon_name="PROMO")
+        released = Claim.objects.get(user_id="alice", status="released")
+        action = {"action": "release_selected_claims", "_selected_action": [released.pk]}
+
+        self.client.post(CLAIMS, {**action, "apply": "Release", "reason": "again"})
+
+        self.assertEqual(
+            sorted(Claim.objects.filter(user_id="alice").values_list("status", flat=True)), ["held", "released"]
+        )
+        self.assertEqual(ClaimRelease.objects.count(), 1)
 
     def test_the_audit_trail_is_read_only(self):
         release_claim(coupon_name="PROMO", user_id="alice", released_by="someone", reason="test")

@@ -7,6 +7,8 @@ status "released", so that every claim ever granted is a row again.
 
 import secrets
 
+import coupons.claim_codes
+
 import django.core.validators
 import django.db.models.deletion
 import django.db.models.functions.text
@@ -136,7 +138,7 @@ class Migration(migrations.Migration):
         migrations.AlterField(
             model_name='claim',
             name='code',
-            field=models.CharField(editable=False, max_length=16),
+            field=models.CharField(default=coupons.claim_codes.new_claim_code, editable=False, max_length=16),
         ),
         migrations.AlterField(
             model_name='claimrelease',
