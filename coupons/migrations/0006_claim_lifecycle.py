@@ -48,6 +48,13 @@ def give_codes_and_bring_back_released_claims(apps, schema_editor):
         # After create(): auto_now_add stamps created_at with the present.
         Claim.objects.filter(pk=claim.pk).update(created_at=release.claimed_at)
         ClaimRelease.objects.filter(pk=release.pk).update(claim=claim)
+    fire_deferred_checks(schema_editor)
+
+
+def fire_deferred_checks(schema_editor):
+    """PostgreSQL checks foreign keys at commit; it refuses the ALTER TABLEs that follow while checks are pending."""
+    if schema_editor.connection.vendor == "postgresql":
+        schema_editor.execute("SET CONSTRAINTS ALL IMMEDIATE")
 
 
 def forget_ended_claims(apps, schema_editor):
@@ -56,6 +63,7 @@ def forget_ended_claims(apps, schema_editor):
     ClaimRelease = apps.get_model("coupons", "ClaimRelease")
     ClaimRelease.objects.update(claim=None)
     Claim.objects.filter(status__in=["released", "expired"]).delete()
+    fire_deferred_checks(schema_editor)
 
 
 class Migration(migrations.Migration):
