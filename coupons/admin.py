@@ -197,9 +197,10 @@ class CouponAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
     def has_delete_permission(self, request, obj=None):
-        # Claims protect their coupon; only a coupon nobody claimed can go.
-        # (No bulk delete either: its confirmation page would list every claim.)
-        if obj is not None and obj.claimed_amount:
+        # Claims protect their coupon, expired and released ones too; only a
+        # coupon nobody claimed can go. (No bulk delete either: its
+        # confirmation page would list every claim.)
+        if obj is not None and (obj.claimed_amount or obj.claims.exists()):
             return False
         return super().has_delete_permission(request, obj)
 
