@@ -81,14 +81,14 @@ PRINTABLE_TEXT = (
 COUPON_NAME = f"{PRINTABLE_TEXT} Not `.` or `..`."
 
 
-class InputSerializer(serializers.Serializer):
-    """An input serializer whose fields are built and bound once per class, then shared by its instances.
+class SharedFieldsSerializer(serializers.Serializer):
+    """A serializer whose fields are built and bound once per class, then shared by its instances.
 
     DRF deep-copies every declared field for each serializer instance, which
     runs each field's __init__ again and builds its validators anew: on the
     claim endpoint that was a fifth of a refusal's CPU (README, Performance).
-    Input fields here keep no per-request state (they read no context, and
-    `partial` is never used), so the fields of one prototype instance, bound
+    For fields that keep no per-request state (they read no context, and
+    `partial` is never used), the fields of one prototype instance, bound
     once, serve every instance in every thread.
     """
 
@@ -99,6 +99,10 @@ class InputSerializer(serializers.Serializer):
         if shared is None:
             shared = cls._shared_fields = serializers.Serializer.fields.func(cls())
         return shared
+
+
+class InputSerializer(SharedFieldsSerializer):
+    """An input serializer: its fields validate what was sent and keep nothing of it."""
 
 
 class CouponCreateInputSerializer(InputSerializer):
@@ -252,7 +256,10 @@ class UserClaimsPageSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last page.")
 
 
-class ClaimSerializer(serializers.Serializer):
+class ClaimSerializer(SharedFieldsSerializer):
+    """The claim's 201: its fields render values and keep nothing (shared: three more fields cost a granted claim
+    CPU when copied per request)."""
+
     user_id = serializers.CharField()
     coupon_name = serializers.CharField()
     code = ClaimCodeField(help_text=f"What the user gives at the checkout to redeem the claim: {CLAIM_CODE}")
