@@ -209,7 +209,7 @@ def coupon_claims(*, coupon_id: int):
 def count_claims_by_status(*, coupon_id: int) -> dict[ClaimStatus, int]:
     """How many of the coupon's claims are in each status (every status present, 0 included)."""
     counts = dict.fromkeys(ClaimStatus, 0)
-    rows = Claim.objects.filter(coupon_id=coupon_id).values_list("status").annotate(count=Count("id")).order_by()
+    rows = Claim.objects.filter(coupon_id=coupon_id).values_list("status").annotate(count=Count("*")).order_by()
     counts.update({ClaimStatus(status): count for status, count in rows})
     return counts
 

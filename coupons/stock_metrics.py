@@ -59,7 +59,7 @@ class ClaimStatusCollector:
 
     def collect(self):
         try:
-            counts = dict(Claim.objects.values_list("status").annotate(count=Count("id")).order_by())
+            counts = dict(Claim.objects.values_list("status").annotate(count=Count("*")).order_by())
             until_next = seconds_until_next_deadline()
         except DatabaseError as exc:
             logger.warning("claim metrics unavailable", error=str(exc))
