@@ -30,10 +30,8 @@ from coupons.holds import expire_holds
 from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon, redeem_claim
-from tests.faults.service import Service
-from tests.helpers import subprocess_database_url
 from tests.stress.base import REPETITIONS, OneStressClassAtATime, run_simultaneously
-from tests.stress.test_http import RoomyLiveServerThread
+from tests.stress.test_http import RoomyLiveServerThread, ServedByGunicorn
 
 logger = logging.getLogger(__name__)
 
@@ -120,29 +118,8 @@ class HttpRedemptionStressTests(HttpRedemptions, OneCodeRedeemedAtOnce, LiveServ
         self.server_address = (parts.hostname, parts.port)
 
 
-class GunicornRedemptionStressTests(HttpRedemptions, OneCodeRedeemedAtOnce, TransactionTestCase):
-    """Against gunicorn with gunicorn.conf.py, in processes of its own: PostgreSQL (a database they can share)."""
-
-    @classmethod
-    def setUpClass(cls):
-        super().setUpClass()
-        cls.service = None
-        if connection.vendor == "postgresql":
-            cls.service = Service(subprocess_database_url(), WEB_CONCURRENCY="2").__enter__()
-            cls.server_address = ("127.0.0.1", cls.service.port)
-
-    @classmethod
-    def tearDownClass(cls):
-        try:
-            if cls.service is not None:
-                cls.service.__exit__(None, None, None)
-        finally:
-            super().tearDownClass()
-
-    def setUp(self):
-        if self.service is None:
-            self.skipTest("gunicorn in another process needs a shared database: PostgreSQL")
-        super().setUp()
+class GunicornRedemptionStressTests(ServedByGunicorn, HttpRedemptions, OneCodeRedeemedAtOnce, TransactionTestCase):
+    pass
 
 
 # The sale with holds.
