@@ -286,7 +286,14 @@ class ExpirySkipsLockedClaimsTests(TransactionTestCase):
                 cursor.execute("BEGIN")
                 cursor.execute("SELECT 1 FROM coupons_claim WHERE code = %s FOR NO KEY UPDATE", [locked])
                 result = {}
-                worker = threading.Thread(target=lambda: result.update(expired=expire_holds()))
+
+                def one_pass():
+                    try:
+                        result["expired"] = expire_holds()
+                    finally:
+                        connection.close()  # the thread's own connection
+
+                worker = threading.Thread(target=one_pass)
                 worker.start()
                 worker.join(timeout=10)
                 self.assertFalse(worker.is_alive(), "the pass waited for the locked claim")
