@@ -37,7 +37,7 @@ _READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0", "-": None, " ": None})
 def new_claim_code() -> str:
     """A fresh code, its 16 bare characters (80 bits from the operating system's CSPRNG)."""
     # Two calls into C, where drawing each symbol with secrets.choice cost 16 (measured: 2.6 µs against 17 µs).
-    return base64.b32encode(secrets.token_bytes(CLAIM_CODE_LENGTH * 5 // 8)).decode().translate(_FROM_RFC4648)
+    return base64.b32encode(secrets.token_bytes(BITS // 8)).decode().translate(_FROM_RFC4648)
 
 
 def format_code(code: str) -> str:

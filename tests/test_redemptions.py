@@ -16,7 +16,7 @@ from django.db.models import F
 from django.test import Client, TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
-from coupons.claim_codes import ALPHABET, CLAIM_CODE_LENGTH, format_code, new_claim_code, normalise_code
+from coupons.claim_codes import ALPHABET, BITS, format_code, new_claim_code, normalise_code
 from coupons.exceptions import (
     AlreadyRedeemed,
     ClaimExpired,
@@ -56,7 +56,7 @@ class ClaimCodeTests(TestCase):
     def test_codes_are_80_random_bits_of_crockford_base32(self):
         codes = {new_claim_code() for _ in range(2000)}
         self.assertEqual(len(codes), 2000)
-        self.assertEqual(CLAIM_CODE_LENGTH * 5, 80)
+        self.assertEqual(BITS, 80)
         self.assertEqual(set("".join(codes)), set(ALPHABET))  # every symbol drawn, and no other
         self.assertFalse(set("ILOU") & set(ALPHABET))
 
