@@ -5,9 +5,10 @@ BIN = $(VENV)/bin
 
 .PHONY: run test superuser bench capacity patroni cluster-tools test-cluster test-chaos docs docs-serve
 
+# The Procfile's processes (gunicorn, the hold expiry worker) under honcho, with the venv's commands first on PATH.
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/gunicorn --config gunicorn.conf.py couponsite.wsgi
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto

@@ -23,11 +23,21 @@ from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
-from coupons.exceptions import CouponError
+from coupons.claim_codes import format_code, normalise_code
+from coupons.exceptions import CouponError, MalformedCode
 from coupons.exports import claims_csv_response
-from coupons.models import API_KEY_SCOPES, Claim, ClaimRelease, ClientApiKey, Coupon
+from coupons.models import (
+    API_KEY_SCOPES,
+    LIVE_STATUSES,
+    Claim,
+    ClaimRelease,
+    ClaimStatus,
+    ClientApiKey,
+    Coupon,
+    RedemptionUndo,
+)
 from coupons.sale_windows import SaleStatus, format_utc
-from coupons.selectors import coupon_claims, filter_by_sale_status
+from coupons.selectors import count_claims_by_status, coupon_claims, filter_by_sale_status
 from coupons.services import create_coupon, release_claim, restock_coupon, schedule_sale
 
 CLAIMS_PER_PAGE = 50
@@ -64,11 +74,10 @@ class SaleStatusFilter(admin.SimpleListFilter):
 
 
 class CountedPaginator(Paginator):
-    """A paginator told how many rows there are instead of counting them.
+    """A paginator told how many rows there are instead of counting them again.
 
-    A coupon's claims number exactly `amount - remaining_amount` (every claim
-    takes one unit, and every release gives it back, in the same transaction):
-    reading that from the coupon row saves a COUNT(*) over 100,000 claims.
+    A coupon's page counts its claims by status anyway (one GROUP BY over
+    the (coupon, status) index); their sum is the number of rows.
     """
 
     def __init__(self, object_list, per_page, *, count):
@@ -159,8 +168,20 @@ class CouponAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            return ("name", "amount", "starts_at", "ends_at")  # remaining_amount starts at amount
-        return ("name", "status", "stock", "remaining_amount", "amount", "starts_at", "ends_at", "created_at")
+            # remaining_amount starts at amount
+            return ("name", "amount", "starts_at", "ends_at", "hold_seconds", "redeem_until")
+        return (
+            "name",
+            "status",
+            "stock",
+            "remaining_amount",
+            "amount",
+            "starts_at",
+            "ends_at",
+            "hold_seconds",
+            "redeem_until",
+            "created_at",
+        )
 
     def get_readonly_fields(self, request, obj=None):
         return () if obj is None else self.get_fields(request, obj)
@@ -176,9 +197,10 @@ class CouponAdmin(admin.ModelAdmin):
         return request.user.has_perm(f"{self.opts.app_label}.change_{self.opts.model_name}")
 
     def has_delete_permission(self, request, obj=None):
-        # Claims protect their coupon; only a coupon nobody claimed can go.
-        # (No bulk delete either: its confirmation page would list every claim.)
-        if obj is not None and obj.claimed_amount:
+        # Claims protect their coupon, expired and released ones too; only a
+        # coupon nobody claimed can go. (No bulk delete either: its
+        # confirmation page would list every claim.)
+        if obj is not None and (obj.claimed_amount or obj.claims.exists()):
             return False
         return super().has_delete_permission(request, obj)
 
@@ -190,7 +212,14 @@ class CouponAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         # Only the add form saves (a coupon's page is read-only): create the
         # coupon the way the API does.
-        coupon = create_coupon(name=obj.name, amount=obj.amount, starts_at=obj.starts_at, ends_at=obj.ends_at)
+        coupon = create_coupon(
+            name=obj.name,
+            amount=obj.amount,
+            starts_at=obj.starts_at,
+            ends_at=obj.ends_at,
+            hold_seconds=obj.hold_seconds,
+            redeem_until=obj.redeem_until,
+        )
         obj.pk, obj.remaining_amount, obj.created_at = coupon.pk, coupon.remaining_amount, coupon.created_at
 
     def get_urls(self):
@@ -216,9 +245,14 @@ class CouponAdmin(admin.ModelAdmin):
 
     def render_change_form(self, request, context, add=False, change=False, form_url="", obj=None):
         if obj is not None:
-            paginator = CountedPaginator(coupon_claims(coupon_id=obj.pk), CLAIMS_PER_PAGE, count=obj.claimed_amount)
+            counts = count_claims_by_status(coupon_id=obj.pk)
+            paginator = CountedPaginator(coupon_claims(coupon_id=obj.pk), CLAIMS_PER_PAGE, count=sum(counts.values()))
             page = paginator.get_page(request.GET.get("claims_page"))
+            for claim in page.object_list:
+                claim["code"] = format_code(claim["code"])
+                claim["status"] = ClaimStatus(claim["status"]).label
             context.update(
+                claim_counts=[(status.label, count) for status, count in counts.items()],
                 can_restock=self.has_restock_permission(request),
                 claims_page=page,
                 claims_page_range=paginator.get_elided_page_range(page.number, on_each_side=2, on_ends=1),
@@ -311,16 +345,45 @@ class ReleaseForm(forms.Form):
     )
 
 
+class ClaimStatusFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "status"
+
+    def lookups(self, request, model_admin):
+        return [("live", "Live (held or redeemed)"), *ClaimStatus.choices]
+
+    def queryset(self, request, queryset):
+        if self.value() == "live":
+            return queryset.filter(status__in=LIVE_STATUSES)
+        if self.value() in ClaimStatus.values:
+            return queryset.filter(status=self.value())
+        return queryset
+
+
 @admin.register(Claim)
 class ClaimAdmin(admin.ModelAdmin):
-    list_display = ("user_id", "coupon", "created_at")
+    list_display = ("user_id", "coupon", "claim_code", "status", "created_at", "expires_at", "redeemed_at", "order_id")
     actions = ("release_selected_claims",)
     list_select_related = ("coupon",)
-    list_filter = ("coupon",)
+    list_filter = (ClaimStatusFilter, "coupon")
     search_fields = ("user_id",)
+    search_help_text = "A user id, or a claim's code (in any case, with or without hyphens)."
     date_hierarchy = "created_at"
     # A filtered list says "N claims" without also counting the whole table.
     show_full_result_count = False
+
+    @admin.display(description="code", ordering="code")
+    def claim_code(self, claim):
+        return format_code(claim.code)
+
+    def get_search_results(self, request, queryset, search_term):
+        """A user id, or a code as a customer reads it out (normalised, then matched exactly)."""
+        results, may_have_duplicates = super().get_search_results(request, queryset, search_term)
+        try:
+            code = normalise_code(search_term.strip())
+        except MalformedCode:
+            return results, may_have_duplicates
+        return results | queryset.filter(code=code), may_have_duplicates
 
     # Claims are made by users through the API, never by hand: stock
     # arithmetic depends on every claim having gone through claim_coupon().
@@ -340,6 +403,9 @@ class ClaimAdmin(admin.ModelAdmin):
 
     @admin.action(description="Release selected claims", permissions=["release"])
     def release_selected_claims(self, request, queryset):
+        # Only live claims hold a unit to give back (a released or expired row's
+        # user may hold a newer claim, which is not the one selected).
+        queryset = queryset.filter(status__in=LIVE_STATUSES)
         form = ReleaseForm(request.POST if "apply" in request.POST else None)
         if form.is_valid():
             released = 0
@@ -380,6 +446,25 @@ class ClaimReleaseAdmin(ReadOnly, admin.ModelAdmin):
     list_filter = ("coupon",)
     search_fields = ("user_id", "released_by")
     date_hierarchy = "released_at"
+
+
+@admin.register(RedemptionUndo)
+class RedemptionUndoAdmin(ReadOnly, admin.ModelAdmin):
+    """Every redemption undone (an order cancelled), as undo_redemption() recorded it: only ever read."""
+
+    list_display = ("claim_user_id", "claim_coupon", "order_id", "redeemed_at", "undone_at", "undone_by", "reason")
+    list_select_related = ("claim__coupon",)
+    list_filter = ("claim__coupon",)
+    search_fields = ("claim__user_id", "order_id", "undone_by")
+    date_hierarchy = "undone_at"
+
+    @admin.display(description="user id", ordering="claim__user_id")
+    def claim_user_id(self, undo):
+        return undo.claim.user_id
+
+    @admin.display(description="coupon", ordering="claim__coupon__name")
+    def claim_coupon(self, undo):
+        return undo.claim.coupon
 
 
 # The library registers its own key model; the service's keys are ClientApiKey.

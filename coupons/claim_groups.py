@@ -7,7 +7,8 @@ coupon is in flight in this process, further claims of that coupon wait;
 when it ends, all of them form the next group, led by the first to arrive,
 which grants them together: one `transaction.atomic()`, one
 `select_for_update()` of the coupon row, one read of which of them already
-hold the coupon, one INSERT of the winners, one `F("remaining_amount") - n`
+hold the coupon, one INSERT of the winners (each with its code, drawn in
+the transaction, and its hold's deadline), one `F("remaining_amount") - n`
 update, one commit. A claim that arrives while nothing is in flight leads a
 group of one at once: a quiet service adds no wait.
 
@@ -29,15 +30,17 @@ that error: no claim of the group is half-done.
 import copy
 import functools
 import threading
+from datetime import timedelta
 
 from django.db import connection, transaction
 from django.db.models import F
 from prometheus_client import Histogram
 
+from coupons.claim_codes import new_claim_code
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
-from coupons.models import Claim, Coupon
+from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.sale_windows import SaleWindow, as_utc_datetime
-from coupons.selectors import database_now_sql
+from coupons.selectors import LIVE_STATUSES_SQL, database_now_sql
 
 group_sizes = Histogram(
     "coupon_claim_group_size",
@@ -58,9 +61,9 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
     """
     with transaction.atomic():
         try:
-            remaining_amount, starts_at, ends_at = (
+            remaining_amount, starts_at, ends_at, hold_seconds = (
                 Coupon.objects.select_for_update(no_key=True)
-                .values_list("remaining_amount", "starts_at", "ends_at")
+                .values_list("remaining_amount", "starts_at", "ends_at", "hold_seconds")
                 .get(pk=coupon_id)
             )
         except Coupon.DoesNotExist:
@@ -74,6 +77,7 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
         # claim that waited for the lock past ends_at is granted.
         now, holders = _read_holders_and_clock(coupon_id, user_ids)
         window = SaleWindow(starts_at, ends_at)
+        expires_at = now + timedelta(seconds=hold_seconds) if hold_seconds is not None else None
         outcomes, winners = [], []
         for user_id in user_ids:
             if user_id in holders:
@@ -82,7 +86,17 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
                 outcomes.append(refusal)
             elif len(winners) < remaining_amount:
                 holders.add(user_id)
-                winners.append(Claim(coupon_id=coupon_id, user_id=user_id, created_at=now))
+                # Its code is drawn here, inside the transaction: the claim and
+                # its code are committed together, or neither is.
+                winners.append(
+                    Claim(
+                        coupon_id=coupon_id,
+                        user_id=user_id,
+                        created_at=now,
+                        code=new_claim_code(),
+                        expires_at=expires_at,
+                    )
+                )
                 outcomes.append(winners[-1])
             else:
                 outcomes.append(OutOfStock())
@@ -108,12 +122,13 @@ def _holders_sql(group_size):
     return (
         f"SELECT {now}, u.user_id FROM {quote(Coupon._meta.db_table)} c"  # noqa: S608 - only model table names
         f" LEFT JOIN {quote(Claim._meta.db_table)} u ON u.coupon_id = c.id AND u.user_id IN ({users})"
+        f" AND u.status IN ({LIVE_STATUSES_SQL})"
         " WHERE c.id = %s"
     )
 
 
 def _read_holders_and_clock(coupon_id, user_ids):
-    """The database's clock, and which of `user_ids` hold the coupon (one row per holder, or one of NULL)."""
+    """The database's clock, and which of `user_ids` hold a live claim of the coupon (a row per holder, or one NULL)."""
     distinct = list(dict.fromkeys(user_ids))
     with connection.cursor() as cursor:
         cursor.execute(_holders_sql(len(distinct)), [*distinct, coupon_id])
@@ -121,22 +136,32 @@ def _read_holders_and_clock(coupon_id, user_ids):
     return as_utc_datetime(rows[0][0]), {holder for _, holder in rows if holder is not None}
 
 
+# A new claim is held, redeemed for no order yet.
+_NEW_CLAIM_ROW = f"(%s, %s, %s, %s, %s, '{ClaimStatus.HELD}', '')"
+
+
 @functools.lru_cache(maxsize=256)
 def _insert_sql(count):
     quote = connection.ops.quote_name
     return (
-        f"INSERT INTO {quote(Claim._meta.db_table)} (coupon_id, user_id, created_at)"  # noqa: S608 - only the table
-        f" VALUES {', '.join(['(%s, %s, %s)'] * count)} RETURNING id"
+        f"INSERT INTO {quote(Claim._meta.db_table)}"  # noqa: S608 - only the table
+        " (coupon_id, user_id, created_at, code, expires_at, status, order_id)"
+        f" VALUES {', '.join([_NEW_CLAIM_ROW] * count)} RETURNING id"
     )
 
 
 def _insert_claims(claims):
     """One INSERT of the winners, each claim stamped with the database's clock under the lock; fills in their ids."""
     created_at = connection.ops.adapt_datetimefield_value(claims[0].created_at)
+    expires_at = connection.ops.adapt_datetimefield_value(claims[0].expires_at)
     with connection.cursor() as cursor:
         cursor.execute(
             _insert_sql(len(claims)),
-            [value for claim in claims for value in (claim.coupon_id, claim.user_id, created_at)],
+            [
+                value
+                for claim in claims
+                for value in (claim.coupon_id, claim.user_id, created_at, claim.code, expires_at)
+            ],
         )
         # Multi-row INSERT ... RETURNING gives the rows in VALUES order on both backends (bulk_create relies on it too).
         for claim, (claim_id,) in zip(claims, cursor.fetchall(), strict=True):

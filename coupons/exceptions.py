@@ -46,3 +46,37 @@ class SaleNotStarted(CouponError):
 
 class SaleEnded(CouponError):
     default_message = "The sale has ended."
+
+
+class MalformedCode(CouponError):
+    """Text that no claim code can be (coupons/claim_codes.py): it is never looked up."""
+
+    default_message = "This is not a claim code."
+
+
+class CodeNotFound(CouponError):
+    default_message = "No claim has this code."
+
+
+class AlreadyRedeemed(CouponError):
+    default_message = "This code has already been redeemed."
+
+    def __init__(self, message=None, *, redeemed_at, order_id):
+        super().__init__(message)
+        # When, and for which order ("": none given), for the caller to tell its customer.
+        self.redeemed_at = redeemed_at
+        self.order_id = order_id
+
+
+class ClaimExpired(CouponError):
+    """The claim no longer holds a unit: its hold expired, or an operator released it."""
+
+    default_message = "This claim has expired or been released: its unit went back to stock."
+
+
+class RedemptionClosed(CouponError):
+    default_message = "Redemptions of this coupon have closed."
+
+
+class NotRedeemed(CouponError):
+    default_message = "This code has not been redeemed: there is no redemption to undo."

@@ -5,9 +5,11 @@ import csv
 from django.http import StreamingHttpResponse
 from django.utils.http import content_disposition_header
 
+from coupons.claim_codes import format_code
 from coupons.selectors import iter_claims_for_export
 
-CSV_HEADER = ("coupon", "user_id", "claimed_at")
+# The first three columns as they always were; the claim's code and status after.
+CSV_HEADER = ("coupon", "user_id", "claimed_at", "code", "status", "redeemed_at", "order_id")
 # A cell starting with one of these is a formula to a spreadsheet; user ids
 # come from the public API, so such cells are prefixed with a quote.
 FORMULA_PREFIXES = ("=", "+", "-", "@")
@@ -25,14 +27,25 @@ def spreadsheet_safe(text):
 
 
 def claims_csv_response(coupons, *, filename):
-    """A streamed CSV of the coupons' claims: coupon, user_id, claimed_at (ISO 8601, UTC)."""
+    """A streamed CSV of the coupons' claims, whatever their status: coupon, user_id, claimed_at, code, status,
+    redeemed_at, order_id (times ISO 8601, UTC; empty when not redeemed)."""
     writer = csv.writer(_Echo())
     rows = iter_claims_for_export(coupon_ids=[coupon.pk for coupon in coupons])
 
     def lines():
         yield writer.writerow(CSV_HEADER)
-        for coupon_name, user_id, claimed_at in rows:
-            yield writer.writerow([spreadsheet_safe(coupon_name), spreadsheet_safe(user_id), claimed_at.isoformat()])
+        for coupon_name, user_id, claimed_at, code, status, redeemed_at, order_id in rows:
+            yield writer.writerow(
+                [
+                    spreadsheet_safe(coupon_name),
+                    spreadsheet_safe(user_id),
+                    claimed_at.isoformat(),
+                    format_code(code),
+                    status,
+                    redeemed_at.isoformat() if redeemed_at else "",
+                    spreadsheet_safe(order_id),
+                ]
+            )
 
     response = StreamingHttpResponse(lines(), content_type="text/csv; charset=utf-8")
     response["Content-Disposition"] = content_disposition_header(as_attachment=True, filename=filename)

@@ -1,7 +1,10 @@
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
+from django.db.models.functions import Length
+from django.db.models.lookups import Exact
 from rest_framework_api_key.models import AbstractAPIKey
 
+from coupons.claim_codes import CLAIM_CODE_LENGTH, new_claim_code
 from coupons.sale_windows import SaleWindow
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -9,7 +12,11 @@ from coupons.validators import validate_coupon_name, validate_identifier_text
 MAX_AMOUNT = 2**31 - 1
 
 # What an API key may be allowed to do (ClientApiKey below).
-API_KEY_SCOPES = ("create", "claim", "read", "release")
+API_KEY_SCOPES = ("create", "claim", "read", "release", "redeem")
+
+# The longest a coupon may hold a claim for redemption: a year (and an
+# interval PostgreSQL and SQLite add to a timestamp without overflow).
+MAX_HOLD_SECONDS = 366 * 24 * 3600
 
 
 class Coupon(models.Model):
@@ -22,10 +29,28 @@ class Coupon(models.Model):
     # clock; None: no bound.
     starts_at = models.DateTimeField(null=True, blank=True, help_text="Claims are refused before this instant.")
     ends_at = models.DateTimeField(null=True, blank=True, help_text="Claims are refused from this instant on.")
+    # A claim not redeemed within this many seconds of being granted expires
+    # and its unit goes back to stock (coupons/holds.py); None: claims never
+    # expire. It applies to claims granted after it is set.
+    hold_seconds = models.IntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_HOLD_SECONDS)],
+        help_text="Seconds a claim is held for redemption before its unit goes back to stock; empty: for ever.",
+    )
+    # Redemptions are refused from this instant on (the database's clock); None: no bound.
+    redeem_until = models.DateTimeField(
+        null=True, blank=True, help_text="Redemptions are refused from this instant on."
+    )
 
     class Meta:
         ordering = ["-created_at", "-id"]
         constraints = [
+            models.CheckConstraint(
+                condition=models.Q(hold_seconds__isnull=True)
+                | models.Q(hold_seconds__gte=1, hold_seconds__lte=MAX_HOLD_SECONDS),
+                name="coupon_hold_seconds_in_range",
+            ),
             models.CheckConstraint(
                 condition=models.Q(starts_at__isnull=True)
                 | models.Q(ends_at__isnull=True)
@@ -57,23 +82,102 @@ class Coupon(models.Model):
         return SaleWindow(self.starts_at, self.ends_at)
 
 
+class ClaimStatus(models.TextChoices):
+    """Where a claim is in its life: granted (held), spent at a checkout (redeemed), or given back to stock."""
+
+    HELD = "held", "Held"  # holds a unit, not redeemed yet
+    REDEEMED = "redeemed", "Redeemed"  # holds a unit, spent by an order
+    RELEASED = "released", "Released"  # given back to stock by an operator (ClaimRelease says who and why)
+    EXPIRED = "expired", "Expired"  # not redeemed within its coupon's hold_seconds: its unit went back to stock
+
+
+# The claims that hold a unit of stock: for each coupon, at every instant,
+# remaining_amount + held + redeemed = amount. The others are kept for audit.
+LIVE_STATUSES = (ClaimStatus.HELD, ClaimStatus.REDEEMED)
+RETURNED_STATUSES = (ClaimStatus.RELEASED, ClaimStatus.EXPIRED)
+
+
 class Claim(models.Model):
     user_id = models.CharField(max_length=255, validators=[validate_identifier_text])
-    # The unique constraint below leads with `coupon`, so its index serves
-    # every per-coupon lookup and a separate foreign-key index is redundant.
+    # The indexes below lead with `coupon`, so a separate foreign-key index
+    # is redundant.
     coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="claims", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
+    # Stored without its hyphens, upper case; shown grouped (XXXX-XXXX-XXXX-XXXX).
+    # The claim path draws it itself (coupons/claim_groups.py); the default
+    # serves rows made through the ORM (scripts, the benchmarks' bulk inserts).
+    code = models.CharField(max_length=CLAIM_CODE_LENGTH, default=new_claim_code, editable=False)
+    status = models.CharField(max_length=8, choices=ClaimStatus.choices, default=ClaimStatus.HELD)
+    # created_at + the coupon's hold_seconds at the time of the claim; None: held for ever.
+    expires_at = models.DateTimeField(null=True, blank=True)
+    redeemed_at = models.DateTimeField(null=True, blank=True)
+    # The shop's order the claim was redeemed for ("": none given).
+    order_id = models.CharField(max_length=255, blank=True, default="")
+    # When the unit went back to stock (released or expired).
+    returned_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["id"]
         constraints = [
-            models.UniqueConstraint(fields=["coupon", "user_id"], name="claim_one_per_user_per_coupon"),
+            # A user holds at most one live claim of a coupon; once it is
+            # released or expired, the user may claim again.
+            models.UniqueConstraint(
+                fields=["coupon", "user_id"],
+                condition=models.Q(status__in=LIVE_STATUSES),
+                name="claim_one_live_per_user_per_coupon",
+            ),
+            models.UniqueConstraint(fields=["code"], name="claim_code_unique"),
+            models.CheckConstraint(
+                condition=Exact(Length("code"), CLAIM_CODE_LENGTH), name="claim_code_has_its_length"
+            ),
+            models.CheckConstraint(condition=models.Q(status__in=ClaimStatus.values), name="claim_status_known"),
+            # Redeemed: when (and maybe for which order). Held or expired: never
+            # redeemed (an undone redemption is cleared). Released: either.
+            models.CheckConstraint(
+                condition=models.Q(status=ClaimStatus.REDEEMED, redeemed_at__isnull=False)
+                | models.Q(status__in=[ClaimStatus.HELD, ClaimStatus.EXPIRED], redeemed_at__isnull=True, order_id="")
+                | models.Q(status=ClaimStatus.RELEASED),
+                name="claim_redeemed_exactly_when_redeemed",
+            ),
+            # A unit returned to stock says when; a live claim has not returned it.
+            models.CheckConstraint(
+                condition=models.Q(status__in=RETURNED_STATUSES, returned_at__isnull=False)
+                | models.Q(status__in=LIVE_STATUSES, returned_at__isnull=True),
+                name="claim_returned_exactly_when_ended",
+            ),
+            # The exactly-once rules of holds, in the database: a claim expires
+            # only at or after its deadline, and is redeemed only before it.
+            models.CheckConstraint(
+                condition=~models.Q(status=ClaimStatus.EXPIRED)
+                | models.Q(expires_at__isnull=False, returned_at__gte=models.F("expires_at")),
+                name="claim_expires_at_its_deadline",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(redeemed_at__isnull=True)
+                | models.Q(expires_at__isnull=True)
+                | models.Q(redeemed_at__lt=models.F("expires_at")),
+                name="claim_redeemed_before_its_deadline",
+            ),
         ]
-        # A user's claims, newest first, a page at a time (get_user_claims_page).
-        indexes = [models.Index(fields=["user_id", "-created_at", "-id"], name="claim_user_newest_first")]
+        indexes = [
+            # Every claim of a coupon, by status: the admin's counts and pages, the export.
+            models.Index(fields=["coupon", "status"], name="claim_coupon_status"),
+            # A user's claims, newest first, a page at a time (get_user_claims_page).
+            models.Index(fields=["user_id", "-created_at", "-id"], name="claim_user_newest_first"),
+            # The holds still to expire, soonest first (coupons/holds.py).
+            models.Index(
+                fields=["expires_at", "coupon"],
+                condition=models.Q(status=ClaimStatus.HELD, expires_at__isnull=False),
+                name="claim_hold_deadlines",
+            ),
+        ]
 
     def __str__(self):
         return f"{self.user_id} → {self.coupon_id}"
+
+    @property
+    def is_live(self):
+        return self.status in LIVE_STATUSES
 
 
 class ClientApiKey(AbstractAPIKey):
@@ -87,6 +191,7 @@ class ClientApiKey(AbstractAPIKey):
     scope_claim = models.BooleanField("claim", default=False, help_text="POST /api/coupons/claim")
     scope_read = models.BooleanField("read", default=False, help_text="GET /api/coupons/{name}")
     scope_release = models.BooleanField("release", default=False, help_text="Releasing a claim")
+    scope_redeem = models.BooleanField("redeem", default=False, help_text="/api/redemptions: redeem, undo, read")
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
@@ -101,6 +206,8 @@ class ClaimRelease(models.Model):
     """A claim an operator gave back to stock (release_claim): the audit trail, never edited."""
 
     coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="releases", db_index=False)
+    # The released claim, kept with status "released".
+    claim = models.OneToOneField(Claim, on_delete=models.PROTECT, related_name="release")
     user_id = models.CharField(max_length=255)
     claimed_at = models.DateTimeField()
     released_at = models.DateTimeField(auto_now_add=True)
@@ -114,3 +221,25 @@ class ClaimRelease(models.Model):
 
     def __str__(self):
         return f"{self.user_id}, released"
+
+
+class RedemptionUndo(models.Model):
+    """A redemption undone (an order cancelled: undo_redemption): the audit trail, never edited.
+
+    The claim is held again; this row keeps the redemption it had.
+    """
+
+    claim = models.ForeignKey(Claim, on_delete=models.PROTECT, related_name="undone_redemptions")
+    order_id = models.CharField(max_length=255, blank=True)
+    redeemed_at = models.DateTimeField()
+    undone_at = models.DateTimeField(auto_now_add=True)
+    # Who undid it: the staff user's username, or the API key's prefix.
+    undone_by = models.CharField(max_length=255)
+    reason = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-undone_at", "-id"]
+        verbose_name = "undone redemption"
+
+    def __str__(self):
+        return f"{self.claim_id}, redemption undone"

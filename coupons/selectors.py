@@ -6,11 +6,11 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import connection
-from django.db.models import Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.db.models.functions import Now
 
-from coupons.exceptions import CouponNotFound
-from coupons.models import Claim, Coupon
+from coupons.exceptions import CodeNotFound, CouponNotFound
+from coupons.models import LIVE_STATUSES, Claim, ClaimStatus, Coupon
 from coupons.sale_windows import SaleStatus, SaleWindow, as_utc_datetime
 
 # The database's clock, as django.db.models.functions.Now reads it, in the
@@ -19,6 +19,10 @@ DATABASE_NOW_SQL = {
     "postgresql": "STATEMENT_TIMESTAMP()",
     "sqlite": "STRFTIME('%Y-%m-%d %H:%M:%f', 'now')",
 }
+
+
+# The statuses of claims that hold a unit (held, redeemed), for hand-written SQL.
+LIVE_STATUSES_SQL = ", ".join(f"'{status}'" for status in LIVE_STATUSES)
 
 
 def database_now_sql():
@@ -33,15 +37,23 @@ class CouponDetail:
     remaining_amount: int
     starts_at: datetime | None
     ends_at: datetime | None
+    hold_seconds: int | None
+    redeem_until: datetime | None
     status: SaleStatus
     claimed_by: list[str]
+    held_amount: int
+    redeemed_amount: int
 
 
 def get_coupon_detail(*, name: str) -> CouponDetail:
     """The coupon with the ids of its claimers, in the order they claimed, and its sale status.
 
-    One statement reads one snapshot, so `claimed_by` always holds exactly
-    `amount - remaining_amount` users, even while claims are committing; the
+    The claimers are the users whose claim holds a unit (held or redeemed);
+    a released or expired claim gave its unit back. One statement reads one
+    snapshot, and every change of a claim's liveness changes the stock in
+    the same transaction, so `claimed_by` always holds exactly
+    `amount - remaining_amount` users, and `remaining_amount + held_amount +
+    redeemed_amount = amount`, even while claims commit; the
     status is computed with the database's clock, read by the same
     statement. It is hand-written SQL, the coupon's row first, then one short
     row per claim: a coupon may have 100,000 claimers, and a join repeating
@@ -53,16 +65,21 @@ def get_coupon_detail(*, name: str) -> CouponDetail:
         rows = cursor.fetchall()
     if not rows:
         raise CouponNotFound()
-    _, amount, remaining_amount, starts_at, ends_at, now, _ = rows[0]
+    _, amount, remaining_amount, starts_at, ends_at, now, hold_seconds, redeem_until, _, _ = rows[0]
     window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
+    redeemed_amount = sum(1 for row in rows[1:] if row[-1] == ClaimStatus.REDEEMED)
     return CouponDetail(
         name=name,
         amount=amount,
         remaining_amount=remaining_amount,
         starts_at=window.starts_at,
         ends_at=window.ends_at,
+        hold_seconds=hold_seconds,
+        redeem_until=as_utc_datetime(redeem_until),
         status=window.status(now=as_utc_datetime(now), remaining_amount=remaining_amount),
-        claimed_by=[row[-1] for row in rows[1:]],
+        claimed_by=[row[-2] for row in rows[1:]],
+        held_amount=len(rows) - 1 - redeemed_amount,
+        redeemed_amount=redeemed_amount,
     )
 
 
@@ -72,11 +89,12 @@ def _detail_sql():
     coupons, claims = quote(Coupon._meta.db_table), quote(Claim._meta.db_table)
     now = database_now_sql()
     return (
-        # Claim ids are positive: the coupon's row (0) comes first, then the claims in claim order.
-        f"SELECT 0, c.amount, c.remaining_amount, c.starts_at, c.ends_at, {now}, NULL"  # noqa: S608 - table names
-        f" FROM {coupons} c WHERE c.name = %s"
+        # Claim ids are positive: the coupon's row (0) comes first, then the live claims in claim order.
+        "SELECT 0, c.amount, c.remaining_amount, c.starts_at, c.ends_at,"  # noqa: S608 - table names
+        f" {now}, c.hold_seconds, c.redeem_until, NULL, NULL FROM {coupons} c WHERE c.name = %s"
         " UNION ALL"
-        f" SELECT u.id, NULL, NULL, NULL, NULL, NULL, u.user_id FROM {coupons} c JOIN {claims} u ON u.coupon_id = c.id"
+        " SELECT u.id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, u.user_id, u.status"
+        f" FROM {coupons} c JOIN {claims} u ON u.coupon_id = c.id AND u.status IN ({LIVE_STATUSES_SQL})"
         " WHERE c.name = %s ORDER BY 1"
     )
 
@@ -105,12 +123,13 @@ def _eligibility_sql():
         "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
         f"{now}, EXISTS ("
         f"SELECT 1 FROM {quote(Claim._meta.db_table)} u WHERE u.coupon_id = c.id AND u.user_id = %s"
-        f") FROM {quote(Coupon._meta.db_table)} c WHERE c.name = %s"
+        f" AND u.status IN ({LIVE_STATUSES_SQL})) FROM {quote(Coupon._meta.db_table)} c WHERE c.name = %s"
     )
 
 
 def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility:
-    """The coupon's stock, whether the user holds it, its sale window and the database's clock, in one lock-free read.
+    """The coupon's stock, whether the user holds a live claim of it, its sale window and the database's clock,
+    in one lock-free read.
 
     It sees committed state: a claim shown was held at that moment, an
     empty stock was empty then, and a window closed at the database's "now"
@@ -134,6 +153,10 @@ def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility
 class UserClaim:
     coupon_name: str
     claimed_at: datetime
+    code: str
+    status: ClaimStatus
+    expires_at: datetime | None
+    redeemed_at: datetime | None
 
 
 # Where a page of a user's claims ends: the last claim's (created_at, id).
@@ -147,40 +170,57 @@ class UserClaimsPage:
     next_position: ClaimPosition | None  # None: this is the last page
 
 
-def get_user_claims_page(*, user_id: str, limit: int, after: ClaimPosition | None = None) -> UserClaimsPage:
-    """A page of the user's claims, newest first, from just after `after` (keyset pagination).
+def get_user_claims_page(
+    *,
+    user_id: str,
+    limit: int,
+    after: ClaimPosition | None = None,
+    statuses: Iterable[ClaimStatus] = LIVE_STATUSES,
+) -> UserClaimsPage:
+    """A page of the user's claims with one of `statuses` (by default the live ones), newest first, from just after
+    `after` (keyset pagination).
 
     The (user_id, created_at, id) index gives the page as one short range
     scan, however deep it is and however many claims the user holds: no
     OFFSET to skip through, no COUNT.
     """
-    claims = Claim.objects.filter(user_id=user_id)
+    claims = Claim.objects.filter(user_id=user_id, status__in=list(statuses))
     if after is not None:
         created_at, claim_id = after
         # (created_at, id) < after, with the bound on created_at alone
         # stated too, so that the index scan starts there.
         claims = claims.filter(created_at__lte=created_at).filter(Q(created_at__lt=created_at) | Q(id__lt=claim_id))
-    rows = list(claims.order_by("-created_at", "-id").values_list("coupon__name", "created_at", "id")[: limit + 1])
+    columns = ("coupon__name", "created_at", "code", "status", "expires_at", "redeemed_at", "id")
+    rows = list(claims.order_by("-created_at", "-id").values_list(*columns)[: limit + 1])
     page = rows[:limit]
     has_more = len(rows) > limit
     return UserClaimsPage(
         user_id=user_id,
-        claims=[UserClaim(name, created_at) for name, created_at, _ in page],
-        next_position=(page[-1][1], page[-1][2]) if has_more else None,
+        claims=[UserClaim(*row[:-1]) for row in page],
+        next_position=(page[-1][1], page[-1][-1]) if has_more else None,
     )
 
 
 def coupon_claims(*, coupon_id: int):
-    """The coupon's claims, newest first, as rows of user id and claim time (to be sliced into pages)."""
-    return Claim.objects.filter(coupon_id=coupon_id).order_by("-id").values("user_id", "created_at")
+    """The coupon's claims, newest first, as rows of user id, claim time, code and status (to be sliced into pages)."""
+    return Claim.objects.filter(coupon_id=coupon_id).order_by("-id").values("user_id", "created_at", "code", "status")
+
+
+def count_claims_by_status(*, coupon_id: int) -> dict[ClaimStatus, int]:
+    """How many of the coupon's claims are in each status (every status present, 0 included)."""
+    counts = dict.fromkeys(ClaimStatus, 0)
+    rows = Claim.objects.filter(coupon_id=coupon_id).values_list("status").annotate(count=Count("*")).order_by()
+    counts.update({ClaimStatus(status): count for status, count in rows})
+    return counts
 
 
 # Rows fetched per round trip when streaming claims out.
 EXPORT_CHUNK_SIZE = 2000
 
 
-def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, str, datetime]]:
-    """(coupon name, user id, claim time) for every claim of the coupons, in claim order.
+def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple]:
+    """(coupon name, user id, claim time, code, status, redeemed at, order id) for every claim of the coupons, in
+    claim order, whatever its status.
 
     Streamed in chunks (a server-side cursor on PostgreSQL): memory stays
     flat however many claims there are.
@@ -188,7 +228,7 @@ def iter_claims_for_export(*, coupon_ids: Iterable[int]) -> Iterator[tuple[str, 
     return (
         Claim.objects.filter(coupon_id__in=list(coupon_ids))
         .order_by("coupon_id", "id")
-        .values_list("coupon__name", "user_id", "created_at")
+        .values_list("coupon__name", "user_id", "created_at", "code", "status", "redeemed_at", "order_id")
         .iterator(chunk_size=EXPORT_CHUNK_SIZE)
     )
 
@@ -206,3 +246,37 @@ def filter_by_sale_status(coupons: QuerySet[Coupon], status: SaleStatus) -> Quer
             SaleStatus.ENDED: Q(ends_at__lte=now),
         }[status]
     )
+
+
+@dataclass(frozen=True)
+class Redemption:
+    """A claim as the redemption endpoints show it: its state, and its redemption if it has one."""
+
+    coupon_name: str
+    user_id: str
+    code: str  # bare, as stored
+    status: ClaimStatus
+    claimed_at: datetime
+    expires_at: datetime | None
+    redeemed_at: datetime | None
+    order_id: str
+
+
+REDEMPTION_COLUMNS = (
+    "coupon__name",
+    "user_id",
+    "code",
+    "status",
+    "created_at",
+    "expires_at",
+    "redeemed_at",
+    "order_id",
+)
+
+
+def get_redemption(*, code: str) -> Redemption:
+    """The claim whose code is `code` (bare: coupons/claim_codes.normalise_code), in its current state."""
+    row = Claim.objects.filter(code=code).values_list(*REDEMPTION_COLUMNS).first()
+    if row is None:
+        raise CodeNotFound()
+    return Redemption(*row)

@@ -1,32 +1,58 @@
 """Writes: every change to coupons and claims goes through these functions."""
 
+import dataclasses
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
+from django.db.models.functions import Now
 
 from coupons.claim_groups import claim_groups
 from coupons.exceptions import (
     AlreadyClaimed,
+    AlreadyRedeemed,
     AmountBelowClaimed,
+    ClaimExpired,
     ClaimNotFound,
+    CodeNotFound,
     CouponAlreadyExists,
     CouponNotFound,
+    NotRedeemed,
     OutOfStock,
+    RedemptionClosed,
 )
-from coupons.models import Claim, ClaimRelease, Coupon
-from coupons.selectors import get_claim_eligibility
+from coupons.models import LIVE_STATUSES, Claim, ClaimRelease, ClaimStatus, Coupon, RedemptionUndo
+from coupons.sale_windows import format_utc
+from coupons.selectors import REDEMPTION_COLUMNS, Redemption, get_claim_eligibility
 
 
 def create_coupon(
-    *, name: str, amount: int, starts_at: datetime | None = None, ends_at: datetime | None = None
+    *,
+    name: str,
+    amount: int,
+    starts_at: datetime | None = None,
+    ends_at: datetime | None = None,
+    hold_seconds: int | None = None,
+    redeem_until: datetime | None = None,
 ) -> Coupon:
-    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at)."""
+    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at).
+
+    With `hold_seconds`, a claim not redeemed that long after it was granted
+    expires and gives its unit back (coupons/holds.py); with `redeem_until`,
+    redemptions are refused from that instant on.
+    """
     try:
         # A savepoint, so that a duplicate name leaves any caller's
         # transaction usable.
         with transaction.atomic():
-            return Coupon.objects.create(name=name, amount=amount, starts_at=starts_at, ends_at=ends_at)
+            return Coupon.objects.create(
+                name=name,
+                amount=amount,
+                starts_at=starts_at,
+                ends_at=ends_at,
+                hold_seconds=hold_seconds,
+                redeem_until=redeem_until,
+            )
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
             raise CouponAlreadyExists() from exc
@@ -88,29 +114,38 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
 
 
 def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: str = "") -> ClaimRelease:
-    """Give the user's claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
+    """Give the user's live claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
 
-    Under the coupon row lock, taken as claim_coupon takes it: the claim is
-    deleted, `remaining_amount` goes up by one with an F() expression, and
-    the release is recorded, all in one transaction. Claims, releases and
-    restocks of one coupon thus apply one after the other, and
-    `remaining_amount = amount - claims` holds between them. The user may
-    then claim again while the sale is live.
+    Under the coupon row lock, taken as claim_coupon takes it: the claim
+    (held or redeemed) becomes `released`, `remaining_amount` goes up by one
+    with an F() expression, and the release is recorded, all in one
+    transaction. Everything that changes whether a claim holds a unit
+    (claims, releases, expiries) and restocks take that lock first, so they
+    apply one after the other and `remaining_amount + held + redeemed =
+    amount` holds between them. The user may then claim again while the
+    sale is live.
     """
     with transaction.atomic():
         try:
             coupon_id = Coupon.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(name=coupon_name)
         except Coupon.DoesNotExist:
             raise CouponNotFound() from None
-        claim = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id).values_list("pk", "created_at").first()
+        live = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id, status__in=LIVE_STATUSES)
+        claim = live.values_list("pk", "created_at").first()
         if claim is None:
             raise ClaimNotFound()
         claim_id, claimed_at = claim
-        Claim.objects.filter(pk=claim_id).delete()
-        Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
-        return ClaimRelease.objects.create(
-            coupon_id=coupon_id, user_id=user_id, claimed_at=claimed_at, released_by=released_by, reason=reason
+        release = ClaimRelease.objects.create(
+            coupon_id=coupon_id,
+            claim_id=claim_id,
+            user_id=user_id,
+            claimed_at=claimed_at,
+            released_by=released_by,
+            reason=reason,
         )
+        Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.RELEASED, returned_at=release.released_at)
+        Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        return release
 
 
 def schedule_sale(*, coupon_name: str, starts_at: datetime | None, ends_at: datetime | None) -> Coupon:
@@ -129,3 +164,87 @@ def schedule_sale(*, coupon_name: str, starts_at: datetime | None, ends_at: date
         coupon.starts_at, coupon.ends_at = starts_at, ends_at
         coupon.save(update_fields=["starts_at", "ends_at"])
     return coupon
+
+
+def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = None) -> Redemption:
+    """Spend the claim whose code is `code` (bare, as normalise_code gives it) on the shop's order `order_id`.
+
+    Exactly once: under the claim's row lock (SELECT ... FOR NO KEY UPDATE;
+    on SQLite, the database's write lock), its status is read and, if it is
+    held, within its hold and before the coupon's `redeem_until` by the
+    database's clock, set to `redeemed` in the same transaction. Concurrent
+    redemptions of one code queue at the lock and each reads what the one
+    before it committed: one succeeds, the others hear AlreadyRedeemed with
+    when and for which order. An expiry locks the claim too, so a
+    redemption and an expiry of one claim end as exactly one of the two.
+    The stock does not change: a redeemed claim still holds its unit.
+
+    With `coupon_name`, a code of another coupon is refused as not found.
+    """
+    with transaction.atomic():
+        claim_id, claim, redeem_until, now = _lock_claim(code)
+        if coupon_name is not None and claim.coupon_name != coupon_name:
+            raise CodeNotFound("No claim of this coupon has this code.")
+        if claim.status == ClaimStatus.REDEEMED:
+            raise AlreadyRedeemed(
+                f"This code was redeemed at {format_utc(claim.redeemed_at)}"
+                + (f" for order {claim.order_id}." if claim.order_id else "."),
+                redeemed_at=claim.redeemed_at,
+                order_id=claim.order_id,
+            )
+        _check_holds_its_unit(claim, now)
+        if redeem_until is not None and now >= redeem_until:
+            raise RedemptionClosed(f"Redemptions of this coupon closed at {format_utc(redeem_until)}.")
+        Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
+    return dataclasses.replace(claim, status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
+
+
+def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> RedemptionUndo:
+    """Undo the redemption of the claim whose code is `code` (its order was cancelled): the claim is held again.
+
+    Its unit stays taken (it goes back to stock only if the hold expires or
+    an operator releases it), and its hold keeps the deadline it had: a
+    claim undone after that deadline expires at the expiry worker's next
+    pass. The redemption undone is recorded (RedemptionUndo), in the same
+    transaction, under the claim's row lock as redeem_claim takes it.
+    """
+    with transaction.atomic():
+        claim_id, claim, _, _ = _lock_claim(code)
+        if claim.status == ClaimStatus.HELD:
+            raise NotRedeemed()
+        _check_holds_its_unit(claim, now=None)
+        undone = RedemptionUndo.objects.create(
+            claim_id=claim_id,
+            order_id=claim.order_id,
+            redeemed_at=claim.redeemed_at,
+            undone_by=undone_by,
+            reason=reason,
+        )
+        Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.HELD, redeemed_at=None, order_id="")
+    return undone
+
+
+def _lock_claim(code):
+    """(id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is `code`, locked
+    until the transaction ends (its row only: the coupon row stays free for claims)."""
+    row = (
+        Claim.objects.select_for_update(no_key=True, of=("self",))
+        .filter(code=code)
+        .annotate(now=Now())
+        .values_list("id", *REDEMPTION_COLUMNS, "coupon__redeem_until", "now")
+        .first()
+    )
+    if row is None:
+        raise CodeNotFound()
+    claim_id, *columns, redeem_until, now = row
+    return claim_id, Redemption(*columns), redeem_until, now
+
+
+def _check_holds_its_unit(claim, now):
+    """Raise ClaimExpired unless the claim still holds its unit: released, expired, or (at `now`) past its deadline."""
+    if claim.status == ClaimStatus.RELEASED:
+        raise ClaimExpired("This claim was released by an operator: its unit went back to stock.")
+    if claim.status == ClaimStatus.EXPIRED or (
+        now is not None and claim.expires_at is not None and now >= claim.expires_at
+    ):
+        raise ClaimExpired(f"This claim's hold expired at {format_utc(claim.expires_at)}: its unit goes back to stock.")

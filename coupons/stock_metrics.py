@@ -1,11 +1,12 @@
-"""Stock left of live coupons for Prometheus, read from the database once per scrape.
+"""Stock left of live coupons, and claims by status, for Prometheus, read from the database at each scrape.
 
 A gauge updated on every claim would cost each claim a write to a metrics
-file; this reads the stock when Prometheus asks instead: one query per
-scrape, none per request. Live coupons are those with stock left. Every app
-host reports the same database's figures, so dashboards take max(), not
-sum(), across hosts. Per-coupon series are capped at the most recent
-LABELLED_COUPONS live coupons, so that the number of series stays bounded.
+file; this reads the figures when Prometheus asks instead: three queries
+per scrape, none per request. Live coupons are those with stock left.
+Every app host reports the same database's figures, so dashboards take
+max(), not sum(), across hosts. Per-coupon series are capped at the most
+recent LABELLED_COUPONS live coupons, so that the number of series stays
+bounded.
 """
 
 import structlog
@@ -15,7 +16,8 @@ from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
-from coupons.models import Coupon
+from coupons.holds import seconds_until_next_deadline
+from coupons.models import Claim, ClaimStatus, Coupon
 
 LABELLED_COUPONS = 50
 logger = structlog.get_logger("coupons.metrics")
@@ -46,8 +48,38 @@ class LiveStockCollector:
         yield per_coupon
 
 
+class ClaimStatusCollector:
+    """Claims by status, and how late the expiry of holds runs.
+
+    The counts are one GROUP BY over the claims table's (coupon, status)
+    index: its cost grows with the table (docs/redemptions.md gives it).
+    Not `coupon_claims{status}`: that family is the claim requests' counter
+    (coupon_claims_total{outcome}), and one name cannot have two types.
+    """
+
+    def collect(self):
+        try:
+            counts = dict(Claim.objects.values_list("status").annotate(count=Count("*")).order_by())
+            until_next = seconds_until_next_deadline()
+        except DatabaseError as exc:
+            logger.warning("claim metrics unavailable", error=str(exc))
+            return
+        by_status = GaugeMetricFamily(
+            "coupon_claims_by_status", "Claims of every coupon, by status (read at scrape time).", labels=["status"]
+        )
+        for status in ClaimStatus:
+            by_status.add_metric([status.value], counts.get(status.value, 0))
+        yield by_status
+        yield GaugeMetricFamily(
+            "coupon_hold_expiry_lag_seconds",
+            "How long the most overdue held claim has been past its deadline (0: none): the expiry worker's delay.",
+            value=max(0.0, -until_next) if until_next is not None else 0.0,
+        )
+
+
 stock_registry = CollectorRegistry(auto_describe=False)
 stock_registry.register(LiveStockCollector())
+stock_registry.register(ClaimStatusCollector())
 
 
 def metrics(request):

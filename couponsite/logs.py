@@ -7,10 +7,35 @@ the logger's name and, inside a request, the request's `request_id`.
 """
 
 import logging
+import re
 
 import structlog
 
 RENDERERS = ("json", "console")
+
+# A claim's code is a bearer secret (whoever has it can redeem it), and the
+# redemption endpoints carry it in their path: /api/redemptions/<code>.
+# Whatever follows that prefix, up to a space, quote or query string, is
+# replaced wherever a path is logged: django-structlog's `request` field,
+# Django's own "Not Found: <path>" lines, gunicorn's access log.
+_CODE_IN_PATH = re.compile(r"(/api/redemptions/)[^\s\"'?#]+")
+REDACTED = "[code]"
+
+
+def redact_codes(text: str) -> str:
+    """`text` with every claim code in a redemption path replaced by [code]."""
+    if "/api/redemptions/" not in text:  # the common case: no regex run
+        return text
+    return _CODE_IN_PATH.sub(rf"\g<1>{REDACTED}", text)
+
+
+def redact_claim_codes(logger, method_name, event_dict):
+    """A structlog processor: no claim code in any text field of a line."""
+    for key, value in event_dict.items():
+        if isinstance(value, str):
+            event_dict[key] = redact_codes(value)
+    return event_dict
+
 
 # Applied to every line, from structlog and standard logging alike.
 _SHARED_PROCESSORS = [
@@ -18,6 +43,7 @@ _SHARED_PROCESSORS = [
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),
+    redact_claim_codes,
 ]
 
 

@@ -284,6 +284,11 @@ API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
 # most a revocation (or a change of scopes or expiry date) takes to bite.
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 
+# The hold expiry worker (python manage.py expire_holds) sleeps until the
+# next deadline it knows of, and never longer than this between passes: the
+# most a hold shorter than it, granted while the worker sleeps, expires late.
+EXPIRE_HOLDS_MAX_SLEEP_MS = env_int("EXPIRE_HOLDS_MAX_SLEEP_MS", 1000)
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["coupons.api.errors.StrictJSONParser"],
@@ -312,7 +317,10 @@ SPECTACULAR_SETTINGS = {
         "coupons.api.key_access.document_key_errors",
     ],
     # The error codes' enum under a name that says what it is (not "CodeEnum").
-    "ENUM_NAME_OVERRIDES": {"ErrorCode": "coupons.api.error_codes.ErrorCode"},
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCode": "coupons.api.error_codes.ErrorCode",
+        "ClaimStatus": "coupons.models.ClaimStatus",
+    },
 }
 
 

@@ -6,9 +6,10 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Permission
 from django.test import TestCase, override_settings
 
-from coupons.models import Claim, ClaimRelease, Coupon
+from coupons.claim_codes import format_code
+from coupons.models import Claim, ClaimRelease, Coupon, RedemptionUndo
 from coupons.selectors import database_now
-from coupons.services import claim_coupon, create_coupon, release_claim
+from coupons.services import claim_coupon, create_coupon, redeem_claim, release_claim, undo_redemption
 from tests.test_admin import CHANGELIST, OperatorTestCase, change_page
 
 CLAIMS = "/admin/coupons/claim/"
@@ -114,13 +115,29 @@ class ReleasesInTheAdminTests(OperatorTestCase):
 
         done = self.client.post(CLAIMS, {**action, "apply": "Release", "reason": "orders cancelled"})
         self.assertRedirects(done, CLAIMS, fetch_redirect_response=False)
-        self.assertEqual(list(Claim.objects.values_list("user_id", flat=True)), ["carol"])
+        self.assertEqual(
+            dict(Claim.objects.values_list("user_id", "status")),
+            {"alice": "released", "bob": "released", "carol": "held"},
+        )
         self.coupon.refresh_from_db()
         self.assertEqual(self.coupon.remaining_amount, 2)
         self.assertEqual(
             sorted(ClaimRelease.objects.values_list("user_id", "released_by", "reason")),
             [("alice", "operator", "orders cancelled"), ("bob", "operator", "orders cancelled")],
         )
+
+    def test_a_released_claim_selected_again_leaves_the_users_new_claim_alone(self):
+        release_claim(coupon_name="PROMO", user_id="alice", released_by="someone")
+        claim_coupon(user_id="alice", coupon_name="PROMO")
+        released = Claim.objects.get(user_id="alice", status="released")
+        action = {"action": "release_selected_claims", "_selected_action": [released.pk]}
+
+        self.client.post(CLAIMS, {**action, "apply": "Release", "reason": "again"})
+
+        self.assertEqual(
+            sorted(Claim.objects.filter(user_id="alice").values_list("status", flat=True)), ["held", "released"]
+        )
+        self.assertEqual(ClaimRelease.objects.count(), 1)
 
     def test_the_audit_trail_is_read_only(self):
         release_claim(coupon_name="PROMO", user_id="alice", released_by="someone", reason="test")
@@ -144,3 +161,45 @@ class ViewOnlyOperatorSalesTests(TestCase):
         self.assertEqual(self.client.get(f"{CHANGELIST}{coupon.pk}/schedule/").status_code, 403)
         # No action the viewer may run: no action form at all.
         self.assertIsNone(self.client.get(CLAIMS).context["action_form"])
+
+
+class ClaimStatusesInTheAdminTests(OperatorTestCase):
+    def setUp(self):
+        super().setUp()
+        self.coupon = create_coupon(name="PROMO", amount=4, hold_seconds=60)
+        self.codes = {user: claim_coupon(user_id=user, coupon_name="PROMO").code for user in ["ann", "bob", "cat"]}
+        redeem_claim(code=self.codes["ann"], order_id="order-1")
+        release_claim(coupon_name="PROMO", user_id="bob", released_by="operator")
+
+    def listed(self, **query):
+        response = self.client.get(CLAIMS, query)
+        return sorted(claim.user_id for claim in response.context["cl"].result_list)
+
+    def test_the_coupon_page_counts_claims_by_status_and_shows_codes(self):
+        page = self.client.get(change_page(self.coupon))
+        self.assertEqual(page.context["claim_counts"], [("Held", 1), ("Redeemed", 1), ("Released", 1), ("Expired", 0)])
+        self.assertContains(page, format_code(self.codes["ann"]))
+        self.assertContains(page, '<td class="claim-status">Redeemed</td>', html=True)
+
+    def test_the_claims_list_filters_by_status_and_finds_a_code_as_typed(self):
+        self.assertEqual(self.listed(status="live"), ["ann", "cat"])
+        self.assertEqual(self.listed(status="released"), ["bob"])
+        self.assertEqual(self.listed(q=format_code(self.codes["cat"]).lower()), ["cat"])
+        self.assertEqual(self.listed(q=self.codes["cat"].lower().replace("0", "o")), ["cat"])
+        self.assertEqual(self.listed(q="bob"), ["bob"])
+
+    def test_a_coupon_whose_claims_all_ended_still_cannot_be_deleted(self):
+        release_claim(coupon_name="PROMO", user_id="ann", released_by="operator")
+        release_claim(coupon_name="PROMO", user_id="cat", released_by="operator")
+        self.coupon.refresh_from_db()
+        self.assertEqual(self.coupon.claimed_amount, 0)
+        self.assertEqual(self.client.post(f"{CHANGELIST}{self.coupon.pk}/delete/", {"post": "yes"}).status_code, 403)
+        self.assertTrue(Coupon.objects.filter(pk=self.coupon.pk).exists())
+
+    def test_undone_redemptions_are_read_only(self):
+        undo_redemption(code=self.codes["ann"], undone_by="shop", reason="order cancelled")
+        listing = self.client.get("/admin/coupons/redemptionundo/")
+        self.assertContains(listing, "order-1")
+        self.assertContains(listing, "order cancelled")
+        undo = RedemptionUndo.objects.get()
+        self.assertEqual(self.client.get(f"/admin/coupons/redemptionundo/{undo.pk}/delete/").status_code, 403)

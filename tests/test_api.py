@@ -4,6 +4,7 @@ from django.conf import settings
 from django.test import SimpleTestCase, TestCase
 
 from coupons.api.error_codes import ErrorCode
+from coupons.claim_codes import format_code
 from coupons.exceptions import CouponError
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
@@ -21,7 +22,15 @@ class CreateCouponApiTests(ApiTestCase):
         self.assertEqual(response.status_code, 201)
         self.assertEqual(
             response.json(),
-            {"name": "PROMO_SUPER", "amount": 100, "remaining_amount": 100, "starts_at": None, "ends_at": None},
+            {
+                "name": "PROMO_SUPER",
+                "amount": 100,
+                "remaining_amount": 100,
+                "starts_at": None,
+                "ends_at": None,
+                "hold_seconds": None,
+                "redeem_until": None,
+            },
         )
         self.assertEqual(Coupon.objects.get().remaining_amount, 100)
 
@@ -177,7 +186,19 @@ class ClaimApiTests(ApiTestCase):
         response = self.claim()
 
         self.assertEqual(response.status_code, 201)
-        self.assertEqual(response.json(), {"user_id": "user_12345", "coupon_name": "PROMO_SUPER"})
+        body = response.json()
+        claim = Claim.objects.get()
+        self.assertEqual(
+            body,
+            {
+                "user_id": "user_12345",
+                "coupon_name": "PROMO_SUPER",
+                "code": format_code(claim.code),
+                "status": "held",
+                "expires_at": None,
+            },
+        )
+        self.assertRegex(body["code"], r"^[0-9A-HJKMNP-TV-Z]{4}(-[0-9A-HJKMNP-TV-Z]{4}){3}$")
         self.assertEqual(Coupon.objects.get().remaining_amount, 0)
 
     def test_already_claimed(self):
@@ -265,8 +286,12 @@ class CouponDetailApiTests(ApiTestCase):
                 "remaining_amount": 2,
                 "starts_at": None,
                 "ends_at": None,
+                "hold_seconds": None,
+                "redeem_until": None,
                 "status": "live",
                 "claimed_by": ["user_2", "user_1", "user_3"],
+                "held_amount": 3,
+                "redeemed_amount": 0,
             },
         )
 

@@ -10,6 +10,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
+from coupons.claim_codes import new_claim_code
 from coupons.claim_groups import claim_groups, grant_claims
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
@@ -204,8 +205,9 @@ class ClaimGroupsTests(TransactionTestCase):
             self.start_claim("waiting", "ann")
             wait_until(lambda: self.lock_waiters() == 1, "ann's group waits for the row lock")
             locked.execute(
-                "INSERT INTO coupons_claim (coupon_id, user_id, created_at) VALUES (%s, 'ann', %s)",
-                [self.coupon.pk, timezone.now()],
+                "INSERT INTO coupons_claim (coupon_id, user_id, created_at, code, status, order_id)"
+                " VALUES (%s, 'ann', %s, %s, 'held', '')",
+                [self.coupon.pk, timezone.now(), new_claim_code()],
             )
             locked.execute(
                 "UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = %s", [self.coupon.pk]

@@ -272,3 +272,37 @@ class GrafanaDashboardTests(TestCase):
         self.assertLessEqual(queried, {sample.name for sample in samples})
         claim_view = [s for s in samples if s.name.startswith("django_http_requests_latency_seconds_by_view_method")]
         self.assertIn("coupon-claim", {sample.labels.get("view") for sample in claim_view})
+
+
+class HoldExpiryWorkerTests(SimpleTestCase):
+    """The expire_holds worker runs wherever the web server runs: make run (Procfile), both compose files."""
+
+    WORKER_COMMAND = ["python", "manage.py", "expire_holds"]
+
+    def test_the_procfile_runs_the_web_server_and_the_worker(self):
+        lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line and not line.startswith("#")]
+        processes = dict(line.split(": ", 1) for line in lines)
+        self.assertEqual(processes["web"], "gunicorn --config gunicorn.conf.py couponsite.wsgi")
+        self.assertEqual(processes["expire_holds"].split(), self.WORKER_COMMAND)
+
+    def test_make_run_migrates_then_starts_the_procfile_with_honcho(self):
+        makefile = (ROOT / "Makefile").read_text()
+        recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
+        self.assertLess(recipe.index("manage.py migrate"), recipe.index("honcho start"))
+        self.assertRegex((ROOT / "requirements.txt").read_text(), r"(?m)^honcho==")
+
+    def test_every_compose_file_runs_the_worker_on_the_web_servers_database(self):
+        for path, web_name in (("docker-compose.yml", "web"), ("docker-compose.cluster.yml", "app1")):
+            with self.subTest(path=path):
+                services = yaml.safe_load((ROOT / path).read_text())["services"]
+                workers = [s for s in services.values() if s.get("command") == self.WORKER_COMMAND]
+                self.assertTrue(workers)
+                for worker in workers:
+                    self.assertEqual(worker["build"], ".")
+                    self.assertEqual(
+                        worker["environment"]["DATABASE_URL"], services[web_name]["environment"]["DATABASE_URL"]
+                    )
+                    self.assertTrue(worker["healthcheck"]["disable"])
+                    self.assertEqual(worker["restart"], "unless-stopped")
+                    # After the schema exists: behind the migration (web's, or the migrate service).
+                    self.assertTrue({"web", "migrate"} & set(worker["depends_on"]))

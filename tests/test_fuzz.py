@@ -31,6 +31,7 @@ CASES_PER_OPERATION_AND_MODE = 200
 IN_STOCK = "PROMO"
 SOLD_OUT = "SOLD OUT"
 HOLDER = "alice"  # holds the one SOLD OUT unit
+CODES = 50  # claims of IN_STOCK whose codes half of the generated redemptions use
 
 # "Schema-valid data must be accepted" cannot hold: the validators refuse
 # characters (control, format, unassigned...) that no portable JSON Schema
@@ -100,6 +101,33 @@ class SchemathesisTests(TransactionTestCase):
 
         self.assertTrue({201, 400, 404, 409} <= set(positive), positive)
         self.assertTrue(set(negative) <= {400, 413, 415}, negative)
+
+    def test_redeem(self):
+        codes = [claim_coupon(user_id=f"shopper-{i}", coupon_name=IN_STOCK).code for i in range(CODES)]
+        typed_codes = steered(st.sampled_from(codes), st.sampled_from(codes).map(lambda code: code.lower()))
+
+        def steer(case, data):
+            if isinstance(case.body, dict):
+                for field, strategy in [("code", typed_codes), ("coupon_name", EXISTING_COUPON)]:
+                    if (value := data.draw(strategy)) is not None:
+                        case.body = {**case.body, field: value}
+
+        positive = self.fuzz("POST", "/api/redemptions", GenerationMode.POSITIVE, steer)
+        negative = self.fuzz("POST", "/api/redemptions", GenerationMode.NEGATIVE)
+
+        self.assertTrue({201, 400, 404, 409} <= set(positive), positive)
+        self.assertTrue(set(negative) <= {400, 413, 415}, negative)
+
+    def test_read_a_code(self):
+        code = claim_coupon(user_id="shopper", coupon_name=IN_STOCK).code
+
+        def steer(case, data):
+            if (typed := data.draw(steered(st.just(code), st.just(code.lower())))) is not None:
+                case.path_parameters = {**case.path_parameters, "code": typed}
+
+        statuses = self.fuzz("GET", "/api/redemptions/{code}", GenerationMode.POSITIVE, steer)
+
+        self.assertTrue({200, 400} <= set(statuses), statuses)
 
     def test_read_coupon(self):
         def steer(case, data):

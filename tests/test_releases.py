@@ -8,7 +8,7 @@ from django.test import Client, TestCase, TransactionTestCase
 
 from coupons.api_keys import create_api_key
 from coupons.exceptions import AmountBelowClaimed, ClaimNotFound, OutOfStock
-from coupons.models import Claim, ClaimRelease, Coupon
+from coupons.models import LIVE_STATUSES, Claim, ClaimRelease, ClaimStatus, Coupon
 from coupons.selectors import database_now
 from coupons.services import claim_coupon, create_coupon, release_claim, restock_coupon
 from tests.helpers import JsonApiAssertions
@@ -16,6 +16,10 @@ from tests.stress.base import run_simultaneously
 from tests.test_access import make_user, token_header
 from tests.test_api_keys import api_key_header, new_key
 from tests.test_services import done_or_refused
+
+
+def live_claims():
+    return Claim.objects.filter(status__in=LIVE_STATUSES)
 
 
 def release_path(name, user_id):
@@ -33,7 +37,7 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
         return self.client.delete(release_path(name, user_id), data=data, content_type="application/json", **extra)
 
     def assert_unchanged(self):
-        self.assertEqual(list(Claim.objects.values_list("user_id", flat=True)), ["alice"])
+        self.assertEqual(list(live_claims().values_list("user_id", flat=True)), ["alice"])
         self.assertEqual(Coupon.objects.get(name="PROMO").remaining_amount, 1)
         self.assertFalse(ClaimRelease.objects.exists())
 
@@ -42,13 +46,18 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
 
         self.assertEqual(response.status_code, 204, response.content)
         self.assertEqual(response.content, b"")
-        self.assertFalse(Claim.objects.exists())
+        self.assertFalse(live_claims().exists())
+        # The claim is kept, released, with its code: the audit row points at it.
+        claim = Claim.objects.get()
+        self.assertEqual(claim.status, ClaimStatus.RELEASED)
         self.assertEqual(Coupon.objects.get(name="PROMO").remaining_amount, 2)
         release = ClaimRelease.objects.get()
         self.assertEqual(
             (release.coupon.name, release.user_id, release.released_by, release.reason),
             ("PROMO", "alice", "operator", "order cancelled"),
         )
+        self.assertEqual(release.claim, claim)
+        self.assertEqual(claim.returned_at, release.released_at)
         self.assertIsNotNone(release.claimed_at)
         self.assertGreaterEqual(release.released_at, release.claimed_at)
         self.assertEqual(self.get_coupon("PROMO").json()["claimed_by"], [])
@@ -76,7 +85,7 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
     def test_a_key_with_the_release_scope_releases_whether_or_not_keys_are_required(self):
         for required in [False, True]:
             with self.subTest(API_KEYS_REQUIRED=required), self.settings(API_KEYS_REQUIRED=required):
-                if not Claim.objects.exists():  # released by the previous round
+                if not live_claims().exists():  # released by the previous round
                     claim_coupon(user_id="alice", coupon_name="PROMO")
 
                 row, key = create_api_key(name="shop backend", scopes={"release"})
@@ -84,7 +93,7 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
                 response = self.release(**api_key_header(key))
 
                 self.assertEqual(response.status_code, 204, response.content)
-                self.assertFalse(Claim.objects.exists())
+                self.assertFalse(live_claims().exists())
                 self.assertEqual(ClaimRelease.objects.latest("id").released_by, f"API key {row.prefix}")
 
     def test_a_key_without_the_release_scope_is_refused(self):
@@ -130,7 +139,7 @@ class ReleaseApiTests(JsonApiAssertions, TestCase):
         create_coupon(name="a/b", amount=1)
         claim_coupon(user_id="c/claims/d", coupon_name="a/b")
         self.assertEqual(self.release(name="a/b", user_id="c/claims/d", **self.staff).status_code, 204)
-        self.assertFalse(Claim.objects.filter(coupon__name="a/b").exists())
+        self.assertFalse(live_claims().filter(coupon__name="a/b").exists())
 
     def test_reading_a_coupon_whose_name_contains_claims_stays_anonymous(self):
         create_coupon(name="x/claims/y", amount=3)
@@ -186,7 +195,7 @@ class ReleaseRaceTests(TransactionTestCase):
         outcomes = run_simultaneously(calls)
 
         coupon = Coupon.objects.get(name=name)
-        claims = set(Claim.objects.filter(coupon=coupon).values_list("user_id", flat=True))
+        claims = set(live_claims().filter(coupon=coupon).values_list("user_id", flat=True))
         self.assertEqual(sorted(outcomes[4:6]), ["done", "refused"])
         self.assertEqual(ClaimRelease.objects.filter(coupon=coupon).count(), 5, "every release is recorded, once")
         reclaimed = {holder for holder, outcome in zip(holders, outcomes[:4], strict=False) if outcome == "done"}

@@ -25,6 +25,8 @@ class SchemaTests(SimpleTestCase):
                 "/api/coupons/{name}",
                 "/api/coupons/{name}/claims/{user_id}",
                 "/api/users/{user_id}/claims",
+                "/api/redemptions",
+                "/api/redemptions/{code}",
             },
         )
 
@@ -44,6 +46,31 @@ class SchemaTests(SimpleTestCase):
         self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
         self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
+        self.assertEqual(
+            self.statuses("/api/redemptions", "post"),
+            {"201", "400", "403", "404", "409", "410", "411", "413", "415", "503"},
+        )
+        self.assertEqual(self.statuses("/api/redemptions/{code}", "get"), {"200", "400", "404", "503"})
+        self.assertEqual(
+            self.statuses("/api/redemptions/{code}", "delete"),
+            {"204", "400", "401", "403", "404", "409", "410", "411", "413", "415", "503"},
+        )
+
+    def test_redemption_shapes(self):
+        schemas = self.schema["components"]["schemas"]
+        self.assertEqual(
+            set(schemas["Redemption"]["properties"]),
+            {"coupon_name", "user_id", "code", "status", "order_id", "redeemed_at", "claimed_at", "expires_at"},
+        )
+        self.assertEqual(schemas["ClaimStatus"]["enum"], ["held", "redeemed", "released", "expired"])
+        conflict = self.schema["paths"]["/api/redemptions"]["post"]["responses"]["409"]
+        self.assertEqual(
+            conflict["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/AlreadyRedeemedError"
+        )
+        self.assertEqual(
+            set(schemas["AlreadyRedeemedError"]["properties"]), {"error", "code", "redeemed_at", "order_id"}
+        )
+        self.assertIn("code", schemas["Claim"]["required"])
 
     def test_error_bodies_are_documented(self):
         error = self.schema["components"]["schemas"]["Error"]

@@ -1,9 +1,15 @@
+from datetime import timedelta
+
 from django.db import connection
 from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 from prometheus_client.parser import text_string_to_metric_families
 
-from coupons.services import claim_coupon, create_coupon
+from coupons.claim_codes import format_code
+from coupons.holds import expire_holds
+from coupons.models import Claim
+from coupons.selectors import database_now
+from coupons.services import claim_coupon, create_coupon, redeem_claim, release_claim
 from coupons.stock_metrics import LABELLED_COUPONS
 from tests.test_health import unreachable_database
 
@@ -30,7 +36,9 @@ class LiveStockMetricsTests(Scraping, TestCase):
         with CaptureQueriesContext(connection) as queries:
             samples = self.scrape()
 
-        self.assertEqual(len(queries), 1)
+        # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests).
+        self.assertEqual(len(queries), 3)
+        self.assertIn("remaining_amount", queries[0]["sql"])
         self.assertEqual(samples[("coupons_live", ())], 2)
         self.assertEqual(samples[("coupon_stock_remaining_total", ())], 4 + 3)
         per_coupon = {labels: value for (name, labels), value in samples.items() if name == "coupon_stock_remaining"}
@@ -59,3 +67,44 @@ class LiveStockMetricsWithoutDatabaseTests(Scraping, TransactionTestCase):
 
         self.assertNotIn(("coupons_live", ()), samples)
         self.assertIn(("coupon_claims_total", (("outcome", "success"),)), samples)
+
+
+class ClaimStatusMetricsTests(Scraping, TestCase):
+    def test_claims_by_status_and_the_expiry_lag_read_at_scrape_time(self):
+        create_coupon(name="SPRING", amount=5, hold_seconds=60)
+        codes = {user: claim_coupon(user_id=user, coupon_name="SPRING").code for user in ["ann", "bob", "cat", "dan"]}
+        redeem_claim(code=codes["ann"])
+        release_claim(coupon_name="SPRING", user_id="bob", released_by="test")
+        # cat's hold is 5 s past its deadline, and nobody has expired it yet.
+        Claim.objects.filter(code=codes["cat"]).update(expires_at=database_now() - timedelta(seconds=5))
+
+        samples = self.scrape()
+
+        by_status = {labels: value for (name, labels), value in samples.items() if name == "coupon_claims_by_status"}
+        self.assertEqual(
+            by_status,
+            {
+                (("status", "held"),): 2,
+                (("status", "redeemed"),): 1,
+                (("status", "released"),): 1,
+                (("status", "expired"),): 0,
+            },
+        )
+        self.assertGreaterEqual(samples[("coupon_hold_expiry_lag_seconds", ())], 5)
+
+        expire_holds()
+        samples = self.scrape()
+        self.assertEqual(samples[("coupon_claims_by_status", (("status", "expired"),))], 1)
+        self.assertEqual(samples[("coupon_hold_expiry_lag_seconds", ())], 0)
+
+    def test_no_code_in_any_series(self):
+        create_coupon(name="SPRING", amount=5)
+        code = claim_coupon(user_id="ann", coupon_name="SPRING").code
+        for path in (f"/api/redemptions/{code}", f"/api/redemptions/{format_code(code).lower()}"):
+            self.client.get(path)
+        self.client.post("/api/redemptions", {"code": code}, content_type="application/json")
+
+        metrics = self.client.get("/metrics").content.decode()
+
+        self.assertIn('view="redemption-detail"', metrics)
+        self.assertNotIn(code, metrics.upper().replace("-", ""))

@@ -5,6 +5,7 @@ from urllib.parse import quote
 
 from django.test import TestCase
 
+from coupons.claim_codes import format_code
 from coupons.models import Claim
 from coupons.services import claim_coupon, create_coupon
 from tests.helpers import JsonApiAssertions
@@ -48,13 +49,24 @@ class UserClaimsApiTests(JsonApiAssertions, TestCase):
 
         response = self.claims_of("alice")
 
+        codes = {
+            name: format_code(code)
+            for name, code in Claim.objects.filter(user_id="alice").values_list("coupon__name", "code")
+        }
         self.assertEqual(
             response.json(),
             {
                 "user_id": "alice",
                 "claims": [
-                    {"coupon_name": "alice coupon 1", "claimed_at": "2026-12-01T12:00:01Z"},
-                    {"coupon_name": "alice coupon 0", "claimed_at": "2026-12-01T12:00:00Z"},
+                    {
+                        "coupon_name": f"alice coupon {i}",
+                        "claimed_at": f"2026-12-01T12:00:0{i}Z",
+                        "code": codes[f"alice coupon {i}"],
+                        "status": "held",
+                        "expires_at": None,
+                        "redeemed_at": None,
+                    }
+                    for i in (1, 0)
                 ],
                 "next": None,
             },

@@ -15,15 +15,22 @@ from rest_framework.views import exception_handler
 from coupons.api.error_codes import ErrorCode, error_body
 from coupons.exceptions import (
     AlreadyClaimed,
+    AlreadyRedeemed,
     AmountBelowClaimed,
+    ClaimExpired,
     ClaimNotFound,
+    CodeNotFound,
     CouponAlreadyExists,
     CouponError,
     CouponNotFound,
+    MalformedCode,
+    NotRedeemed,
     OutOfStock,
+    RedemptionClosed,
     SaleEnded,
     SaleNotStarted,
 )
+from coupons.sale_windows import format_utc
 
 DOMAIN_ERRORS = {
     CouponNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.NOT_FOUND),
@@ -34,6 +41,12 @@ DOMAIN_ERRORS = {
     OutOfStock: (status.HTTP_400_BAD_REQUEST, ErrorCode.OUT_OF_STOCK),
     ClaimNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.CLAIM_NOT_FOUND),
     AmountBelowClaimed: (status.HTTP_409_CONFLICT, ErrorCode.AMOUNT_BELOW_CLAIMED),
+    MalformedCode: (status.HTTP_400_BAD_REQUEST, ErrorCode.INVALID),
+    CodeNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.CODE_NOT_FOUND),
+    AlreadyRedeemed: (status.HTTP_409_CONFLICT, ErrorCode.ALREADY_REDEEMED),
+    ClaimExpired: (status.HTTP_410_GONE, ErrorCode.CLAIM_EXPIRED),
+    RedemptionClosed: (status.HTTP_403_FORBIDDEN, ErrorCode.REDEMPTION_CLOSED),
+    NotRedeemed: (status.HTTP_409_CONFLICT, ErrorCode.NOT_REDEEMED),
 }
 
 # DRF's own exceptions (and any raised by authentication or permission
@@ -56,17 +69,20 @@ STATUS_CODES = {
 DATABASE_UNAVAILABLE_RETRY_AFTER = 1
 
 
-def error_response(message, status_code, code, headers=None):
-    return Response(error_body(message, code), status=status_code, headers=headers)
+def error_response(message, status_code, code, headers=None, **details):
+    return Response({**error_body(message, code), **details}, status=status_code, headers=headers)
 
 
 def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
         status_code, code = DOMAIN_ERRORS[type(exc)]
-        headers = None
+        headers, details = None, {}
         if isinstance(exc, SaleNotStarted):
             headers = {"Retry-After": str(exc.retry_after_seconds)}
-        return error_response(str(exc), status_code, code, headers=headers)
+        if isinstance(exc, AlreadyRedeemed):
+            # For programs too: when, and for which order (null: none given).
+            details = {"redeemed_at": format_utc(exc.redeemed_at), "order_id": exc.order_id or None}
+        return error_response(str(exc), status_code, code, headers=headers, **details)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is down or restarting, a lock or statement timed out,
         # or no connection was to be had. Retrying is safe: a claim whose

@@ -1,11 +1,11 @@
-"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on)
-and who may release claims (never anyone: staff only)."""
+"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on),
+and who may release claims and undo redemptions (never anyone: staff, or an API key with the scope)."""
 
 from django.conf import settings
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import IsAdminUser
 
-from coupons.api.key_access import KeyWithScope
+from coupons.api.key_access import ApiKeyAuthentication, KeyWithScope
 
 
 class StaffOnlyWhenRestricted:
@@ -34,8 +34,38 @@ class StaffOnlyWhenRestricted:
         return [IsAdminUser()]
 
 
-# Release is never anonymous: a staff user, by DRF token or by admin session
-# (with its CSRF token), or a client application's key with the `release`
-# scope (the view adds the key's authentication).
-RELEASE_AUTHENTICATION_CLASSES = [TokenAuthentication, SessionAuthentication]
-RELEASE_PERMISSION_CLASSES = [IsAdminUser | KeyWithScope.of("release")]
+class StaffOrKeyToDelete:
+    """An APIView mixin: a DELETE (releasing a claim, undoing a redemption) is never anonymous.
+
+    A staff user, by DRF token or by admin session (with its CSRF token), or
+    a client application's key with the scope `delete_scope`, whether or not
+    API_KEYS_REQUIRED is on. Other methods keep the view's own rules.
+    """
+
+    delete_scope = None
+    delete_authentication_classes = [ApiKeyAuthentication, TokenAuthentication, SessionAuthentication]
+
+    def initialize_request(self, request, *args, **kwargs):
+        # Read here, from the request being wrapped: drf-spectacular builds
+        # the schema's requests through this too, with no self.request set.
+        self.deleting = request.method == "DELETE"
+        return super().initialize_request(request, *args, **kwargs)
+
+    def get_authenticators(self):
+        if self.deleting:
+            # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
+            return [authentication() for authentication in self.delete_authentication_classes]
+        return super().get_authenticators()
+
+    def get_permissions(self):
+        if self.deleting:
+            return [(IsAdminUser | KeyWithScope.of(self.delete_scope))()]
+        return super().get_permissions()
+
+
+def operator_name(request):
+    """Who released a claim or undid a redemption, for the audit trail: the staff user's username, or the API
+    key's prefix."""
+    if request.user is not None:
+        return request.user.get_username()
+    return f"API key {request.auth.prefix}"

@@ -12,7 +12,9 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from coupons.api.error_codes import ErrorCode
-from coupons.models import MAX_AMOUNT
+from coupons.claim_codes import format_code, normalise_code
+from coupons.exceptions import MalformedCode
+from coupons.models import MAX_AMOUNT, MAX_HOLD_SECONDS, ClaimStatus
 from coupons.sale_windows import SaleStatus, format_utc
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -79,14 +81,14 @@ PRINTABLE_TEXT = (
 COUPON_NAME = f"{PRINTABLE_TEXT} Not `.` or `..`."
 
 
-class InputSerializer(serializers.Serializer):
-    """An input serializer whose fields are built and bound once per class, then shared by its instances.
+class SharedFieldsSerializer(serializers.Serializer):
+    """A serializer whose fields are built and bound once per class, then shared by its instances.
 
     DRF deep-copies every declared field for each serializer instance, which
     runs each field's __init__ again and builds its validators anew: on the
     claim endpoint that was a fifth of a refusal's CPU (docs/performance.md).
-    Input fields here keep no per-request state (they read no context, and
-    `partial` is never used), so the fields of one prototype instance, bound
+    For fields that keep no per-request state (they read no context, and
+    `partial` is never used), the fields of one prototype instance, bound
     once, serve every instance in every thread.
     """
 
@@ -99,6 +101,10 @@ class InputSerializer(serializers.Serializer):
         return shared
 
 
+class InputSerializer(SharedFieldsSerializer):
+    """An input serializer: its fields validate what was sent and keep nothing of it."""
+
+
 class CouponCreateInputSerializer(InputSerializer):
     name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
@@ -109,6 +115,17 @@ class CouponCreateInputSerializer(InputSerializer):
         required=False,
         allow_null=True,
         help_text="Claims are refused from this instant on; after starts_at. Absent or null: no bound.",
+    )
+    hold_seconds = StrictIntegerField(
+        required=False,
+        allow_null=True,
+        min_value=1,
+        max_value=MAX_HOLD_SECONDS,
+        help_text="A claim not redeemed within this many seconds of being granted expires, and its unit goes back"
+        " to stock. Absent or null: claims are held until redeemed or released.",
+    )
+    redeem_until = Rfc3339DateTimeField(
+        required=False, allow_null=True, help_text="Redemptions are refused from this instant on. Absent or null: none."
     )
 
     def validate(self, attrs):
@@ -129,6 +146,8 @@ class CouponSerializer(serializers.Serializer):
     remaining_amount = serializers.IntegerField()
     starts_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
     ends_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
+    hold_seconds = serializers.IntegerField(allow_null=True, help_text="null: claims are held until redeemed.")
+    redeem_until = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: no bound.")
 
 
 class UserIdListField(serializers.ListField):
@@ -146,11 +165,61 @@ class CouponDetailSerializer(CouponSerializer):
         help_text="By the database's clock: scheduled (before starts_at), live, sold_out (no stock left inside "
         "the window), ended (at or after ends_at).",
     )
-    claimed_by = UserIdListField(help_text="User ids, in claim order.")
+    claimed_by = UserIdListField(
+        help_text="The users whose claim holds a unit (held or redeemed), in claim order: amount - remaining_amount"
+        " of them."
+    )
+    held_amount = serializers.IntegerField(help_text="Units taken by claims not redeemed yet.")
+    redeemed_amount = serializers.IntegerField(
+        help_text="Units taken by redeemed claims. remaining_amount + held_amount + redeemed_amount = amount."
+    )
 
 
 class ReleaseInputSerializer(serializers.Serializer):
     reason = StrictCharField(required=False, help_text="Why the claim is released (kept in the audit trail).")
+
+
+class UndoRedemptionInputSerializer(serializers.Serializer):
+    reason = StrictCharField(
+        required=False, help_text="Why the redemption is undone, e.g. order cancelled (kept in the audit trail)."
+    )
+
+
+CLAIM_CODE = (
+    "16 characters of Crockford's base32, shown as XXXX-XXXX-XXXX-XXXX. Read in either case, with or without"
+    " hyphens or spaces, I and L as 1, O as 0."
+)
+
+
+@extend_schema_field({"type": "string", "minLength": 16, "maxLength": 32, "example": "7K3M-Q9TD-X2HB-R4WN"})
+class ClaimCodeField(serializers.Field):
+    """In: a code as a person may type it (normalised). Out: grouped, XXXX-XXXX-XXXX-XXXX."""
+
+    default_error_messages = {"invalid": "Must be a string."}
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        try:
+            return normalise_code(data)
+        except MalformedCode as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+    def to_representation(self, value):
+        return format_code(value)
+
+
+STATUS_HELP = (
+    "held: holds a unit, not redeemed yet; redeemed: spent by an order; released: given back to stock by an"
+    " operator; expired: not redeemed within the coupon's hold_seconds, its unit went back to stock."
+)
+
+
+EXPIRES_AT_HELP = "UTC: when the hold ends if the claim is not redeemed by then; null: never."
+
+
+def claim_status_field(help_text=STATUS_HELP):
+    return serializers.ChoiceField(choices=ClaimStatus.choices, help_text=help_text)
 
 
 USER_CLAIMS_PAGE_SIZE = 50
@@ -164,11 +233,21 @@ class UserClaimsQuerySerializer(serializers.Serializer):
     cursor = serializers.CharField(
         required=False, max_length=200, help_text="`next` from the previous page, as it was; absent: the first page."
     )
+    status = serializers.MultipleChoiceField(
+        choices=ClaimStatus.choices,
+        required=False,
+        help_text="The statuses to list, repeated for several (`?status=held&status=expired`). Absent: the claims"
+        " that hold a unit, held and redeemed.",
+    )
 
 
 class UserClaimSerializer(serializers.Serializer):
     coupon_name = serializers.CharField()
     claimed_at = Rfc3339DateTimeField(help_text="UTC.")
+    code = ClaimCodeField(help_text="What the user gives at the checkout to redeem the claim.")
+    status = claim_status_field()
+    expires_at = Rfc3339DateTimeField(allow_null=True, help_text=EXPIRES_AT_HELP)
+    redeemed_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: not redeemed.")
 
 
 class UserClaimsPageSerializer(serializers.Serializer):
@@ -177,9 +256,50 @@ class UserClaimsPageSerializer(serializers.Serializer):
     next = serializers.CharField(allow_null=True, help_text="The cursor of the next page; null on the last page.")
 
 
-class ClaimSerializer(serializers.Serializer):
+class ClaimSerializer(SharedFieldsSerializer):
+    """The claim's 201: its fields render values and keep nothing (shared: three more fields cost a granted claim
+    CPU when copied per request)."""
+
     user_id = serializers.CharField()
     coupon_name = serializers.CharField()
+    code = ClaimCodeField(help_text=f"What the user gives at the checkout to redeem the claim: {CLAIM_CODE}")
+    status = claim_status_field(help_text="held: a new claim is always held.")
+    expires_at = Rfc3339DateTimeField(allow_null=True, help_text=EXPIRES_AT_HELP)
+
+
+class RedemptionInputSerializer(InputSerializer):
+    code = ClaimCodeField(help_text=CLAIM_CODE)
+    order_id = StrictCharField(
+        required=False,
+        allow_null=True,
+        validators=[validate_identifier_text],
+        help_text=f"The shop's order the claim is spent on (kept, and told to a second redemption). {PRINTABLE_TEXT}",
+    )
+    coupon_name = StrictCharField(
+        required=False,
+        validators=[validate_coupon_name],
+        help_text="The coupon the checkout expects: a code of another coupon is then refused (404 code_not_found).",
+    )
+
+    def validate(self, attrs):
+        attrs["order_id"] = attrs.get("order_id") or ""  # "" in storage: no order given
+        return attrs
+
+
+class RedemptionSerializer(serializers.Serializer):
+    coupon_name = serializers.CharField()
+    user_id = serializers.CharField()
+    code = ClaimCodeField()
+    status = claim_status_field()
+    order_id = serializers.CharField(allow_null=True, help_text="null: redeemed for no order given, or not redeemed.")
+    redeemed_at = Rfc3339DateTimeField(allow_null=True, help_text="UTC; null: not redeemed.")
+    claimed_at = Rfc3339DateTimeField(help_text="UTC.")
+    expires_at = Rfc3339DateTimeField(allow_null=True, help_text=EXPIRES_AT_HELP)
+
+    def to_representation(self, instance):
+        data = super().to_representation(instance)
+        data["order_id"] = data["order_id"] or None
+        return data
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -189,3 +309,8 @@ class ErrorSerializer(serializers.Serializer):
         choices=[(code.value, code.name) for code in ErrorCode],
         help_text="For programs: what went wrong, one of a fixed set.",
     )
+
+
+class AlreadyRedeemedErrorSerializer(ErrorSerializer):
+    redeemed_at = Rfc3339DateTimeField(help_text="UTC: when the code was redeemed.")
+    order_id = serializers.CharField(allow_null=True, help_text="The order it was redeemed for; null: none given.")

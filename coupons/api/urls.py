@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from coupons.api.redemption_views import RedemptionApi, RedemptionDetailApi
 from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
 
 urlpatterns = [
@@ -14,4 +15,8 @@ urlpatterns = [
     # `path` accepts "/" inside a name (sent percent-encoded as %2F).
     path("coupons/<path:name>", CouponDetailApi.as_view(), name="coupon-detail"),
     re_path(r"^users/(?P<user_id>.+)/claims$", UserClaimsApi.as_view(), name="user-claims"),
+    path("redemptions", RedemptionApi.as_view(), name="redemptions"),
+    # Any text after the slash reaches the view, which refuses a malformed
+    # code with a 400 rather than the catch-all 404 of an unknown path.
+    re_path(r"^redemptions/(?P<code>.+)$", RedemptionDetailApi.as_view(), name="redemption-detail"),
 ]

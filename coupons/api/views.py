@@ -8,12 +8,8 @@ from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
 from coupons.api.cursors import decode_cursor, encode_cursor
-from coupons.api.key_access import ApiKeyAuthentication, ApiKeyRequired
-from coupons.api.permissions import (
-    RELEASE_AUTHENTICATION_CLASSES,
-    RELEASE_PERMISSION_CLASSES,
-    StaffOnlyWhenRestricted,
-)
+from coupons.api.key_access import ApiKeyRequired
+from coupons.api.permissions import StaffOnlyWhenRestricted, StaffOrKeyToDelete, operator_name
 from coupons.api.serializers import (
     ClaimInputSerializer,
     ClaimSerializer,
@@ -27,6 +23,7 @@ from coupons.api.serializers import (
 )
 from coupons.api.throttling import ClaimRateThrottle, ClaimRateThrottlePerKey
 from coupons.exceptions import CouponNotFound
+from coupons.models import LIVE_STATUSES
 from coupons.selectors import get_coupon_detail, get_user_claims_page
 from coupons.services import claim_coupon, create_coupon, release_claim
 from coupons.validators import is_possible_coupon_name
@@ -125,8 +122,9 @@ class ClaimApi(ApiKeyRequired, APIView):
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        claim_coupon(**serializer.validated_data)
-        return Response(ClaimSerializer(serializer.validated_data).data, status=status.HTTP_201_CREATED)
+        claim = claim_coupon(**serializer.validated_data)
+        body = {**serializer.validated_data, "code": claim.code, "status": claim.status, "expires_at": claim.expires_at}
+        return Response(ClaimSerializer(body).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         operation_id="coupons_retrieve_claim",
@@ -151,35 +149,19 @@ class CouponDetailApi(ApiKeyRequired, APIView):
         return coupon_detail_response(name)
 
 
-class ClaimReleaseApi(ApiKeyRequired, APIView):
+class ClaimReleaseApi(StaffOrKeyToDelete, ApiKeyRequired, APIView):
     """DELETE releases a claim, and is never anonymous: a staff user (DRF token, or admin session with CSRF)
     or an API key with the `release` scope, whether or not API_KEYS_REQUIRED is on. A GET here reads the
     coupon whose name this path spells (below), like any read."""
 
     api_key_scopes = {"GET": "read"}
-
-    def initialize_request(self, request, *args, **kwargs):
-        # Read here, from the request being wrapped: drf-spectacular builds
-        # the schema's requests through this too, with no self.request set.
-        self.releasing = request.method == "DELETE"
-        return super().initialize_request(request, *args, **kwargs)
-
-    def get_authenticators(self):
-        if self.releasing:
-            # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
-            return [ApiKeyAuthentication(), *(authentication() for authentication in RELEASE_AUTHENTICATION_CLASSES)]
-        return super().get_authenticators()
-
-    def get_permissions(self):
-        if self.releasing:
-            return [permission() for permission in RELEASE_PERMISSION_CLASSES]
-        return super().get_permissions()
+    delete_scope = "release"
 
     @extend_schema(
         operation_id="coupons_claims_release",
         summary="Release a user's claim back to stock",
         description="Staff (a DRF token, or an admin session with its CSRF token) or an API key with the `release`"
-        " scope, never anonymous. The claim is deleted,"
+        " scope, never anonymous. The user's live claim (held or redeemed) becomes `released` (kept for audit),"
         " `remaining_amount` goes up by one, the user may claim again while the sale is live, and the release"
         " is recorded (coupon, user, when, by whom, reason). The coupon name is what precedes the first"
         " `/claims/` of the path.",
@@ -197,19 +179,14 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
     def delete(self, request, name, user_id):
         serializer = ReleaseInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        release_claim(coupon_name=name, user_id=user_id, released_by=released_by(request), **serializer.validated_data)
+        release_claim(
+            coupon_name=name, user_id=user_id, released_by=operator_name(request), **serializer.validated_data
+        )
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
     def get(self, request, name, user_id):
         return coupon_detail_response(f"{name}/claims/{user_id}")
-
-
-def released_by(request):
-    """Who released a claim, for the audit trail: the staff user's username, or the API key's prefix."""
-    if request.user is not None:
-        return request.user.get_username()
-    return f"API key {request.auth.prefix}"
 
 
 class UserClaimsApi(ApiKeyRequired, APIView):
@@ -219,7 +196,7 @@ class UserClaimsApi(ApiKeyRequired, APIView):
         operation_id="users_claims_list",
         summary="A user's claims, newest first, a page at a time",
         description="Keyset pagination: pass `next` back as `cursor` for the following page. A user with no claims"
-        " gets an empty list.",
+        " gets an empty list. By default the claims that hold a unit (held, redeemed); `status` picks others.",
         parameters=[UserClaimsQuerySerializer],
         responses={
             200: UserClaimsPageSerializer,
@@ -235,6 +212,7 @@ class UserClaimsApi(ApiKeyRequired, APIView):
             user_id=user_id,
             limit=query.validated_data["limit"],
             after=decode_cursor(cursor) if cursor is not None else None,
+            statuses=query.validated_data.get("status") or LIVE_STATUSES,
         )
         body = {"user_id": page.user_id, "claims": page.claims, "next": encode_cursor(page.next_position)}
         return Response(UserClaimsPageSerializer(body).data)

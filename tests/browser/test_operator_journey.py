@@ -1,13 +1,18 @@
 """An operator runs a flash sale in the admin, in a real browser, while users claim through the API."""
 
+import contextlib
 import csv
 import io
+import os
+import subprocess
+import sys
 from datetime import timedelta
 
 from playwright.sync_api import expect
 
 from coupons.models import Coupon
 from coupons.selectors import database_now
+from tests.helpers import ROOT, subprocess_database_url
 
 PASSWORD = "secret-password"
 
@@ -159,3 +164,102 @@ def test_operator_schedules_a_sale_watches_it_open_and_releases_a_claim(
     expect(releases).to_contain_text("order cancelled")
     screenshot(page, "10-coupon-releases.png", docs_name="coupon-releases.png", full_page=True)
     assert claim(page, base_url, "alice", "MIDNIGHT SALE") == 201  # a released user may claim again
+
+
+@contextlib.contextmanager
+def expiry_worker():
+    """The real worker, `python manage.py expire_holds`, on the live server's database, until the block ends."""
+    environment = {
+        **os.environ,
+        "DATABASE_URL": subprocess_database_url(),
+        "DJANGO_SETTINGS_MODULE": "couponsite.settings",
+    }
+    environment.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
+    worker = subprocess.Popen(  # noqa: S603 - this interpreter, the project's manage.py
+        [sys.executable, "manage.py", "expire_holds", "--max-sleep", "0.5"], cwd=ROOT, env=environment
+    )
+    try:
+        yield
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+
+
+def test_a_claim_from_code_to_redemption_undo_and_expiry(page, live_server, django_user_model, artifacts):
+    base_url = live_server.url
+    log_in(page, base_url, django_user_model)
+
+    # A coupon whose claims are held for 5 seconds.
+    page.goto(f"{base_url}/admin/coupons/coupon/add/")
+    page.get_by_label("Name").fill("CHECKOUT SALE")
+    page.get_by_label("Amount").fill("3")
+    page.get_by_label("Hold seconds").fill("5")
+    page.screenshot(path=artifacts / "11-coupon-add-hold.png")
+    page.get_by_role("button", name="Save", exact=True).click()
+    expect(page.locator(".messagelist")).to_contain_text("was added successfully")
+
+    # A user claims it and gets a code; the coupon's page shows it, held.
+    claimed = page.request.post(
+        f"{base_url}/api/coupons/claim", data={"user_id": "alice", "coupon_name": "CHECKOUT SALE"}
+    )
+    assert claimed.status == 201
+    code = claimed.json()["code"]
+    assert claimed.json()["status"] == "held"
+    coupon = Coupon.objects.get(name="CHECKOUT SALE")
+    page.goto(f"{base_url}/admin/coupons/coupon/{coupon.pk}/change/")
+    expect(page.locator("#claims td.claim-code")).to_have_text([code])
+    expect(page.locator("#claims td.claim-status")).to_have_text(["Held"])
+    expect(page.locator("#claim-counts")).to_contain_text("Held: 1")
+    page.screenshot(path=artifacts / "12-coupon-codes.png", full_page=True)
+
+    # The shop's checkout redeems it, typed the way a customer would; a second time is refused.
+    redeemed = page.request.post(
+        f"{base_url}/api/redemptions", data={"code": code.replace("-", "").lower(), "order_id": "order-42"}
+    )
+    assert (redeemed.status, redeemed.json()["order_id"]) == (201, "order-42")
+    again = page.request.post(f"{base_url}/api/redemptions", data={"code": code})
+    assert (again.status, again.json()["code"], again.json()["order_id"]) == (409, "already_redeemed", "order-42")
+
+    # The operator finds it by its code among the redeemed claims.
+    page.goto(f"{base_url}/admin/coupons/claim/?status=redeemed")
+    page.locator("#searchbar").fill(code.replace("-", "").lower())
+    page.get_by_role("button", name="Search").click()
+    row = page.locator("#result_list tbody tr")
+    expect(row).to_have_count(1)
+    expect(row.locator("td.field-claim_code")).to_have_text(code)
+    expect(row.locator("td.field-status")).to_have_text("Redeemed")
+    expect(row.locator("td.field-order_id")).to_have_text("order-42")
+    page.screenshot(path=artifacts / "13-claims-redeemed.png")
+
+    # The order is cancelled: the redemption is undone (the operator's session, with its CSRF token).
+    csrf = next(cookie["value"] for cookie in page.context.cookies() if cookie["name"] == "csrftoken")
+    undone = page.request.delete(
+        f"{base_url}/api/redemptions/{code}", data={"reason": "order cancelled"}, headers={"X-CSRFToken": csrf}
+    )
+    assert undone.status == 204
+    page.goto(f"{base_url}/admin/coupons/redemptionundo/")
+    undo_row = page.locator("#result_list tbody tr")
+    expect(undo_row.locator("td.field-order_id")).to_have_text("order-42")
+    expect(undo_row.locator("td.field-undone_by")).to_have_text("operator")
+    expect(undo_row.locator("td.field-reason")).to_have_text("order cancelled")
+    page.screenshot(path=artifacts / "14-redemption-undone.png")
+
+    # Held again and never redeemed: at its deadline the worker expires it and the unit goes back to stock.
+    with expiry_worker():
+        page.goto(f"{base_url}/admin/coupons/coupon/{coupon.pk}/change/")
+        for _ in range(40):
+            if "Expired: 1" in page.locator("#claim-counts").inner_text():
+                break
+            page.wait_for_timeout(250)
+            page.reload()
+    expect(page.locator("#claims td.claim-status")).to_have_text(["Expired"])
+    expect(page.locator(".field-remaining_amount .readonly")).to_have_text("3")
+    page.screenshot(path=artifacts / "15-coupon-expired.png", full_page=True)
+    gone = page.request.post(f"{base_url}/api/redemptions", data={"code": code})
+    assert (gone.status, gone.json()["code"]) == (410, "claim_expired")
+    # Alice may claim again, with a new code.
+    reclaimed = page.request.post(
+        f"{base_url}/api/coupons/claim", data={"user_id": "alice", "coupon_name": "CHECKOUT SALE"}
+    )
+    assert reclaimed.status == 201
+    assert reclaimed.json()["code"] != code

@@ -33,7 +33,8 @@ class FaultTestCase(SimpleTestCase):
         with self.cluster.connect() as connection:
             rows = connection.execute(
                 "SELECT claim.user_id FROM coupons_claim claim"
-                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id WHERE coupon.name = %s",
+                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id"
+                " WHERE coupon.name = %s AND claim.status IN ('held', 'redeemed')",
                 [coupon_name],
             ).fetchall()
         return sorted(user_id for (user_id,) in rows)

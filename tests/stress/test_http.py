@@ -65,7 +65,11 @@ class HttpClaims:
             connection, "POST", "/api/coupons/claim", {"user_id": user_id, "coupon_name": coupon_name}
         )
         if status == 201:
-            self.assertEqual(body, {"user_id": user_id, "coupon_name": coupon_name})
+            self.assertEqual(
+                (body["user_id"], body["coupon_name"], body["status"], body["expires_at"]),
+                (user_id, coupon_name, "held", None),
+            )
+            self.assertRegex(body["code"], r"^[0-9A-Z]{4}(-[0-9A-Z]{4}){3}$")
             return "claimed"
         return self.refusal(status, body)
 
@@ -115,8 +119,8 @@ class HttpStressTests(HttpClaims, StressScenarios, LiveServerTestCase):
         self.server_address = (parts.hostname, parts.port)
 
 
-class GunicornStressTests(HttpClaims, StressScenarios, TransactionTestCase):
-    """The scenarios against the server as it ships: gunicorn with gunicorn.conf.py (threaded workers).
+class ServedByGunicorn:
+    """A TransactionTestCase mixin: the class's requests go to gunicorn with gunicorn.conf.py, as it ships.
 
     It runs in processes of its own, so it needs a database they can share:
     PostgreSQL (an SQLite test database lives in this process's memory).
@@ -143,6 +147,10 @@ class GunicornStressTests(HttpClaims, StressScenarios, TransactionTestCase):
         if self.service is None:
             self.skipTest("gunicorn in another process needs a shared database: PostgreSQL")
         super().setUp()
+
+
+class GunicornStressTests(ServedByGunicorn, HttpClaims, StressScenarios, TransactionTestCase):
+    """The scenarios against the server as it ships: gunicorn with gunicorn.conf.py (threaded workers)."""
 
     def test_flash_sale_fifty_users_race_for_five(self):
         groups_before, claims_before = self.service.claim_groups()
