@@ -395,8 +395,9 @@ def classic_transaction(coupon_id):
     return f"""\\set r random(1, 1000000000000)
 BEGIN;
 SELECT id, remaining_amount FROM coupons_coupon WHERE id = {coupon_id} FOR UPDATE;
-INSERT INTO coupons_claim (user_id, coupon_id, created_at)
-    VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now());
+INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, order_id)
+    VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now(),
+            upper(substr(md5(random()::text), 1, 16)), 'held', '');
 UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = {coupon_id};
 COMMIT;
 """

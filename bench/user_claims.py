@@ -58,8 +58,9 @@ def fill(coupons, users_per_coupon):
             [PREFIX, users_per_coupon, coupons],
         )
         cursor.execute(
-            "INSERT INTO coupons_claim (user_id, coupon_id, created_at)"
-            " SELECT 'bench_uc_user_' || u, c.id, now() - random() * interval '30 days'"
+            "INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, order_id)"
+            " SELECT 'bench_uc_user_' || u, c.id, now() - random() * interval '30 days',"
+            " upper(substr(md5(random()::text), 1, 16)), 'held', ''"
             " FROM coupons_coupon AS c CROSS JOIN generate_series(0, %s - 1) AS u WHERE c.name LIKE %s",
             [users_per_coupon, PREFIX + "%"],
         )

@@ -6,6 +6,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from tests.cluster.topology import HTTP_PORT
 from tests.faults.service import request
 
 # Lines for the end of the run's output (tests/cluster/conftest.py prints them).
@@ -102,3 +103,15 @@ def retry_until_answered(host, port, answers, coupon_name, timeout=60):
                 raise TimeoutError(f"retries of {answer.user_id} still get {status}")
             time.sleep(0.2)
     return final
+
+
+def retry_until_definite(host, method, path, body, definite=(201, 400, 409), timeout=60):
+    """Send the request until its answer is one of `definite` (503s and no answer are retried every 0.2 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        reply = request(host, HTTP_PORT, method, path, body, timeout=15)
+        if reply.status in definite:
+            return reply
+        if reply.status not in (503, None) or time.monotonic() > deadline:
+            raise AssertionError(f"{method} {path} {body}: {reply}")
+        time.sleep(0.2)

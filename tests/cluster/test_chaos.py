@@ -88,7 +88,7 @@ class ChaosTests(SimpleTestCase):
 
 
 def read_sales(topology):
-    """{coupon: (amount, remaining, [user ids of its rows])} for every coupon the workload made, from the primary."""
+    """{coupon: (amount, remaining, [users with a live claim])} for every coupon the workload made, from the primary."""
     with topology.connect_primary() as connection:
         coupons = {
             name: (pk, amount, remaining)
@@ -98,7 +98,7 @@ def read_sales(topology):
         }
         users = {}
         for coupon_id, user_id in connection.execute(
-            "SELECT coupon_id, user_id FROM coupons_claim WHERE coupon_id = ANY(%s)",
+            "SELECT coupon_id, user_id FROM coupons_claim WHERE coupon_id = ANY(%s) AND status IN ('held', 'redeemed')",
             [[pk for pk, _, _ in coupons.values()]],
         ):
             users.setdefault(coupon_id, []).append(user_id)

@@ -8,14 +8,16 @@ make test skips them).
 
 import json
 import os
+import random
 import socket
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from unittest import skipUnless
 
 from django.test import SimpleTestCase
 
-from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered
+from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered, retry_until_definite
 from tests.cluster.topology import APP_HOSTS, HTTP_PORT, Topology, wait_for
 from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
@@ -44,14 +46,15 @@ class ClusterTests(SimpleTestCase):
         self.assertEqual(reply.status, 201, reply)
 
     def rows(self, coupon_name):
-        """(amount, remaining_amount, {users holding a claim}) read on the primary."""
+        """(amount, remaining_amount, {users holding a live claim}) read on the primary."""
         with self.topology.connect_primary() as connection:
             amount, remaining = connection.execute(
                 "SELECT amount, remaining_amount FROM coupons_coupon WHERE name = %s", [coupon_name]
             ).fetchone()
             users = connection.execute(
                 "SELECT claim.user_id FROM coupons_claim claim"
-                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id WHERE coupon.name = %s",
+                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id"
+                " WHERE coupon.name = %s AND claim.status IN ('held', 'redeemed')",
                 [coupon_name],
             ).fetchall()
         return amount, remaining, {user for (user,) in users}
@@ -209,6 +212,99 @@ class ClusterTests(SimpleTestCase):
             f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
             + "; ".join(f"{label} {tps:.0f} claims/s" for label, tps in ceilings.items())
         )
+
+    def test_8_redemptions_and_expiries_through_a_failover(self):
+        """Claims with 3 s holds; two thirds of the users redeem, some before, some after the deadline, while the
+        primary's PostgreSQL is SIGKILLed and the standby promoted; each app host's expiry worker carries on."""
+        name, users, hold = "cluster-holds", 300, 3
+        coupon = {"name": name, "amount": users, "hold_seconds": hold}
+        reply = request(self.lb, HTTP_PORT, "POST", "/api/coupons", coupon)
+        self.assertEqual(reply.status, 201, reply)
+        rng = random.Random(14)
+        # Who redeems, and how long after their claim: some before the deadline, some after.
+        plan = {user: rng.uniform(0.2, hold + 1.0) for user in range(users) if rng.random() < 2 / 3}
+        claimed = []
+
+        def shop(user):
+            code = self.claim_a_code(name, user)
+            claimed.append(user)
+            if user not in plan:
+                return user, None
+            time.sleep(plan[user])
+            body = {"code": code, "order_id": f"order-{user}"}
+            return user, retry_until_definite(self.lb, "POST", "/api/redemptions", body, {201, 409, 410})
+
+        old_primary = self.topology.primary()
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            outcomes = pool.map(shop, range(users))
+            wait_for(lambda: len(claimed) >= users // 3, 60, "a third of the claims")
+            kill_postmaster_and_backends(self.topology.directory / old_primary / "data")  # amid claims and redemptions
+            answers = {user: reply for user, reply in outcomes if reply is not None}
+        self.topology.wait_until_healthy()
+        self.assertNotEqual(self.topology.primary(), old_primary)
+
+        def every_hold_ended():
+            with self.topology.connect_primary() as connection:
+                return not connection.execute(
+                    "SELECT 1 FROM coupons_claim u JOIN coupons_coupon c ON c.id = u.coupon_id"
+                    " WHERE c.name = %s AND u.status = 'held'",
+                    [name],
+                ).fetchone()
+
+        wait_for(every_hold_ended, 60, "every hold past its deadline expired")
+        rows, amount, remaining = self.claim_rows(name)
+        told = Counter()
+        for user, reply in answers.items():
+            status, order_id = rows[str(user)][:2]
+            own_order = reply.status == 409 and reply.body.get("order_id") == f"order-{user}"
+            acknowledged = reply.status == 201 or own_order
+            told["redeemed" if acknowledged else reply.status] += 1
+            if acknowledged:
+                self.assertEqual((status, order_id), ("redeemed", f"order-{user}"), f"{user}'s acknowledged redemption")
+            else:
+                self.assertEqual((reply.status, reply.body["code"], status), (410, "claim_expired", "expired"), user)
+        redeemed = {user for user, row in rows.items() if row[0] == "redeemed"}
+        self.assertEqual(len(rows), users)
+        self.assertLessEqual(redeemed, {str(user) for user in plan}, "a redemption nobody asked for")
+        self.assertEqual({row[0] for row in rows.values()}, {"redeemed", "expired"})
+        for status, _, redeemed_at, expires_at, returned_at in rows.values():
+            if status == "redeemed":
+                self.assertLess(redeemed_at, expires_at)
+            else:
+                self.assertGreaterEqual(returned_at, expires_at)
+        self.assertEqual(remaining, amount - len(redeemed), "each expired unit returned once")
+        workers = {host: self.topology.processes[f"{host}-expire_holds"].poll() for host in APP_HOSTS}
+        self.assertEqual(set(workers.values()), {None}, "the expiry workers carried on through the failover")
+        FIGURES.append(
+            f"redemptions through a failover: {users} claims with {hold} s holds, {len(plan)} redemptions asked;"
+            f" the primary's PostgreSQL SIGKILLed amid claims and redemptions: {dict(told)}; every acknowledged"
+            f" redemption on the new primary, {len(rows) - len(redeemed)} units expired back to stock once each"
+        )
+
+    def claim_a_code(self, name, user):
+        """Claim until the answer is definite; the code, from the 201 or, if the 201 was lost, the user's claims."""
+        reply = retry_until_definite(self.lb, "POST", "/api/coupons/claim", {"user_id": str(user), "coupon_name": name})
+        if reply.status == 201:
+            return reply.body["code"]
+        self.assertEqual(reply.status, 409, reply)
+        claims = retry_until_definite(self.lb, "GET", f"/api/users/{user}/claims", None, {200})
+        return claims.body["claims"][0]["code"]
+
+    def claim_rows(self, coupon_name):
+        """{user: (status, order_id, redeemed_at, expires_at, returned_at)}, amount, remaining, on the primary."""
+        with self.topology.connect_primary() as connection:
+            amount, remaining = connection.execute(
+                "SELECT amount, remaining_amount FROM coupons_coupon WHERE name = %s", [coupon_name]
+            ).fetchone()
+            rows = {
+                user: row
+                for user, *row in connection.execute(
+                    "SELECT u.user_id, u.status, u.order_id, u.redeemed_at, u.expires_at, u.returned_at"
+                    " FROM coupons_claim u JOIN coupons_coupon c ON c.id = u.coupon_id WHERE c.name = %s",
+                    [coupon_name],
+                )
+            }
+        return rows, amount, remaining
 
     def assert_failover(self, name, how, fail, restore, stock=1500):
         """Fail the primary mid-sale; the standby takes over; every 201 is there; the old primary comes back."""

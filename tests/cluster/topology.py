@@ -29,6 +29,7 @@ import pwd
 import secrets
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -261,7 +262,10 @@ class Topology:
             raise TimeoutError(f"{error}: {self.haproxy_servers()}\n{self.log('haproxy')}") from None
 
     def start_app_host(self, name):
-        """gunicorn on host `name`, as `make run` starts it, through HAProxy to the primary."""
+        """Host `name` as `make run` starts it (the Procfile): the web server, and the hold expiry worker beside it.
+
+        Both reach the primary through HAProxy; the worker has the web server's settings.
+        """
         metrics = self.directory / f"{name}-metrics"
         service = Service(
             self.database_url(self.address("lb")),
@@ -276,6 +280,9 @@ class Topology:
             PROMETHEUS_MULTIPROC_DIR=str(metrics),
         )
         self.app_hosts[name] = service.__enter__()
+        self._spawn(
+            f"{name}-expire_holds", name, [sys.executable, "manage.py", "expire_holds"], service.environment, cwd=ROOT
+        )
 
     def restart_host(self, name):
         """Start the host's service again, as a rebooted machine would (on the data it kept)."""
@@ -296,8 +303,9 @@ class Topology:
         if service is not None:
             service.kill()
         self.network.signal_processes(name, signal.SIGKILL)
-        if name in self.processes:
-            self.processes[name].wait()
+        for process_name in (name, f"{name}-expire_holds"):
+            if process_name in self.processes:
+                self.processes[process_name].wait()
 
     def pause_host(self, name):
         """SIGSTOP every process of the host (a VM paused, a long stall): it holds its sockets and does nothing."""
