@@ -1,4 +1,4 @@
-"""Redemption and hold expiry, measured (docs/redemptions.md, Performance).
+"""Redemption and hold expiry, measured (docs/performance.md, "Redemptions and holds").
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/coupons python bench/redemptions.py claim-cost [--tree DIR]
     DATABASE_URL=... python bench/redemptions.py redemption-cost

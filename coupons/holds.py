@@ -35,7 +35,7 @@ Prompt: after each pass the worker sleeps until the earliest deadline
 still ahead (one index lookup) or `max_sleep` seconds, whichever is
 sooner, so a hold whose deadline is known by then expires within one pass
 of it (milliseconds), and one granted meanwhile with a hold shorter than
-`max_sleep` within `max_sleep` of it (docs/redemptions.md: measured).
+`max_sleep` within `max_sleep` of it (docs/performance.md: measured).
 """
 
 import functools

@@ -52,7 +52,7 @@ class ClaimStatusCollector:
     """Claims by status, and how late the expiry of holds runs.
 
     The counts are one GROUP BY over the claims table's (coupon, status)
-    index: its cost grows with the table (docs/redemptions.md gives it).
+    index: its cost grows with the table (docs/performance.md gives it).
     Not `coupon_claims{status}`: that family is the claim requests' counter
     (coupon_claims_total{outcome}), and one name cannot have two types.
     """

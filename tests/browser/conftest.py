@@ -21,6 +21,8 @@ ARTIFACTS = Path(__file__).resolve().parent / "artifacts"
 DOCS_SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "img" / "admin"
 # A time as the admin shows it: "2026-12-02 07:52:11.936000 UTC" (claims) or "Dec. 2, 2026, 7:52 a.m." (Django's).
 ADMIN_TIMES = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d|[A-Z][a-z]+\.? \d{1,2}, \d{4}, \d")
+# A claim's code as the admin shows it (XXXX-XXXX-XXXX-XXXX): random, so masked like the times.
+CLAIM_CODES = re.compile(r"^[0-9A-HJKMNP-TV-Z]{4}(?:-[0-9A-HJKMNP-TV-Z]{4}){3}$")
 MASK_COLOR = "#d9d9d9"
 
 
@@ -47,11 +49,11 @@ def screenshot(artifacts):
     def take(page, name, docs_name=None, **options):
         page.screenshot(path=artifacts / name, **options)
         if docs_name:
-            # Times change on every run: masked, so that a run changes the committed picture only when the
-            # admin itself changes.
+            # Times and codes change on every run: masked, so that a run changes the committed picture only
+            # when the admin itself changes.
             DOCS_SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            times = page.get_by_text(ADMIN_TIMES)
-            page.screenshot(path=DOCS_SCREENSHOTS / docs_name, mask=[times], mask_color=MASK_COLOR, **options)
+            varying = [page.get_by_text(ADMIN_TIMES), page.get_by_text(CLAIM_CODES)]
+            page.screenshot(path=DOCS_SCREENSHOTS / docs_name, mask=varying, mask_color=MASK_COLOR, **options)
 
     return take
 

@@ -8,11 +8,15 @@ starting with `> ` as bash's PS2 shows them), and after each command the
 output it prints, until the next command.
 
 Outputs are compared strictly, except for values that differ on every run:
-timestamps of the run, UUIDs, API keys, DRF tokens, pagination cursors, the
-wait in DRF's 429 message. Those are matched by kind, and each value shown
-in a page must stand for one actual value throughout the page (and a value
-the page itself sends must come back unchanged), so a later command that
-uses a value shown earlier (a cursor, a key) is sent the actual one.
+timestamps of the run, UUIDs, API keys, DRF tokens, pagination cursors, claim
+codes, the wait in DRF's 429 message. Those are matched by kind, and each
+value shown in a page must stand for one actual value throughout the page
+(and a value the page itself sends must come back unchanged), so a later
+command that uses a value shown earlier (a cursor, a key, a code) is sent the
+actual one. A claim code is one value however a person types it: shown as
+the service prints it (`8B8H-XZCN-RZX7-VE4E`) and sent later in lower case
+or without hyphens (`8b8hxzcnrzx7ve4e`), it is sent as the actual code
+spelled that way.
 
 HTTP answers (`curl -i`) are compared as status line, headers and body: the
 headers in HIDDEN_HEADERS may be left out of the page (every other header
@@ -95,6 +99,38 @@ def _is_about_now(text):
     return abs(moment - datetime.now(UTC)) < timedelta(days=2)
 
 
+def _claim_code(text):
+    # The bare code a spelling stands for, read as the service reads it (coupons/claim_codes.py).
+    from coupons.claim_codes import normalise_code
+
+    return normalise_code(text)
+
+
+def _spelled_like(code, shown):
+    """The bare `code` written as `shown` is: grouped with hyphens or not, in its case."""
+    from coupons.claim_codes import format_code
+
+    spelled = format_code(code) if "-" in shown else code
+    return spelled.lower() if shown.islower() else spelled
+
+
+def _code_spelling(text):
+    return "-" in text, text.islower()
+
+
+def _has_a_digit(text):
+    # A bare 16-letter word is not taken for a code: a page's bare codes are written with a digit in them.
+    return "-" in text or any(character.isdigit() for character in text)
+
+
+def _itself(text):
+    return text
+
+
+def _as_is(actual, shown):
+    return actual
+
+
 @dataclass(frozen=True)
 class TokenKind:
     name: str
@@ -102,7 +138,16 @@ class TokenKind:
     accepts: object = None  # text -> bool, for candidates the pattern alone cannot tell apart
     shape: object = None  # text -> comparable: a documented value and an actual one must agree on it
     varies: object = None  # actual text -> bool: whether this value may differ from the one shown (default: yes)
+    # For a value with several spellings: the value a spelling stands for (bindings are between those), and
+    # (actual value, shown spelling) -> the actual value spelled the same way, to send.
+    canonical: object = _itself
+    spell: object = _as_is
 
+
+# A claim code, grouped (XXXX-XXXX-XXXX-XXXX) or bare, in upper or lower case: Crockford's base32.
+CLAIM_CODE_SPELLINGS = "|".join(
+    rf"{symbol}{{4}}(?:-{symbol}{{4}}){{3}}|{symbol}{{16}}" for symbol in ("[0-9A-HJKMNP-TV-Z]", "[0-9a-hjkmnp-tv-z]")
+)
 
 # Order matters: at one position, the first kind that matches wins.
 TOKEN_KINDS = (
@@ -115,6 +160,16 @@ TOKEN_KINDS = (
     TokenKind("uuid", r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"),
     TokenKind("API key", r"\b[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}\b"),  # coupons/api_keys.py KEY_FORMAT
     TokenKind("token", r"\b[0-9a-f]{40}\b"),  # DRF's authtoken
+    # Before cursors, whose pattern a grouped code also fits: as the service prints it (XXXX-XXXX-XXXX-XXXX, in
+    # Crockford's base32), or as a person may type it back, in lower case or without hyphens.
+    TokenKind(
+        "claim code",
+        rf"(?<![A-Za-z0-9_-])(?:{CLAIM_CODE_SPELLINGS})(?![A-Za-z0-9_-])",
+        accepts=_has_a_digit,
+        shape=_code_spelling,
+        canonical=_claim_code,
+        spell=_spelled_like,
+    ),
     TokenKind("cursor", r"(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{16,}(?![A-Za-z0-9_-])", accepts=_is_cursor),
     # DRF's message of a 429 states the wait, which is Retry-After's.
     TokenKind("wait", r"(?<=Expected available in )\d+(?= seconds?\.)"),
@@ -156,23 +211,29 @@ class Bindings:
     shown_of: dict = field(default_factory=dict)
 
     def bind(self, kind, shown, actual):
-        if shown in self.actual_of or actual in self.shown_of:
-            return self.actual_of.get(shown) == actual and self.shown_of.get(actual) == shown
         if kind.shape is not None and kind.shape(shown) != kind.shape(actual):
             return False
         if kind.varies is not None and not kind.varies(actual) and shown != actual:
             return False
+        return self._bind(kind.canonical(shown), kind.canonical(actual))
+
+    def _bind(self, shown, actual):
+        if shown in self.actual_of or actual in self.shown_of:
+            return self.actual_of.get(shown) == actual and self.shown_of.get(actual) == shown
         self.actual_of[shown] = actual
         self.shown_of[actual] = shown
         return True
 
     def command_to_send(self, command):
-        """The command with the values it shows replaced by the actual ones; values first seen here are its own."""
+        """The command with the values it shows replaced by the actual ones (spelled as shown); values first seen
+        here are its own."""
         parts = []
         for kind, text in tokenize(command):
             if kind is not None:
-                self.bind(kind, text, self.actual_of.get(text, text))
-                text = self.actual_of[text]
+                value = kind.canonical(text)
+                if not self._bind(value, self.actual_of.get(value, value)):
+                    raise ExampleError(f"{text!r} is sent, but an earlier output printed it for another value")
+                text = kind.spell(self.actual_of[value], text)
             parts.append(text)
         return "".join(parts)
 

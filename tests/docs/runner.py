@@ -1,8 +1,11 @@
-"""Running the documentation's examples: against a `Service` (the server as deployed) on a fresh database.
+"""Running the documentation's examples: against the service as `make run` starts it, on a fresh database.
 
-Commands talk to http://127.0.0.1:8000, where `make run` serves; here that
-address is rewritten to the Service's free port, and the page's commands
-run in order, in one bash, as a person's shell would after `make run`.
+`make run` runs the Procfile's processes under honcho: the web server
+(gunicorn with gunicorn.conf.py) and the hold expiry worker; so does
+`MakeRunService`. Commands talk to http://127.0.0.1:8000, where `make run`
+serves; here that address is rewritten to the server's free port, and the
+page's commands run in order, in one bash, as a person's shell would after
+`make run`.
 
 For whoever writes a page, the same from the command line (prints what
 each command printed, then stops at the first difference):
@@ -36,6 +39,21 @@ DOCUMENTED_ADDRESS = re.compile(r"(?:127\.0\.0\.1|localhost):8000\b")
 COMMAND_TIMEOUT_SECONDS = 120
 # The examples' server: one worker, so that a rate limit counted in local memory is exact.
 SERVER_SETTINGS = {"WEB_CONCURRENCY": "1"}
+VENV_BIN = Path(sys.executable).parent
+
+
+class MakeRunService(Service):
+    """Every process of the Procfile under honcho, with the venv's commands first on PATH, as `make run` starts
+    them (but for its `migrate`: the examples' databases are migrated already). The same environment reaches
+    every process, and they start and stop together."""
+
+    def __init__(self, database_url, **environment):
+        super().__init__(database_url, **environment)
+        self.environment["PATH"] = f"{VENV_BIN}{os.pathsep}{self.environment.get('PATH', os.defpath)}"
+
+    def command(self):
+        # `--env /dev/null`: honcho would read a .env file of the checkout; every setting here is the test's.
+        return [sys.executable, "-m", "honcho", "start", "--no-colour", "--env", os.devnull]
 
 
 class Shell:
@@ -121,7 +139,7 @@ class PageRun:
 
 
 def run_page(page, database_url, scratch, show=None):
-    """Run the page's console blocks in order against a Service on `database_url`; raise ExampleError at the
+    """Run the page's console blocks in order against a MakeRunService on `database_url`; raise ExampleError at the
     first difference. `show`, when given, is called with (command, what it printed, the differences) for
     each command, and the run goes on past differences (for whoever writes the page)."""
     result = PageRun()
@@ -140,7 +158,7 @@ def run_page(page, database_url, scratch, show=None):
                     server.__exit__(None, None, None)
                 if block.server_settings is not None:
                     server_settings = block.server_settings
-                server = Service(database_url, **SERVER_SETTINGS, **server_settings).__enter__()
+                server = MakeRunService(database_url, **SERVER_SETTINGS, **server_settings).__enter__()
             for command in block.commands:
                 _run_command(page, command, shell, server, bindings, show)
                 result.commands_run += 1

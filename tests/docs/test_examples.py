@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tests.docs import examples, runner
-from tests.docs.examples import Bindings, ExampleError, differences, read_blocks
+from tests.docs.examples import Bindings, ExampleError, differences, read_blocks, tokenize
 
 ALL_PAGES = examples.pages()
 
@@ -187,6 +187,23 @@ def test_a_value_the_page_sends_must_come_back_unchanged_and_a_shown_one_is_sent
     )
     assert differences(answer(f'{{"next":"{cursor_shown}"}}'), answer(f'{{"next":"{cursor_printed}"}}'), bindings) == []
     assert bindings.command_to_send(f"curl '...?cursor={cursor_shown}'") == f"curl '...?cursor={cursor_printed}'"
+
+
+def test_a_claim_code_is_one_value_however_it_is_typed():
+    shown, printed = "8B8H-XZCN-RZX7-VE4E", "ABCD-EFGH-JKMN-PQR5"
+    bindings = Bindings()
+    assert differences(answer(f'{{"code":"{shown}"}}'), answer(f'{{"code":"{printed}"}}'), bindings) == []
+    assert (
+        bindings.command_to_send(f'curl -d \'{{"code": "8b8hxzcnrzx7ve4e"}}\' .../8b8h-xzcn-rzx7-ve4e .../{shown}')
+        == f'curl -d \'{{"code": "abcdefghjkmnpqr5"}}\' .../abcd-efgh-jkmn-pqr5 .../{printed}'
+    )
+    # The service's spelling is part of the contract, and one code shown twice is one code printed twice.
+    assert differences(answer(f'{{"code":"{shown}"}}'), answer(f'{{"code":"{printed.lower()}"}}'), Bindings())
+    assert differences(
+        answer(f'{{"a":"{shown}","b":"{shown}"}}'), answer(f'{{"a":"{printed}","b":"7K3M-Q9TD-X2HB-R4WN"}}'), Bindings()
+    )
+    # Not codes: a U (outside Crockford's alphabet), a 16-letter word.
+    assert tokenize("7K3M-Q9TD-X2HB-R4WU responsibilities") == [(None, "7K3M-Q9TD-X2HB-R4WU responsibilities")]
 
 
 def test_long_identifiers_are_compared_exactly():

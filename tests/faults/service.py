@@ -82,7 +82,7 @@ class Service:
         self.environment["GUNICORN_BIND"] = f"{self.host}:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [*self.launcher, sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+            [*self.launcher, *self.command()],
             cwd=ROOT,
             env=self.environment,
             stdout=self.log,
@@ -95,6 +95,10 @@ class Service:
             self.__exit__()
             raise
         return self
+
+    def command(self):
+        """What runs the service (after the launcher): gunicorn, as the Procfile's `web:` line starts it."""
+        return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"]
 
     def _wait_until_serving(self):
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS

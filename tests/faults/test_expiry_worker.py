@@ -5,7 +5,7 @@ own order) is there afterwards; no 410 belongs to a redeemed claim; every
 claim ends redeemed or expired, each expired one having returned its unit
 exactly once (remaining_amount = amount - redeemed); and both workers, the
 same processes, carry on after the outage. The single-host rehearsal of
-the cluster harness's failover test (docs/redemptions.md).
+the cluster harness's failover test (docs/guarantees.md, "Codes, redemption and holds").
 """
 
 import os
