@@ -1,16 +1,18 @@
-"""Nothing of a cluster run outlives it: not when its process is killed, not when a test fails."""
+"""Nothing of a cluster run outlives it: not when its process is killed, not when a test fails; and a harness that
+cannot run Patroni as the postgres user says so at once, before building anything."""
 
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
-from unittest import skipUnless
+from unittest import mock, skipUnless
 
 from django.test import SimpleTestCase
 
 from tests.cluster.network import our_links, our_namespaces, sweep_leftovers
-from tests.cluster.topology import wait_for
+from tests.cluster.topology import DEFAULT_PATRONI_VENV, Topology, patroni_command, wait_for
 from tests.helpers import ROOT
 
 # Each child starts a process on its host and waits until it runs there.
@@ -88,3 +90,18 @@ class NetworkCleanupTests(SimpleTestCase):
         sweep_leftovers()
 
         self.assert_nothing_left(directory)
+
+
+@skipUnless(os.environ.get("CLUSTER_TESTS"), "make test-cluster runs these (as root: network namespaces)")
+class PatroniCheckTests(SimpleTestCase):
+    def test_a_patroni_the_postgres_user_cannot_run_stops_the_harness_at_once_saying_what_to_do(self):
+        started = time.monotonic()
+        with mock.patch.dict(os.environ, {"PATRONI_VENV": "/nonexistent-patroni-venv"}):
+            with self.assertRaises(RuntimeError) as caught:
+                Topology().__enter__()
+        self.assertIn("make patroni", str(caught.exception))
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(our_namespaces(), [], "nothing was built")
+
+    def test_the_pinned_patroni_runs_as_the_postgres_user(self):
+        self.assertTrue(patroni_command()[0].startswith(os.environ.get("PATRONI_VENV") or DEFAULT_PATRONI_VENV))
