@@ -55,31 +55,26 @@ HEAL_TIMEOUT_SECONDS = 120
 @dataclass(frozen=True)
 class FaultType:
     name: str
-    inject: str  # a Nemesis method: it breaks, and returns how to heal
+    action: str  # a Nemesis method: it breaks the target's hosts, and returns how to heal them
+    target: str  # whose hosts: one of Nemesis.inject's targets
     holds: tuple[float, float]  # how long the fault lasts: drawn uniformly, seconds
+
+
+def kill_pause_cut(target, holds):
+    return [FaultType(f"{action} {target}", action, target, holds) for action in ("kill", "pause", "cut")]
 
 
 # The primary's faults last past Patroni's ttl (20 s) about a quarter of the
 # time: long enough that the standby is promoted, then the old primary wakes.
 FAULT_TYPES = [
-    FaultType("kill primary", "kill_primary", (2, 26)),
-    FaultType("pause primary", "pause_primary", (2, 26)),
-    FaultType("cut primary", "cut_primary", (2, 26)),
-    FaultType("kill primary's PostgreSQL", "kill_primary_postgresql", (0, 0)),
-    FaultType("kill standby", "kill_standby", (1, 8)),
-    FaultType("pause standby", "pause_standby", (1, 8)),
-    FaultType("cut standby", "cut_standby", (1, 8)),
-    FaultType("kill an etcd member", "kill_etcd_member", (1, 6)),
-    FaultType("pause an etcd member", "pause_etcd_member", (1, 6)),
-    FaultType("cut an etcd member", "cut_etcd_member", (1, 6)),
-    FaultType("kill all etcd", "kill_all_etcd", (2, 12)),
-    FaultType("pause all etcd", "pause_all_etcd", (2, 12)),
-    FaultType("cut all etcd", "cut_all_etcd", (2, 12)),
-    FaultType("kill an app host", "kill_app_host", (1, 6)),
-    FaultType("pause an app host", "pause_app_host", (1, 6)),
-    FaultType("cut an app host", "cut_app_host", (1, 6)),
-    FaultType("partition primary | etcd", "partition_primary_from_etcd", (2, 26)),
-    FaultType("partition primary | standby", "partition_primary_from_standby", (1, 8)),
+    *kill_pause_cut("primary", (2, 26)),
+    FaultType("kill primary's PostgreSQL", "kill_postgresql", "primary", (0, 0)),
+    *kill_pause_cut("standby", (1, 8)),
+    *kill_pause_cut("an etcd member", (1, 6)),
+    *kill_pause_cut("all etcd", (2, 12)),
+    *kill_pause_cut("an app host", (1, 6)),
+    FaultType("partition primary | etcd", "partition_from_etcd", "primary", (2, 26)),
+    FaultType("partition primary | standby", "partition_from_the_standby", "primary", (1, 8)),
 ]
 
 
@@ -99,11 +94,21 @@ def schedule(seed, minutes, hold_scale=1.0):
 
 
 class Nemesis:
-    """Breaks the topology's hosts; each method returns the function that heals what it broke."""
+    """Breaks the topology's hosts; inject() returns the function that heals what it broke."""
 
     def __init__(self, topology, rng):
         self.topology = topology
         self.rng = rng
+
+    def inject(self, fault_type):
+        hosts = {
+            "primary": lambda: [self._primary()],
+            "standby": lambda: [self._standby()],
+            "an etcd member": lambda: [self.rng.choice(ETCD_HOSTS)],
+            "all etcd": lambda: list(ETCD_HOSTS),
+            "an app host": lambda: [self.rng.choice(APP_HOSTS)],
+        }[fault_type.target]()
+        return getattr(self, fault_type.action)(hosts)
 
     def _primary(self):
         for _ in range(50):
@@ -117,80 +122,36 @@ class Nemesis:
         primary = self._primary()
         return next(name for name in DATABASE_HOSTS if name != primary)
 
-    def _kill(self, hosts):
+    def kill(self, hosts):
         for host in hosts:
             self.topology.kill_host(host)
         return lambda: [self.topology.restart_host(host) for host in hosts]
 
-    def _pause(self, hosts):
+    def pause(self, hosts):
         for host in hosts:
             self.topology.pause_host(host)
         return lambda: [self.topology.resume_host(host) for host in hosts]
 
-    def _cut(self, hosts):
+    def cut(self, hosts):
         for host in hosts:
             self.topology.network.cut(host)
         return lambda: [self.topology.network.reconnect(host) for host in hosts]
 
-    def kill_primary(self):
-        return self._kill([self._primary()])
-
-    def pause_primary(self):
-        return self._pause([self._primary()])
-
-    def cut_primary(self):
-        return self._cut([self._primary()])
-
-    def kill_primary_postgresql(self):
-        kill_postmaster_and_backends(self.topology.directory / self._primary() / "data")
+    def kill_postgresql(self, hosts):
+        for host in hosts:
+            kill_postmaster_and_backends(self.topology.directory / host / "data")
         return lambda: None  # Patroni fails over; the old primary comes back as a standby by itself
 
-    def kill_standby(self):
-        return self._kill([self._standby()])
+    def partition_from_etcd(self, hosts):
+        return self._partition(hosts, ETCD_HOSTS)
 
-    def pause_standby(self):
-        return self._pause([self._standby()])
+    def partition_from_the_standby(self, hosts):
+        return self._partition(hosts, [name for name in DATABASE_HOSTS if name not in hosts])
 
-    def cut_standby(self):
-        return self._cut([self._standby()])
-
-    def kill_etcd_member(self):
-        return self._kill([self.rng.choice(ETCD_HOSTS)])
-
-    def pause_etcd_member(self):
-        return self._pause([self.rng.choice(ETCD_HOSTS)])
-
-    def cut_etcd_member(self):
-        return self._cut([self.rng.choice(ETCD_HOSTS)])
-
-    def kill_all_etcd(self):
-        return self._kill(ETCD_HOSTS)
-
-    def pause_all_etcd(self):
-        return self._pause(ETCD_HOSTS)
-
-    def cut_all_etcd(self):
-        return self._cut(ETCD_HOSTS)
-
-    def kill_app_host(self):
-        return self._kill([self.rng.choice(APP_HOSTS)])
-
-    def pause_app_host(self):
-        return self._pause([self.rng.choice(APP_HOSTS)])
-
-    def cut_app_host(self):
-        return self._cut([self.rng.choice(APP_HOSTS)])
-
-    def partition_primary_from_etcd(self):
-        return self._partition(self._primary(), ETCD_HOSTS)
-
-    def partition_primary_from_standby(self):
-        primary = self._primary()
-        return self._partition(primary, [name for name in DATABASE_HOSTS if name != primary])
-
-    def _partition(self, host, others):
-        self.topology.network.partition(host, others)
-        return lambda: self.topology.network.partition(host, others, heal=True)
+    def _partition(self, hosts, others):
+        for host in hosts:
+            self.topology.network.partition(host, others)
+        return lambda: [self.topology.network.partition(host, others, heal=True) for host in hosts]
 
 
 @dataclass

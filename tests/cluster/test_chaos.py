@@ -54,7 +54,7 @@ class ChaosTests(SimpleTestCase):
                     time.sleep(settle)
                     roles = {name: member["role"] for name, member in topology.cluster().items()}
                     injection = Injection(fault_type, roles, hold, injected=time.monotonic())
-                    heal = getattr(nemesis, fault_type.inject)()
+                    heal = nemesis.inject(fault_type)
                     time.sleep(hold)
                     heal()
                     injection.healed = time.monotonic()

@@ -184,6 +184,16 @@ class PrivateCluster:
         """SIGKILL the postmaster and all its backends at once."""
         kill_postmaster_and_backends(self.data_directory)
 
+    def reconfigure(self, name, value=None):
+        """ALTER SYSTEM SET name = value (None: RESET), reloaded: every session takes it, persistent ones too."""
+        with self.connect() as connection:
+            if value is None:
+                connection.execute(f"ALTER SYSTEM RESET {name}")
+            else:
+                connection.execute(f"ALTER SYSTEM SET {name} = '{value}'")
+            connection.execute("SELECT pg_reload_conf()")
+        time.sleep(0.2)  # sessions read the reloaded file between statements
+
     def connect(self, dbname=DATABASE, autocommit=True):
         return psycopg.connect(host="127.0.0.1", port=self.port, user="postgres", dbname=dbname, autocommit=autocommit)
 

@@ -39,14 +39,7 @@ class ReadOnlyDatabaseTests(FaultTestCase):
         cls.service = cls.enterClassContext(Service(cls.cluster.url, WEB_CONCURRENCY="1", GUNICORN_THREADS="4"))
 
     def set_read_only(self, read_only):
-        # Reloaded configuration reaches every session, the service's persistent ones included.
-        with self.cluster.connect() as connection:
-            if read_only:
-                connection.execute("ALTER SYSTEM SET default_transaction_read_only = on")
-            else:
-                connection.execute("ALTER SYSTEM RESET default_transaction_read_only")
-            connection.execute("SELECT pg_reload_conf()")
-        time.sleep(0.2)
+        self.cluster.reconfigure("default_transaction_read_only", "on" if read_only else None)
 
     def test_writes_to_a_read_only_database_are_503s_that_change_nothing(self):
         name = "READ ONLY"
@@ -183,13 +176,7 @@ class UnconfirmedCommitTests(FaultTestCase):
 
     def wait_for_a_standby_that_never_comes(self, waiting):
         # Every COMMIT that writes now waits for a synchronous standby named "gone".
-        with self.cluster.connect() as connection:
-            if waiting:
-                connection.execute("ALTER SYSTEM SET synchronous_standby_names = 'gone'")
-            else:
-                connection.execute("ALTER SYSTEM RESET synchronous_standby_names")
-            connection.execute("SELECT pg_reload_conf()")
-        time.sleep(0.2)
+        self.cluster.reconfigure("synchronous_standby_names", "gone" if waiting else None)
 
     def cancel_the_wait_for_the_standby(self):
         """pg_cancel_backend() on the session whose COMMIT waits for the standby (as an operator might)."""
