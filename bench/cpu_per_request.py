@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from flashsale import RESULTS_DIR, CpuMeter, process_tree, run_wrk  # noqa: E402
+import psutil  # noqa: E402
+from flashsale import RESULTS_DIR, run_wrk  # noqa: E402
 from outcomes import prepare  # noqa: E402
 
 from tests.faults.cluster import PrivateCluster  # noqa: E402
@@ -129,9 +130,23 @@ def wrk_arguments(outcome, tag):
     return ["claim", f"{tag}-{secrets.token_hex(4)}", outcome.coupon, "0"]
 
 
+def tree_cpu_seconds(pid):
+    """User + system CPU of a process and all its descendants, living or dead.
+
+    A worker that exited (recycled) and was reaped by its parent has its
+    CPU added to the parent's children times, so nothing it used is lost.
+    """
+    root = psutil.Process(pid)
+    total = 0.0
+    for process in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
 def measure(base_url, process, outcome, tag, options):
-    meter = CpuMeter(lambda: process_tree(process))
-    meter.start()
+    before = tree_cpu_seconds(process.pid)
     result = run_wrk(
         base_url,
         connections=options.connections,
@@ -139,8 +154,7 @@ def measure(base_url, process, outcome, tag, options):
         args=wrk_arguments(outcome, tag),
         tick=lambda: None,
     )
-    meter.sample()
-    cpu_seconds = sum(meter.latest[key] - meter.baseline[key] for key in meter.latest)
+    cpu_seconds = tree_cpu_seconds(process.pid) - before
     statuses = {int(code): count for code, count in result["statuses"].items()}
     unexpected = {code: n for code, n in statuses.items() if code != outcome.status}
     errors = sum(result["errors"].values())

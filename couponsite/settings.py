@@ -76,8 +76,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First and last: request latency, status and view metrics for /metrics.
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # First: request latency, status and view metrics for /metrics.
+    "couponsite.request_metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Binds a request_id to every log line of the request; after whitenoise,
@@ -86,14 +86,18 @@ MIDDLEWARE = [
     "django_structlog.middlewares.RequestMiddleware",
     "couponsite.middleware.RequestBodyLimitMiddleware",
     "couponsite.middleware.NulRefusalMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, authentication and messages: for the admin's pages only
+    # (ADMIN_PATH); the API, /health and /metrics go without.
+    "couponsite.middleware.AdminSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "couponsite.middleware.AdminAuthenticationMiddleware",
+    "couponsite.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+
+# Where the admin is served (couponsite/urls.py): the only pages with sessions.
+ADMIN_PATH = "/admin/"
 
 ROOT_URLCONF = "couponsite.urls"
 WSGI_APPLICATION = "couponsite.wsgi.application"

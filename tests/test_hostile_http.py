@@ -67,6 +67,14 @@ class HostileHttpTests(SimpleTestCase):
         raw = request("POST", "/api/coupons/claim", ["Content-Type: application/json", "Transfer-Encoding: chunked"])
         self.assert_json_error(raw + chunked, 411, "length_required")
 
+    def test_an_unknown_path_is_a_json_404_whatever_the_method(self):
+        # A POST used to meet Django's CSRF check (an HTML 403 page) before the 404.
+        body = json.dumps({"user_id": "u", "coupon_name": "PROMO"}).encode()
+        for method in ("GET", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"):
+            for path in ("/api/redemptions", "/api/v2/coupons/claim", "/nowhere"):
+                with self.subTest(method=method, path=path):
+                    self.assert_json_error(request(method, path, body=body), 404, "not_found")
+
     def test_without_a_database_the_api_answers_a_json_503(self):
         raw = request("POST", "/api/coupons/claim", body=json.dumps({"user_id": "u", "coupon_name": "P"}).encode())
         self.assert_json_error(raw, 503, "unavailable")
