@@ -7,7 +7,7 @@ BIN = $(VENV)/bin
 
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/gunicorn --config gunicorn.conf.py couponsite.wsgi
+	$(BIN)/python -m couponsite.serve
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto

@@ -17,8 +17,9 @@ figure's ratio to the first server's. CPU, not wall time, so that other
 work on the machine changes the figures little.
 
 `shipped` is the server the tree ships, started by its own entry point
-(couponsite/serve.py where it exists, gunicorn.conf.py before it), so
-the same script measures a tree before and after a change of server.
+(bench/flashsale.py's server_command: couponsite/serve.py, or
+gunicorn.conf.py in a tree from before it), so the same script measures a
+tree before and after the change of server.
 
 DATABASE_URL names the PostgreSQL database to use (the data is added to it);
 unset, a private cluster is made for the run and removed afterwards.
@@ -42,7 +43,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import psutil  # noqa: E402
-from flashsale import RESULTS_DIR, run_wrk  # noqa: E402
+from flashsale import RESULTS_DIR, run_wrk, server_command  # noqa: E402
 from outcomes import prepare  # noqa: E402
 
 from tests.faults.cluster import PrivateCluster  # noqa: E402
@@ -52,19 +53,22 @@ APPLICATION = "couponsite.wsgi:application"
 FLOOR = "floor_app:application"  # bench/floor_app.py
 
 
-def server_command(server, application, port, workers, threads):
+def server_arguments(server, application, port, workers, threads):
     """The command line and extra environment that start `server` with this shape."""
     python = sys.executable
-    if server == "shipped":
-        if (ROOT / "couponsite" / "serve.py").exists():
-            return [python, "-m", "couponsite.serve"], {"WEB_BIND": f"127.0.0.1:{port}", "WEB_THREADS": str(threads)}
-        server = "gunicorn"
-    if server == "gunicorn":
-        module = application.replace(":application", "")
-        return [python, "-m", "gunicorn", "--config", "gunicorn.conf.py", module], {
+    if server == "shipped":  # as bench/flashsale.py starts it
+        return server_command(), {
+            "WEB_BIND": f"127.0.0.1:{port}",
+            "WEB_THREADS": str(threads),
             "GUNICORN_BIND": f"127.0.0.1:{port}",
             "GUNICORN_THREADS": str(threads),
         }
+    if server == "gunicorn":  # threaded workers, as gunicorn.conf.py ran them before granian
+        return [
+            python, "-m", "gunicorn", "--worker-class", "gthread", "--workers", str(workers),
+            "--threads", str(threads), "--bind", f"127.0.0.1:{port}", "--backlog", "2048",
+            "--keep-alive", "5", application,
+        ], {}  # fmt: skip
     if server == "granian":
         return [
             python, "-m", "granian", "--interface", "wsgi", "--host", "127.0.0.1", "--port", str(port),
@@ -84,7 +88,7 @@ def server_command(server, application, port, workers, threads):
 @contextlib.contextmanager
 def serving(server, application, env, workers, threads):
     port = free_port()
-    command, extra = server_command(server, application, port, workers, threads)
+    command, extra = server_arguments(server, application, port, workers, threads)
     metrics_dir = tempfile.mkdtemp(prefix="couponsite-bench-metrics-")
     server_env = {
         **env,

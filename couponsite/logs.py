@@ -2,7 +2,7 @@
 
 Every line goes through the same structlog processors, whether it comes from
 a structlog logger (the claim outcomes, django-structlog's request events)
-or from standard logging (Django, gunicorn): each has a timestamp, a level,
+or from standard logging (Django, the web server): each has a timestamp, a level,
 the logger's name and, inside a request, the request's `request_id`.
 """
 
@@ -97,9 +97,3 @@ def logging_config(*, renderer, level):
             "django.request": {"level": "ERROR"},
         },
     }
-
-
-def restyle_handlers(logger: logging.Logger, renderer):
-    """Render the lines of a logger that set up its own handlers (gunicorn's) the same way."""
-    for handler in logger.handlers:
-        handler.setFormatter(structured_formatter(renderer))

@@ -10,11 +10,7 @@ from django.http import JsonResponse
 
 
 class ErrorCode(enum.StrEnum):
-    """Every `code` an error body can carry (the OpenAPI schema's enum).
-
-    gunicorn.conf.py writes "invalid", "forbidden" and "internal_error" by
-    hand: it runs before Django is set up.
-    """
+    """Every `code` an error body can carry (the OpenAPI schema's enum)."""
 
     INVALID = "invalid"
     NOT_FOUND = "not_found"

@@ -1,4 +1,4 @@
-"""The service as deployed — gunicorn with gunicorn.conf.py — in a process group of its own."""
+"""The service as deployed — `python -m couponsite.serve`, as `make run` starts it — in a process group of its own."""
 
 import http.client
 import json
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from tests.faults.cluster import children
 from tests.helpers import ROOT, free_port
 
+# The server's entry point (couponsite/serve.py), after the Python that runs it: `make run`'s.
+SERVE = ["-m", "couponsite.serve"]
 # Only these reach the service from the tests' environment: every setting
 # comes from the test itself, never from whoever runs it.
 INHERITED_VARIABLES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"}
@@ -54,7 +56,7 @@ def request(host, port, method, path, body=None, timeout=30):
 
 
 class Service:
-    """gunicorn serving couponsite.wsgi, configured by `environment` only.
+    """The web server (granian) serving couponsite.wsgi, configured by `environment` only.
 
     By default on a free port of 127.0.0.1. The cluster tests run app hosts
     in network namespaces: `launcher` prefixes the command (`ip netns exec
@@ -79,10 +81,10 @@ class Service:
 
     def __enter__(self):
         self.port = self.port or free_port()
-        self.environment["GUNICORN_BIND"] = f"{self.host}:{self.port}"
+        self.environment["WEB_BIND"] = f"{self.host}:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
-            [*self.launcher, sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+            [*self.launcher, sys.executable, *SERVE],
             cwd=ROOT,
             env=self.environment,
             stdout=self.log,
@@ -100,7 +102,7 @@ class Service:
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
         while self.request("GET", "/health", timeout=5).status is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{self.output()}")
+                raise RuntimeError(f"the server did not start:\n{self.output()}")
             time.sleep(0.2)
 
     def __exit__(self, *exc_info):
@@ -123,7 +125,7 @@ class Service:
         self.process = None
 
     def output(self):
-        """What gunicorn and the application logged so far."""
+        """What the server and the application logged so far."""
         self.log.seek(0)
         return self.log.read()
 
