@@ -48,15 +48,16 @@ class HostileHttpTests(SimpleTestCase):
     def test_requests_the_server_refuses_get_a_4xx_before_django(self):
         # granian (hyper) answers these itself, with an empty body: it has no hook for a JSON one.
         cases = {
-            "request line over the server's 408 KiB buffer": (request("GET", "/api/coupons/" + "x" * 500_000), 414),
-            "more than 100 headers": (request("GET", "/health", [f"X-Header-{i}: 1" for i in range(101)]), 431),
-            "not HTTP at all": (b"HELLO THERE\r\n\r\n", 400),
-            "bad Content-Length": (request("POST", "/api/coupons", ["Content-Length: lots"]), 400),
+            # 414 or 431, as the buffer fills before or after the line's end is parsed.
+            "request line over the server's 408 KiB buffer": (request("GET", "/api/x" + "x" * 500_000), {414, 431}),
+            "more than 100 headers": (request("GET", "/health", [f"X-Header-{i}: 1" for i in range(101)]), {431}),
+            "not HTTP at all": (b"HELLO THERE\r\n\r\n", {400}),
+            "bad Content-Length": (request("POST", "/api/coupons", ["Content-Length: lots"]), {400}),
         }
-        for label, (raw, status) in cases.items():
+        for label, (raw, statuses) in cases.items():
             with self.subTest(label):
                 answer_status, _, body = exchange(self.service.port, raw)
-                self.assertEqual(answer_status, status, body)
+                self.assertIn(answer_status, statuses, body)
                 self.assertNotIn(b"Traceback", body)
 
     def test_long_request_lines_and_headers_the_server_passes_on_get_a_json_answer(self):

@@ -122,11 +122,12 @@ class ServerTests(TransactionTestCase):
         replies = []
         with self.service(WEB_CONCURRENCY="1") as service:
             # Hold the coupon's row lock: the claim waits for it inside its transaction.
-            with psycopg.connect(subprocess_database_url().replace("postgres://", "postgresql://")) as holder:
+            url = subprocess_database_url()
+            with psycopg.connect(url) as holder, psycopg.connect(url, autocommit=True) as watcher:
                 holder.execute("SELECT 1 FROM coupons_coupon WHERE id = %s FOR UPDATE", [coupon.pk])
                 claimer = threading.Thread(target=lambda: replies.append(service.claim("alice", "STOP")))
                 claimer.start()
-                wait_for(lambda: self.waiting_for_a_lock(holder), "the claim never reached the row lock")
+                wait_for(lambda: self.waiting_for_a_lock(watcher), "the claim never reached the row lock")
                 os.kill(service.master_pid, signal.SIGTERM)
                 time.sleep(1)
                 self.assertIsNone(service.process.poll(), "the server stopped with a claim in flight")
