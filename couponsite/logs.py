@@ -26,7 +26,7 @@ def configure_structlog():
     # No line shows where a call was made from, nor the thread's name or
     # the process's id, so standard logging need not look them up for every
     # record (the logging HOWTO's "Optimization"): walking a request's
-    # stack to find the caller was a fifth of its request line's cost.
+    # stack to find the caller was a tenth of its request line's cost.
     logging._srcfile = None
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     structlog.configure(
