@@ -4,8 +4,9 @@
     python bench/flashsale.py                      # 3 runs of 15 s per scenario
     python bench/flashsale.py --runs 1 --duration 3   # a quick smoke run
 
-It starts the service the way production runs it (gunicorn with
-gunicorn.conf.py) on PostgreSQL — DATABASE_URL if set, else a private
+It starts the service the way production runs it (the tree's own server:
+`python -m couponsite.serve`, or gunicorn with gunicorn.conf.py in a tree
+from before it, so that one copy of this script measures both) on PostgreSQL — DATABASE_URL if set, else a private
 cluster it creates with initdb/pg_ctl and removes afterwards — and drives it
 with wrk (bench/claim.lua). In the same run it measures the ceilings on the
 same database: pgbench running the classic lock-then-write transaction,
@@ -66,16 +67,23 @@ def database_processes(url):
 # Server ------------------------------------------------------------------------
 
 
+def server_command():
+    """The command that serves this tree as `make run` does."""
+    if (ROOT / "couponsite" / "serve.py").exists():
+        return [sys.executable, "-m", "couponsite.serve"]
+    return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"]
+
+
 @contextlib.contextmanager
-def gunicorn_server(env):
+def web_server(env):
     port = free_port()
-    server_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    server_env = {**env, "WEB_BIND": f"127.0.0.1:{port}", "GUNICORN_BIND": f"127.0.0.1:{port}"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+        server_command(),
         cwd=ROOT,
         env=server_env,
         stdout=subprocess.DEVNULL,
-        stderr=open(RESULTS_DIR / "gunicorn.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=open(RESULTS_DIR / "server.log", "w"),  # noqa: SIM115 - closed with the process
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -87,7 +95,7 @@ def gunicorn_server(env):
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("gunicorn did not come up: see bench/results/gunicorn.log") from None
+                    raise SystemExit("the server did not come up: see bench/results/server.log") from None
                 time.sleep(0.2)
         yield base_url, process
     finally:
@@ -578,7 +586,9 @@ def write_results(summary, ratio_rows, all_runs, options, context):
     latency.barh(latency_names, [summary[n].p99_ms for n in latency_names], color="#cc6677")
     latency.set_xlabel("p99 latency (ms), median")
     latency.invert_yaxis()
-    figure.suptitle(f"flash-sale benchmark — {context['cpus']} CPUs, {context['gunicorn_workers']} gunicorn workers")
+    figure.suptitle(
+        f"flash-sale benchmark — {context['cpus']} CPUs, {context['workers']} workers ({context['server']})"
+    )
     figure.tight_layout()
     figure.savefig(RESULTS_DIR / "latest.png", dpi=100)
 
@@ -613,7 +623,7 @@ def main():
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        base_url, server = stack.enter_context(gunicorn_server(env))
+        base_url, server = stack.enter_context(web_server(env))
         benchmark = Benchmark(options, database_url, base_url, server)
         return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL")
 
@@ -660,7 +670,8 @@ def run_all(benchmark, options, database):
     print("\nthe claim's SQL, as replayed by pgbench:\n" + service_script)
     context = {
         "cpus": os.cpu_count(),
-        "gunicorn_workers": int(os.environ.get("WEB_CONCURRENCY", 2 * os.cpu_count() + 1)),
+        "server": " ".join(server_command()[1:]),
+        "workers": int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count()),
         "database": database,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
