@@ -399,13 +399,17 @@ def verify_claims(measurement, names, *, connections, allowed, stock, pool):
     return "; ".join(problems) or f"ok ({rows} claims, {uncounted} cut off in flight)"
 
 
+# A claim code for pgbench's rows: codes are unique, so a replayed script cannot send one drawn once.
+PGBENCH_CODE = "upper(substr(md5(random()::text), 1, 16))"
+
+
 def classic_transaction(coupon_id):
     return f"""\\set r random(1, 1000000000000)
 BEGIN;
 SELECT id, remaining_amount FROM coupons_coupon WHERE id = {coupon_id} FOR UPDATE;
 INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, order_id)
     VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now(),
-            upper(substr(md5(random()::text), 1, 16)), 'held', '');
+            {PGBENCH_CODE}, 'held', '');
 UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = {coupon_id};
 COMMIT;
 """
@@ -422,7 +426,7 @@ def service_transaction(coupon_name, *, group_size=1):
     from django.test.utils import CaptureQueriesContext
 
     from coupons.claim_groups import grant_claims
-    from coupons.models import Coupon
+    from coupons.models import Claim, Coupon
     from coupons.services import claim_coupon
 
     placeholders = [f"bench-user-placeholder-{i}" for i in range(group_size)]
@@ -432,11 +436,15 @@ def service_transaction(coupon_name, *, group_size=1):
             claim_coupon(user_id=placeholders[0], coupon_name=coupon_name)
         else:
             grant_claims(coupon_id=coupon_id, user_ids=placeholders)
+    # The codes the service drew, sent as literals: replayed, each would hit the codes' unique index.
+    codes = set(Claim.objects.filter(coupon_id=coupon_id, user_id__in=placeholders).values_list("code", flat=True))
     lines = ["\\set r random(1, 1000000000000)"]
     for query in queries.captured_queries:
         sql = query["sql"]
         for i, placeholder in enumerate(placeholders):
             sql = sql.replace(f"'{placeholder}'", f"('pgb-' || :client_id || '-' || :r || '-{i}')")
+        for code in codes:
+            sql = sql.replace(f"'{code}'", PGBENCH_CODE)
         sql = re.sub(r"'\d{4}-\d\d-\d\d[ T][\d:.+-]+'::timestamptz", "now()", sql)
         lines.append(sql.rstrip(";") + ";")
     return "\n".join(lines) + "\n"
