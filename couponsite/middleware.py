@@ -79,7 +79,7 @@ class AdminOnly:
     Sessions, authentication and messages are the admin's. The API,
     /health and /metrics are answered without them: they read the session
     cookie, wrap a lazy user and a message store on every request only to
-    throw them away (docs/performance-issue-15.md). An API view that does
+    throw them away (docs/performance.md). An API view that does
     accept an admin session loads it itself, when it is sent
     (coupons/api/permissions.py: SessionAuthentication), and DRF checks its
     CSRF token. The path decides, not the view: any view added outside the

@@ -1,11 +1,11 @@
-"""Request metrics for Prometheus: the series the README's queries and the Grafana dashboard read.
+"""Request metrics for Prometheus: the series docs/operator-guide.md (Metrics) and the Grafana dashboard read.
 
 django-prometheus's two middlewares update some fifteen series per request
 (by method, by transport, by charset, body sizes...), each update taking
 prometheus_client's one lock per process (in multiprocess mode, an mmap
 write under it): about a seventh of a refusal's CPU, and a lock every
-thread of a process queues for (docs/performance-issue-15.md). This one
-middleware keeps the three request series the README documents, under
+thread of a process queues for (docs/performance.md). This one
+middleware keeps the three request series the operator guide documents, under
 django-prometheus's names, labels, help texts and buckets, so that queries
 and dashboards read them as before, plus its exception counters; five
 updates per request, the labelled children looked up in a dict.

@@ -6,7 +6,7 @@ The one way the service is served: `make run`, the Dockerfile, both compose
 files and the tests' Service (tests/faults/service.py) start this, so they
 all run the same server the same way.
 
-Why granian (docs/performance-issue-15.md): measured side by side with
+Why granian (docs/performance.md): measured side by side with
 gunicorn's threaded workers and uWSGI, it answers a refusal with 0.8x
 gunicorn's CPU (uWSGI 0.75x), and its HTTP side is Rust, asynchronous: an
 idle keep-alive connection or a client sending its request slowly holds no

@@ -160,7 +160,7 @@ def database_settings(url):
         # each other within milliseconds), so a transaction idle that long
         # belongs to an app process that froze or lost its network while it
         # held a coupon's row lock: PostgreSQL ends it and frees the lock,
-        # and the claims of every other host go on (README, Deployment).
+        # and the claims of every other host go on (docs/deployment.md).
         idle_timeout_ms = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 2) * 1000
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),

@@ -15,7 +15,7 @@ def application(environ, start_response):
     granian writes a list's bytes in one call; any other iterable (Django
     answers with its response object) it walks from Rust through its
     response iterator, holding the GIL: a sixth of a worker's GIL time in a
-    refusal storm (docs/performance-issue-15.md). Closing the response ends
+    refusal storm (docs/performance.md). Closing the response ends
     the request (Django's request_finished), as the server would. Streamed
     answers (CSV exports) still stream.
     """
