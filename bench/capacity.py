@@ -4,12 +4,12 @@
     python bench/capacity.py                 # 3 runs of 10 s per measurement (medians)
     python bench/capacity.py --runs 1 --duration 3
 
-The service as it ships (gunicorn.conf.py) on a private PostgreSQL cluster,
+The service as it ships (bench/flashsale.py's web_server) on a private PostgreSQL cluster,
 driven by wrk through bench/flashsale.py's scenarios, with the CPU of the
-gunicorn processes and of the database processes metered:
+web server's processes and of the database processes metered:
 
 - claims/s and refusals/s (sold out: 400) per app-host core (requests per
-  CPU-second of the gunicorn processes);
+  CPU-second of the web server's processes);
 - the database's ceiling for one hot coupon and for 100 coupons (pgbench,
   the classic lock-then-write claim transaction), and the database CPU a
   claim and a refusal cost;
@@ -39,8 +39,8 @@ from flashsale import (  # noqa: E402
     Benchmark,
     Progress,
     classic_transaction,
-    gunicorn_server,
     service_transaction,
+    web_server,
 )
 
 from tests.faults.cluster import PrivateCluster  # noqa: E402
@@ -155,7 +155,7 @@ def main():
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        base_url, server = stack.enter_context(gunicorn_server(env))
+        base_url, server = stack.enter_context(web_server(env))
         report(measure(Benchmark(options, cluster.url, base_url, server), options))
 
 

@@ -4,6 +4,7 @@
 --   coupon names in TARGET; every request a new user, unless POOL > 0, in
 --   which case users are drawn from a pool of POOL ids (repeat claimers).
 -- MODE "get": GET the path TARGET.
+-- MODE "post": POST the JSON body given after TARGET (in POOL's place) to the path TARGET.
 -- Counts status codes per thread and prints one BENCH_RESULT JSON line.
 
 local threads = {}
@@ -22,13 +23,15 @@ function init(args)
   counter = 0
   statuses = {}
   if mode == "get" then
-    get_request = wrk.format("GET", target)
+    fixed_request = wrk.format("GET", target)
+  elseif mode == "post" then
+    fixed_request = wrk.format("POST", target, {["Content-Type"] = "application/json"}, args[4])
   end
 end
 
 function request()
-  if mode == "get" then
-    return get_request
+  if fixed_request then
+    return fixed_request
   end
   counter = counter + 1
   local coupon = coupons[(counter % #coupons) + 1]

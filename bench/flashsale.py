@@ -4,8 +4,9 @@
     python bench/flashsale.py                      # 3 runs of 15 s per scenario
     python bench/flashsale.py --runs 1 --duration 3   # a quick smoke run
 
-It starts the service the way production runs it (gunicorn with
-gunicorn.conf.py) on PostgreSQL — DATABASE_URL if set, else a private
+It starts the service the way production runs it (the tree's own server:
+`python -m couponsite.serve`, or gunicorn with gunicorn.conf.py in a tree
+from before it, so that one copy of this script measures both) on PostgreSQL — DATABASE_URL if set, else a private
 cluster it creates with initdb/pg_ctl and removes afterwards — and drives it
 with wrk (bench/claim.lua). In the same run it measures the ceilings on the
 same database: pgbench running the classic lock-then-write transaction,
@@ -66,16 +67,23 @@ def database_processes(url):
 # Server ------------------------------------------------------------------------
 
 
+def server_command():
+    """The command that serves this tree as `make run` does."""
+    if (ROOT / "couponsite" / "serve.py").exists():
+        return [sys.executable, "-m", "couponsite.serve"]
+    return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"]
+
+
 @contextlib.contextmanager
-def gunicorn_server(env):
+def web_server(env):
     port = free_port()
-    server_env = {**env, "GUNICORN_BIND": f"127.0.0.1:{port}"}
+    server_env = {**env, "WEB_BIND": f"127.0.0.1:{port}", "GUNICORN_BIND": f"127.0.0.1:{port}"}
     process = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
+        server_command(),
         cwd=ROOT,
         env=server_env,
         stdout=subprocess.DEVNULL,
-        stderr=open(RESULTS_DIR / "gunicorn.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=open(RESULTS_DIR / "server.log", "w"),  # noqa: SIM115 - closed with the process
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -87,7 +95,7 @@ def gunicorn_server(env):
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("gunicorn did not come up: see bench/results/gunicorn.log") from None
+                    raise SystemExit("the server did not come up: see bench/results/server.log") from None
                 time.sleep(0.2)
         yield base_url, process
     finally:
@@ -391,13 +399,17 @@ def verify_claims(measurement, names, *, connections, allowed, stock, pool):
     return "; ".join(problems) or f"ok ({rows} claims, {uncounted} cut off in flight)"
 
 
+# A claim code for pgbench's rows: codes are unique, so a replayed script cannot send one drawn once.
+PGBENCH_CODE = "upper(substr(md5(random()::text), 1, 16))"
+
+
 def classic_transaction(coupon_id):
     return f"""\\set r random(1, 1000000000000)
 BEGIN;
 SELECT id, remaining_amount FROM coupons_coupon WHERE id = {coupon_id} FOR UPDATE;
 INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, order_id)
     VALUES ('pgb-' || :client_id || '-' || :r, {coupon_id}, now(),
-            upper(substr(md5(random()::text), 1, 16)), 'held', '');
+            {PGBENCH_CODE}, 'held', '');
 UPDATE coupons_coupon SET remaining_amount = remaining_amount - 1 WHERE id = {coupon_id};
 COMMIT;
 """
@@ -414,7 +426,7 @@ def service_transaction(coupon_name, *, group_size=1):
     from django.test.utils import CaptureQueriesContext
 
     from coupons.claim_groups import grant_claims
-    from coupons.models import Coupon
+    from coupons.models import Claim, Coupon
     from coupons.services import claim_coupon
 
     placeholders = [f"bench-user-placeholder-{i}" for i in range(group_size)]
@@ -424,11 +436,15 @@ def service_transaction(coupon_name, *, group_size=1):
             claim_coupon(user_id=placeholders[0], coupon_name=coupon_name)
         else:
             grant_claims(coupon_id=coupon_id, user_ids=placeholders)
+    # The codes the service drew, sent as literals: replayed, each would hit the codes' unique index.
+    codes = set(Claim.objects.filter(coupon_id=coupon_id, user_id__in=placeholders).values_list("code", flat=True))
     lines = ["\\set r random(1, 1000000000000)"]
     for query in queries.captured_queries:
         sql = query["sql"]
         for i, placeholder in enumerate(placeholders):
             sql = sql.replace(f"'{placeholder}'", f"('pgb-' || :client_id || '-' || :r || '-{i}')")
+        for code in codes:
+            sql = sql.replace(f"'{code}'", PGBENCH_CODE)
         sql = re.sub(r"'\d{4}-\d\d-\d\d[ T][\d:.+-]+'::timestamptz", "now()", sql)
         lines.append(sql.rstrip(";") + ";")
     return "\n".join(lines) + "\n"
@@ -578,7 +594,9 @@ def write_results(summary, ratio_rows, all_runs, options, context):
     latency.barh(latency_names, [summary[n].p99_ms for n in latency_names], color="#cc6677")
     latency.set_xlabel("p99 latency (ms), median")
     latency.invert_yaxis()
-    figure.suptitle(f"flash-sale benchmark — {context['cpus']} CPUs, {context['gunicorn_workers']} gunicorn workers")
+    figure.suptitle(
+        f"flash-sale benchmark — {context['cpus']} CPUs, {context['workers']} workers ({context['server']})"
+    )
     figure.tight_layout()
     figure.savefig(RESULTS_DIR / "latest.png", dpi=100)
 
@@ -613,7 +631,7 @@ def main():
         from django.core.management import call_command
 
         call_command("migrate", verbosity=0)
-        base_url, server = stack.enter_context(gunicorn_server(env))
+        base_url, server = stack.enter_context(web_server(env))
         benchmark = Benchmark(options, database_url, base_url, server)
         return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL")
 
@@ -660,7 +678,8 @@ def run_all(benchmark, options, database):
     print("\nthe claim's SQL, as replayed by pgbench:\n" + service_script)
     context = {
         "cpus": os.cpu_count(),
-        "gunicorn_workers": int(os.environ.get("WEB_CONCURRENCY", 2 * os.cpu_count() + 1)),
+        "server": " ".join(server_command()[1:]),
+        "workers": int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count()),
         "database": database,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }

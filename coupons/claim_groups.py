@@ -12,8 +12,8 @@ the transaction, and its hold's deadline), one `F("remaining_amount") - n`
 update, one commit. A claim that arrives while nothing is in flight leads a
 group of one at once: a quiet service adds no wait.
 
-Groups need several requests in flight in one process: gunicorn runs
-threaded workers (gunicorn.conf.py says why and how many). Groups of
+Groups need several requests in flight in one process: the web server runs
+threaded workers (couponsite/serve.py says why and how many). Groups of
 different processes, or of different coupons, run side by side and meet
 only at the coupon row lock, which serialises them as it serialises single
 claims.
@@ -246,5 +246,5 @@ def _copy_of(exc):
     return duplicate
 
 
-# The process's groups (gunicorn forks its workers before any request: each has its own).
+# The process's groups (the server forks its workers before any request: each has its own).
 claim_groups = ClaimGroups()

@@ -83,7 +83,7 @@ stock_registry.register(ClaimStatusCollector())
 
 
 def metrics(request):
-    """django-prometheus's /metrics (every gunicorn worker added up), then the stock, read now."""
+    """django-prometheus's /metrics (every server worker added up), then the stock, read now."""
     response = ExportToDjangoView(request)
     response.content += generate_latest(stock_registry)
     return response

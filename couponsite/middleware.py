@@ -1,4 +1,7 @@
 from django.conf import settings
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.messages.middleware import MessageMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
 
 from coupons.api.error_codes import ErrorCode, json_error
 
@@ -68,3 +71,42 @@ def _holds_nul(body):
     DRF then reads a (refused) form body sent to the API.
     """
     return b"\x00" in body or b"%00" in body
+
+
+class AdminOnly:
+    """A middleware mixin: the middleware runs for the admin's pages, and nothing else.
+
+    Sessions, authentication and messages are the admin's. The API,
+    /health and /metrics are answered without them: they read the session
+    cookie, wrap a lazy user and a message store on every request only to
+    throw them away (docs/performance.md). An API view that does
+    accept an admin session loads it itself, when it is sent
+    (coupons/api/permissions.py: SessionAuthentication), and DRF checks its
+    CSRF token. The path decides, not the view: any view added outside the
+    admin gets the lean stack without asking for it. Subclasses of Django's
+    own classes, so that the admin's checks (admin.E408-E410) see them.
+    (CSRF stays on every path: it costs an API request next to nothing,
+    since DRF's views and the JSON 404 are exempt, and Django's deploy
+    check wants its own class.)
+    """
+
+    def __call__(self, request):
+        if is_admin_path(request):
+            return super().__call__(request)
+        return self.get_response(request)
+
+
+def is_admin_path(request):
+    return request.path_info.startswith(settings.ADMIN_PATH)
+
+
+class AdminSessionMiddleware(AdminOnly, SessionMiddleware):
+    pass
+
+
+class AdminAuthenticationMiddleware(AdminOnly, AuthenticationMiddleware):
+    pass
+
+
+class AdminMessageMiddleware(AdminOnly, MessageMiddleware):
+    pass

@@ -76,8 +76,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First and last: request latency, status and view metrics for /metrics.
-    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # First: request latency, status and view metrics for /metrics.
+    "couponsite.request_metrics.RequestMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Binds a request_id to every log line of the request; after whitenoise,
@@ -86,14 +86,18 @@ MIDDLEWARE = [
     "django_structlog.middlewares.RequestMiddleware",
     "couponsite.middleware.RequestBodyLimitMiddleware",
     "couponsite.middleware.NulRefusalMiddleware",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # Sessions, authentication and messages: for the admin's pages only
+    # (ADMIN_PATH); the API, /health and /metrics go without.
+    "couponsite.middleware.AdminSessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
-    "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "django.contrib.messages.middleware.MessageMiddleware",
+    "couponsite.middleware.AdminAuthenticationMiddleware",
+    "couponsite.middleware.AdminMessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "django_prometheus.middleware.PrometheusAfterMiddleware",
 ]
+
+# Where the admin is served (couponsite/urls.py): the only pages with sessions.
+ADMIN_PATH = "/admin/"
 
 ROOT_URLCONF = "couponsite.urls"
 WSGI_APPLICATION = "couponsite.wsgi.application"
@@ -146,8 +150,8 @@ def database_settings(url):
         config["ENGINE"] = "couponsite.postgresql"  # Django's, with the round-trip-free connection check
         # Bounds (seconds, 0: none) on one statement and on one wait for a
         # row lock: a stuck lock or a runaway query ends in an
-        # OperationalError, answered with a 503, instead of holding a worker
-        # until gunicorn kills it. Both are far above what a claim waits in
+        # OperationalError, answered with a 503, instead of holding a
+        # server thread without end. Both are far above what a claim waits in
         # a flash-sale queue (see docs/architecture.md, Timeouts).
         statement_timeout_ms = env_int("DATABASE_STATEMENT_TIMEOUT", 15) * 1000
         lock_timeout_ms = env_int("DATABASE_LOCK_TIMEOUT", 10) * 1000
@@ -156,7 +160,7 @@ def database_settings(url):
         # each other within milliseconds), so a transaction idle that long
         # belongs to an app process that froze or lost its network while it
         # held a coupon's row lock: PostgreSQL ends it and frees the lock,
-        # and the claims of every other host go on (README, Deployment).
+        # and the claims of every other host go on (docs/deployment.md).
         idle_timeout_ms = env_int("DATABASE_IDLE_IN_TRANSACTION_TIMEOUT", 2) * 1000
         config["OPTIONS"] = {
             "connect_timeout": env_int("DATABASE_CONNECT_TIMEOUT", 5),
@@ -230,7 +234,7 @@ APPEND_SLASH = False
 def cache_settings(redis_url):
     """CACHES: Redis at `redis_url` (django-redis), else local memory."""
     if not redis_url:
-        # Per process: with several gunicorn workers, each counts on its own.
+        # Per process: with several server workers, each counts on its own.
         return {
             "default": {
                 "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
@@ -333,7 +337,7 @@ if not DEBUG:
     CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", True)
     SESSION_COOKIE_HTTPONLY = True
     SECURE_REFERRER_POLICY = "same-origin"
-    # TLS is usually terminated by a proxy in front of gunicorn: these are
+    # TLS is usually terminated by a proxy in front of the server: these are
     # opt-in so that plain-HTTP local use keeps working.
     SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", False)
     SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 0)
@@ -348,7 +352,7 @@ if not DEBUG:
 # Request latency histograms (django-prometheus): a claim takes milliseconds,
 # so the buckets start at 1 ms for a meaningful p99.
 PROMETHEUS_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, float("inf"))
-# Under gunicorn, PROMETHEUS_MULTIPROC_DIR (set by gunicorn.conf.py) makes
+# Under the server, PROMETHEUS_MULTIPROC_DIR (set by couponsite/serve.py) makes
 # every worker write its metrics to files there, and /metrics adds them up.
 
 

@@ -1,3 +1,4 @@
+from django.conf import settings
 from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -6,12 +7,12 @@ from coupons import stock_metrics
 from couponsite import views
 
 urlpatterns = [
-    path("admin/", admin.site.urls),
+    path(settings.ADMIN_PATH.removeprefix("/"), admin.site.urls),
     re_path(r"^health/?$", views.health, name="health"),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("coupons.api.urls")),
-    # GET /metrics: Prometheus text format, every gunicorn worker added up,
+    # GET /metrics: Prometheus text format, every server worker added up,
     # and the stock of live coupons (read at scrape time).
     path("metrics", stock_metrics.metrics, name="prometheus-django-metrics"),
     # Every other path: a JSON 404, with DEBUG on as well as off.

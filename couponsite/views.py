@@ -2,6 +2,7 @@
 
 from django.db import DatabaseError, connection
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 
 from coupons.api.error_codes import ErrorCode, json_error
 
@@ -29,6 +30,9 @@ def permission_denied(request, exception=None):
     return json_error("Permission denied.", 403, ErrorCode.FORBIDDEN)
 
 
+# Exempt: a path that names nothing answers 404 whatever the method, never
+# a CSRF failure page (POST /api/anything-unknown included).
+@csrf_exempt
 def page_not_found(request, exception=None):
     return json_error("Not found.", 404, ErrorCode.NOT_FOUND)
 

@@ -1,4 +1,4 @@
-"""WSGI entry point, used by gunicorn (see gunicorn.conf.py)."""
+"""WSGI entry point, served by granian (see couponsite/serve.py)."""
 
 import os
 
@@ -6,4 +6,23 @@ from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "couponsite.settings")
 
-application = get_wsgi_application()
+django_application = get_wsgi_application()
+
+
+def application(environ, start_response):
+    """Django's WSGI application, a whole answer handed to the server as a list.
+
+    granian writes a list's bytes in one call; any other iterable (Django
+    answers with its response object) it walks from Rust through its
+    response iterator, holding the GIL: a sixth of a worker's GIL time in a
+    refusal storm (docs/performance.md). Closing the response ends
+    the request (Django's request_finished), as the server would. Streamed
+    answers (CSV exports) still stream.
+    """
+    response = django_application(environ, start_response)
+    if getattr(response, "streaming", True):
+        return response
+    try:
+        return [response.content]
+    finally:
+        response.close()

@@ -10,7 +10,7 @@ from django.test import TestCase
 @skipUnless(connection.vendor == "postgresql", "the check is the PostgreSQL backend's")
 class ConnectionCheckTests(TestCase):
     def setUp(self):
-        # A connection of its own, outside the test's transaction, as a gunicorn thread holds one.
+        # A connection of its own, outside the test's transaction, as a server thread holds one.
         self.other = connections.create_connection("default")
         self.addCleanup(self.other.close)
         self.other.ensure_connection()

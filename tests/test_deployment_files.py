@@ -1,22 +1,27 @@
 """docker compose cannot run here (no Docker engine), so check what the files reference."""
 
 import json
+import multiprocessing
 import os
 import re
-import runpy
 import shlex
 import shutil
 import subprocess
-import sys
 from unittest import mock, skipUnless
 
 import yaml
 from django.test import SimpleTestCase, TestCase, override_settings
+from granian import Granian
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.services import create_coupon
+from couponsite.serve import former_names_in_use, server_options
 from couponsite.settings import database_settings
+from tests.faults.service import SERVE
 from tests.helpers import ROOT
+
+# `make run`'s server command, as the image and the compose files run it too.
+SERVE_COMMAND = " ".join(["python", *SERVE])
 
 
 class DockerfileTests(SimpleTestCase):
@@ -37,12 +42,11 @@ class DockerfileTests(SimpleTestCase):
                 with self.subTest(source=source):
                     self.assertTrue((ROOT / source).exists(), f"COPY {source}: no such file")
 
-    def test_installs_the_pinned_requirements_and_runs_migrations_then_gunicorn(self):
+    def test_installs_the_pinned_requirements_and_runs_migrations_then_the_server(self):
         self.assertIn("pip install -r requirements.txt", self.instructions("RUN"))
         command = " ".join(self.instructions("CMD"))
-        self.assertLess(command.index("manage.py migrate"), command.index("gunicorn"))
-        self.assertIn("gunicorn.conf.py", command)
-        self.assertIn("couponsite.wsgi", command)
+        self.assertLess(command.index("manage.py migrate"), command.index(SERVE_COMMAND))
+        self.assertIn("WEB_BIND=0.0.0.0:8000", self.instructions("ENV"))
         self.assertIn("8000", " ".join(self.instructions("EXPOSE")))
 
     def test_every_runtime_requirement_is_pinned(self):
@@ -113,33 +117,53 @@ class ComposeTests(SimpleTestCase):
         self.assertEqual(self.services["web"]["environment"]["LOG_FORMAT"], "json")
 
 
-# The defaults, whatever the environment running the tests says.
-@mock.patch.dict(os.environ, {"GUNICORN_TIMEOUT": "", "DATABASE_CONNECT_TIMEOUT": "", "DATABASE_POOL_TIMEOUT": ""})
-class GunicornConfigTests(SimpleTestCase):
-    def test_gunicorn_accepts_the_config_and_loads_the_application(self):
-        result = subprocess.run(
-            [sys.executable, "-m", "gunicorn", "--check-config", "--config", "gunicorn.conf.py", "couponsite.wsgi"],
-            cwd=ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+class ServerConfigTests(SimpleTestCase):
+    """couponsite/serve.py: what it asks of granian, from the environment (tests/test_server.py runs it)."""
 
-    def test_workers_recycle_and_outlive_the_longest_database_wait(self):
-        config = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    def options(self, **environment):
+        return server_options({name: value for name, value in environment.items() if value is not None})
+
+    def test_the_defaults(self):
+        options = self.options()
+        self.assertEqual((options["address"], options["port"]), ("127.0.0.1", 8000))
+        self.assertEqual(options["target"], "couponsite.wsgi:application")
+        self.assertEqual(options["interface"], "wsgi")
+        self.assertEqual(options["workers"], multiprocessing.cpu_count())
+        self.assertEqual(options["blocking_threads"], 16)
+        self.assertTrue(options["respawn_failed_workers"])
+        self.assertEqual((options["workers_lifetime"], options["workers_max_rss"]), (3600, 1024))
+        self.assertFalse(options["log_access"])
+
+    def test_settings_and_the_gunicorn_names_they_replace(self):
+        new = self.options(WEB_BIND="[::]:9000", WEB_THREADS="8", WEB_TIMEOUT="40", WEB_ACCESS_LOG="-")
+        former = self.options(
+            GUNICORN_BIND="[::]:9000", GUNICORN_THREADS="8", GUNICORN_TIMEOUT="40", GUNICORN_ACCESS_LOG="-"
+        )
+        for options in (new, former):
+            self.assertEqual((options["address"], options["port"], options["blocking_threads"]), ("::", 9000, 8))
+            self.assertEqual(options["workers_kill_timeout"], 40)
+            self.assertTrue(options["log_access"])
+        self.assertEqual(self.options(WEB_THREADS="4", GUNICORN_THREADS="8")["blocking_threads"], 4)
+        self.assertEqual(former_names_in_use({"GUNICORN_THREADS": "8"}), [("GUNICORN_THREADS", "WEB_THREADS")])
+        self.assertEqual(former_names_in_use({"GUNICORN_THREADS": "8", "WEB_THREADS": "4"}), [])
+        off = self.options(WEB_WORKER_LIFETIME="0", WEB_WORKER_MAX_RSS="0")
+        self.assertEqual((off["workers_lifetime"], off["workers_max_rss"]), (None, None))
+
+    @mock.patch.dict(os.environ, {"DATABASE_CONNECT_TIMEOUT": "", "DATABASE_POOL_TIMEOUT": ""})
+    def test_a_stopping_worker_outlives_the_longest_database_wait(self):
+        options = self.options()
         with mock.patch.dict(os.environ, {"DATABASE_POOL_MAX_SIZE": "4", "DATABASE_STATEMENT_TIMEOUT": ""}):
-            options = database_settings("postgres://u@db.example/coupons")["OPTIONS"]
-        statement_timeout = int(re.search(r"statement_timeout=(\d+)", options["options"])[1]) / 1000
+            database = database_settings("postgres://u@db.example/coupons")["OPTIONS"]
+        statement_timeout = int(re.search(r"statement_timeout=(\d+)", database["options"])[1]) / 1000
         # The longest a request waits on the database: for a connection, then for one statement.
-        longest_wait = max(options["connect_timeout"], options["pool"]["timeout"]) + statement_timeout
-
+        longest_wait = max(database["connect_timeout"], database["pool"]["timeout"]) + statement_timeout
         self.assertGreater(
-            config["timeout"], longest_wait, "a slow database must get clients a 503, not a killed worker"
+            options["workers_kill_timeout"], longest_wait, "a graceful stop must not cut off an answer on its way"
         )
-        self.assertGreater(config["max_requests"], 0)
-        self.assertTrue(config["control_socket_disable"])
+
+    def test_granian_accepts_the_options(self):
+        server = Granian(**self.options())
+        self.assertEqual(server.blocking_threads, 16)
 
 
 def compose_config(path):
@@ -165,16 +189,15 @@ class ClusterComposeTests(SimpleTestCase):
     def setUp(self):
         self.compose = yaml.safe_load((ROOT / "docker-compose.cluster.yml").read_text())
         self.services = self.compose["services"]
-        self.app_hosts = [name for name, s in self.services.items() if "gunicorn" in s.get("command", [])]
+        self.app_hosts = [name for name, s in self.services.items() if s.get("command") == SERVE_COMMAND.split()]
         self.database_hosts = [name for name, s in self.services.items() if "PATRONI_NAME" in s.get("environment", {})]
 
-    def test_app_hosts_run_the_shipped_gunicorn_config_and_reach_the_primary_through_haproxy(self):
+    def test_app_hosts_run_the_shipped_server_and_reach_the_primary_through_haproxy(self):
         self.assertGreaterEqual(len(self.app_hosts), 2)
         for name in self.app_hosts:
             with self.subTest(app_host=name):
                 service = self.services[name]
                 self.assertEqual(service["build"], ".")
-                self.assertEqual(service["command"], ["gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"])
                 url = service["environment"]["DATABASE_URL"]
                 self.assertRegex(url, r"^postgres://postgres:[^@]+@lb:5000/coupons$")
                 self.assertIn(name, service["environment"]["ALLOWED_HOSTS"].split(","))
@@ -279,10 +302,11 @@ class HoldExpiryWorkerTests(SimpleTestCase):
 
     WORKER_COMMAND = ["python", "manage.py", "expire_holds"]
 
-    def test_the_procfile_runs_the_web_server_and_the_worker(self):
+    def test_the_procfile_runs_the_web_server_as_the_image_does_and_the_worker(self):
         lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line and not line.startswith("#")]
         processes = dict(line.split(": ", 1) for line in lines)
-        self.assertEqual(processes["web"], "gunicorn --config gunicorn.conf.py couponsite.wsgi")
+        # make run puts the venv's commands first on PATH: `python` is the venv's.
+        self.assertEqual(processes["web"], SERVE_COMMAND)
         self.assertEqual(processes["expire_holds"].split(), self.WORKER_COMMAND)
 
     def test_make_run_migrates_then_starts_the_procfile_with_honcho(self):

@@ -2,7 +2,7 @@
 
 For each operation, requests that follow the schema (positive) and, where
 the operation takes input, requests that break it (negative) go to the WSGI
-application that gunicorn serves. Every answer must be no 5xx, a documented
+application that the server serves. Every answer must be no 5xx, a documented
 status code with a JSON body matching that status code's schema and
 documented headers, and every schema-breaking request must be refused with
 a 4xx. Run with `-o log_cli=true --log-cli-level=INFO` to see how many

@@ -1,8 +1,8 @@
 """The service through PgBouncer 1.18 in transaction mode, configured by deploy/pgbouncer.ini as shipped.
 
 Real processes: a private PostgreSQL cluster, PgBouncer (Debian's), and
-gunicorn with the service's default settings (server-side binding on).
-More gunicorn workers than PgBouncer has server connections, so claims
+the server (couponsite/serve.py) with the service's default settings (server-side binding on).
+More server workers than PgBouncer has server connections, so claims
 share server connections transaction by transaction.
 """
 

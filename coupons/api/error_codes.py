@@ -12,9 +12,9 @@ from django.http import JsonResponse
 class ErrorCode(enum.StrEnum):
     """Every `code` an error body can carry (the OpenAPI schema's enum).
 
-    gunicorn.conf.py writes "invalid", "forbidden" and "internal_error" by
-    hand: it runs before Django is set up; so do HAProxy's error files
-    (deploy/haproxy-errors).
+    HAProxy's error files (deploy/haproxy-errors) write "invalid",
+    "forbidden", "request_timeout", "internal_error" and "unavailable" by
+    hand: they are served without Django.
     """
 
     INVALID = "invalid"

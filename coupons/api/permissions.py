@@ -2,10 +2,43 @@
 and who may release claims and undo redemptions (never anyone: staff, or an API key with the scope)."""
 
 from django.conf import settings
-from rest_framework.authentication import SessionAuthentication, TokenAuthentication
+from django.contrib.auth.middleware import AuthenticationMiddleware
+from django.contrib.sessions.middleware import SessionMiddleware
+from drf_spectacular.authentication import SessionScheme
+from rest_framework import authentication
+from rest_framework.authentication import TokenAuthentication
 from rest_framework.permissions import IsAdminUser
 
 from coupons.api.key_access import ApiKeyAuthentication, KeyWithScope
+
+
+class SessionAuthentication(authentication.SessionAuthentication):
+    """DRF's session authentication (the admin's session, with its CSRF token checked by DRF), for the API.
+
+    The API is served without the session and authentication middlewares
+    (couponsite/middleware.py: AdminOnly), so the session and the user are
+    loaded here, as those middlewares would load them, and only for the
+    views that accept a session.
+    """
+
+    def authenticate(self, request):
+        django_request = request._request
+        if not hasattr(django_request, "session"):
+            _load_session.process_request(django_request)
+            _load_user.process_request(django_request)
+        return super().authenticate(request)
+
+
+# Only their process_request is called: a session read never needs the response's cookie.
+_load_session = SessionMiddleware(lambda request: None)
+_load_user = AuthenticationMiddleware(lambda request: None)
+
+
+class SessionAuthenticationScheme(SessionScheme):
+    """The schema documents it as drf-spectacular documents DRF's (cookieAuth)."""
+
+    target_class = SessionAuthentication
+    priority = 0
 
 
 class StaffOnlyWhenRestricted:

@@ -1,7 +1,7 @@
 """Running the documentation's examples: against the service as `make run` starts it, on a fresh database.
 
 `make run` runs the Procfile's processes under honcho: the web server
-(gunicorn with gunicorn.conf.py) and the hold expiry worker; so does
+(`python -m couponsite.serve`: granian) and the hold expiry worker; so does
 `MakeRunService`. Commands talk to http://127.0.0.1:8000, where `make run`
 serves; here that address is rewritten to the server's free port, and the
 page's commands run in order, in one bash, as a person's shell would after

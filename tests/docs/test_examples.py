@@ -140,7 +140,7 @@ def test_a_json_body_may_be_laid_out_but_not_reordered():
 
 
 def test_headers_other_than_transport_ones_must_be_shown():
-    sent = "HTTP/1.1 201 Created\r\nServer: gunicorn\r\nDate: today\r\nContent-Type: application/json\r\n\r\n{}"
+    sent = "HTTP/1.1 201 Created\r\nServer: granian\r\nDate: today\r\nContent-Type: application/json\r\n\r\n{}"
     assert differences("HTTP/1.1 201 Created\nContent-Type: application/json\n\n{}", sent, Bindings()) == []
     with_header = sent.replace("Date: today", "Date: today\r\nRetry-After: 3")
     assert differences("HTTP/1.1 201 Created\nContent-Type: application/json\n\n{}", with_header, Bindings()) == [

@@ -19,8 +19,11 @@ from tests.helpers import ROOT, manage
 README = ROOT / "README.md"
 SCHEMA = DOCS / "openapi.yaml"
 # Where the settings read the environment: the configuration table must list every variable they read.
-SETTINGS_FILES = [ROOT / "couponsite" / "settings.py", ROOT / "gunicorn.conf.py"]
-ENVIRONMENT_READ = re.compile(r"""(?:env_\w+\(|environ(?:\.get)?[(\[])\s*["']([A-Z][A-Z0-9_]+)["']""")
+SETTINGS_FILES = [ROOT / "couponsite" / "settings.py", ROOT / "couponsite" / "serve.py"]
+# The settings' env_*() helpers, the server's setting() and integer_setting(), os.environ itself.
+ENVIRONMENT_READ = re.compile(
+    r"""(?:env_\w+\(|\b(?:integer_)?setting\(|environ(?:\.get)?[(\[])\s*["']([A-Z][A-Z0-9_]+)["']"""
+)
 MARKDOWN_LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 

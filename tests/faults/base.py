@@ -11,7 +11,7 @@ logger = logging.getLogger("tests.faults")
 
 
 class FaultTestCase(SimpleTestCase):
-    """Tests against the service in gunicorn on a private cluster of their own.
+    """Tests against the service in its server (tests/faults/service.py) on a private cluster of their own.
 
     The test process never touches the shared test database: it reads the
     private cluster directly with psycopg. `cluster_settings` are the

@@ -1,4 +1,4 @@
-"""The service as deployed — gunicorn with gunicorn.conf.py — in a process group of its own."""
+"""The service as deployed — `python -m couponsite.serve`, as `make run` starts it — in a process group of its own."""
 
 import http.client
 import json
@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from tests.faults.cluster import children
 from tests.helpers import ROOT, free_port
 
+# The server's entry point (couponsite/serve.py), after the Python that runs it: `make run`'s.
+SERVE = ["-m", "couponsite.serve"]
 # Only these reach the service from the tests' environment: every setting
 # comes from the test itself, never from whoever runs it.
 INHERITED_VARIABLES = {"PATH", "HOME", "LANG", "LC_ALL", "TMPDIR"}
@@ -54,7 +56,7 @@ def request(host, port, method, path, body=None, timeout=30):
 
 
 class Service:
-    """gunicorn serving couponsite.wsgi, configured by `environment` only.
+    """The web server (granian) serving couponsite.wsgi, configured by `environment` only.
 
     By default on a free port of 127.0.0.1. The cluster tests run app hosts
     in network namespaces: `launcher` prefixes the command (`ip netns exec
@@ -79,7 +81,7 @@ class Service:
 
     def __enter__(self):
         self.port = self.port or free_port()
-        self.environment["GUNICORN_BIND"] = f"{self.host}:{self.port}"
+        self.environment["WEB_BIND"] = f"{self.host}:{self.port}"
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [*self.launcher, *self.command()],
@@ -97,14 +99,14 @@ class Service:
         return self
 
     def command(self):
-        """What runs the service (after the launcher): gunicorn, as the Procfile's `web:` line starts it."""
-        return [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "couponsite.wsgi"]
+        """What runs the service (after the launcher): the web server, as the Procfile's `web:` line starts it."""
+        return [sys.executable, *SERVE]
 
     def _wait_until_serving(self):
         deadline = time.monotonic() + BOOT_TIMEOUT_SECONDS
         while self.request("GET", "/health", timeout=5).status is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"gunicorn did not start:\n{self.output()}")
+                raise RuntimeError(f"the server did not start:\n{self.output()}")
             time.sleep(0.2)
 
     def __exit__(self, *exc_info):
@@ -127,7 +129,7 @@ class Service:
         self.process = None
 
     def output(self):
-        """What gunicorn and the application logged so far."""
+        """What the server and the application logged so far."""
         self.log.seek(0)
         return self.log.read()
 

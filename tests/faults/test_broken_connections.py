@@ -1,6 +1,6 @@
 """A database restart breaks every idle persistent connection; the next request on each reconnects instead of failing.
 
-The service keeps one connection per gunicorn thread (DATABASE_CONN_MAX_AGE).
+The service keeps one connection per server thread (DATABASE_CONN_MAX_AGE).
 After the database restarts (or Patroni fails over: tests/cluster), those
 connections are dead, and a thread that was idle through the outage meets its
 dead connection at its next request, maybe minutes later. With the health
@@ -47,7 +47,7 @@ class BrokenConnectionTests(FaultTestCase):
         return broken, after
 
     def test_with_the_health_check_no_request_meets_a_broken_connection(self):
-        with Service(self.cluster.url, WEB_CONCURRENCY="1", GUNICORN_THREADS=str(THREADS)) as service:
+        with Service(self.cluster.url, WEB_CONCURRENCY="1", WEB_THREADS=str(THREADS)) as service:
             broken, after = self.restart_under(service, "BROKEN CONNECTIONS CHECKED")
         self.assertEqual(after, {201: THREADS * CLAIMS_PER_THREAD})
         logger.info("health check on: %d connections broken by a restart; the %d claims after it: %s",
@@ -56,7 +56,7 @@ class BrokenConnectionTests(FaultTestCase):
     def test_without_it_each_broken_connection_fails_a_request(self):
         """The control: the same restart with the check off costs 503s, so the test above can fail."""
         with Service(
-            self.cluster.url, WEB_CONCURRENCY="1", GUNICORN_THREADS=str(THREADS), DATABASE_CONN_HEALTH_CHECKS="0"
+            self.cluster.url, WEB_CONCURRENCY="1", WEB_THREADS=str(THREADS), DATABASE_CONN_HEALTH_CHECKS="0"
         ) as service:
             broken, after = self.restart_under(service, "BROKEN CONNECTIONS UNCHECKED")
         self.assertGreater(after[503], 0, after)

@@ -1,10 +1,10 @@
 """The database goes away in the middle of a flash sale, and comes back.
 
-A crowd of clients claims one coupon through gunicorn while the private
+A crowd of clients claims one coupon through the server while the private
 cluster is stopped cleanly, crashed, or killed outright. Throughout:
 answers are JSON (201, or 503 with Retry-After), none hangs; no claim
 reported as a success is lost; stock arithmetic stays exact. Once the
-database is back, the same gunicorn processes serve claims again within
+database is back, the same server processes serve claims again within
 seconds, and /health goes 503 -> 200. Claims that got a 503 are retried:
 each gets 201, or 409 when its commit had gone through after all, never a
 second unit.
@@ -122,7 +122,7 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
                 lambda: len(load.answered_since(back_at, 201)) >= SUCCESSES_AFTER_RECOVERY, "claims to flow again"
             )
 
-        self.assertIsNone(self.service.process.poll(), "gunicorn is still running")
+        self.assertIsNone(self.service.process.poll(), "the server is still running")
         self.assertEqual(self.service.workers(), workers, "no worker was restarted")
         self.assertEqual(health_while_down.status, 503)
         self.assertEqual(

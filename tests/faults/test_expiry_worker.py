@@ -52,7 +52,7 @@ class ExpiryWorker:
 
 
 class ExpiryThroughAnOutageTests(FaultTestCase):
-    # gunicorn's 2 x 16 threads, two workers, the test's own reads.
+    # The server's 2 x 16 threads, two expiry workers, the test's own reads.
     cluster_settings = {"max_connections": 60}
 
     def test_redemptions_and_expiries_through_a_killed_database(self):

@@ -3,7 +3,9 @@
 Lost between the database and the service (the database commits, the
 service's connection dies before the answer arrives: the service answers 503)
 or between the service and the client (the client hangs up before reading
-its 201): either way the retry gets 409, never a second unit.
+its 201): either way the retry gets 409, never a second unit. (A request
+whose client hung up before the server handed it to the application may
+also never run at all: granian drops it. The retry is then the claim.)
 """
 
 import json
@@ -16,6 +18,8 @@ from tests.faults.service import Service
 
 ROUNDS = 5
 WAIT_SECONDS = 30
+# Ample for a claim on an idle service to commit; a claim not committed by then was dropped unrun.
+SETTLE_SECONDS = 3
 
 
 class LostAnswerTests(FaultTestCase):
@@ -58,7 +62,7 @@ class LostAnswerTests(FaultTestCase):
     def test_the_client_hangs_up_before_reading_its_answer(self):
         name = "LOST HTTP ANSWER"
         self.create_coupon(self.service, name, 2 * ROUNDS)
-        users = []
+        users, dropped = [], 0
         for round_number in range(ROUNDS):
             with self.subTest(round=round_number):
                 user = f"user_{round_number}"
@@ -68,15 +72,16 @@ class LostAnswerTests(FaultTestCase):
                         b"POST /api/coupons/claim HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                         b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
                     )
-                # Hung up unanswered; the service carries on and commits.
-                deadline = time.monotonic() + WAIT_SECONDS
+                # Hung up unanswered: the service either carries on and commits, or drops the request unrun.
+                deadline = time.monotonic() + SETTLE_SECONDS
                 while user not in self.claimers(name) and time.monotonic() < deadline:
                     time.sleep(0.05)
-                users.append(user)
-                self.assert_one_claim_each(name, users, 2 * ROUNDS)
+                committed = user in self.claimers(name)
+                dropped += not committed
 
                 retry = self.service.claim(user, name)
 
-                self.assertEqual(retry.status, 409, retry)
+                self.assertIn(retry.status, {409} if committed else {201, 409}, retry)
+                users.append(user)
                 self.assert_one_claim_each(name, users, 2 * ROUNDS)
-        logger.info("HTTP answers abandoned by the client: %d", ROUNDS)
+        logger.info("HTTP answers abandoned by the client: %d, of which %d requests dropped unrun", ROUNDS, dropped)

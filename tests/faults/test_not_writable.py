@@ -36,7 +36,7 @@ class ReadOnlyDatabaseTests(FaultTestCase):
     @classmethod
     def setUpClass(cls):
         super().setUpClass()
-        cls.service = cls.enterClassContext(Service(cls.cluster.url, WEB_CONCURRENCY="1", GUNICORN_THREADS="4"))
+        cls.service = cls.enterClassContext(Service(cls.cluster.url, WEB_CONCURRENCY="1", WEB_THREADS="4"))
 
     def set_read_only(self, read_only):
         self.cluster.reconfigure("default_transaction_read_only", "on" if read_only else None)

@@ -33,7 +33,7 @@ class DatabaseTimeoutTests(FaultTestCase):
             Service(
                 cls.cluster.url,
                 WEB_CONCURRENCY="1",
-                GUNICORN_THREADS="4",
+                WEB_THREADS="4",
                 DATABASE_POOL_MAX_SIZE="1",
                 DATABASE_POOL_TIMEOUT=str(POOL_TIMEOUT),
                 **limits,

@@ -1,4 +1,4 @@
-"""The stress scenarios through real HTTP: against a live multi-threaded server, and against gunicorn.
+"""The stress scenarios through real HTTP: against a live multi-threaded server, and against the shipped server.
 
 Every request is its own TCP connection, opened before the start line; the
 server answers each on its own thread with its own database connection, so
@@ -119,8 +119,9 @@ class HttpStressTests(HttpClaims, StressScenarios, LiveServerTestCase):
         self.server_address = (parts.hostname, parts.port)
 
 
-class ServedByGunicorn:
-    """A TransactionTestCase mixin: the class's requests go to gunicorn with gunicorn.conf.py, as it ships.
+class ServedByShippedServer:
+    """A TransactionTestCase mixin: the class's requests go to the server as it ships, couponsite/serve.py
+    (granian's threaded workers).
 
     It runs in processes of its own, so it needs a database they can share:
     PostgreSQL (an SQLite test database lives in this process's memory).
@@ -145,12 +146,12 @@ class ServedByGunicorn:
 
     def setUp(self):
         if self.service is None:
-            self.skipTest("gunicorn in another process needs a shared database: PostgreSQL")
+            self.skipTest("the server in another process needs a shared database: PostgreSQL")
         super().setUp()
 
 
-class GunicornStressTests(ServedByGunicorn, HttpClaims, StressScenarios, TransactionTestCase):
-    """The scenarios against the server as it ships: gunicorn with gunicorn.conf.py (threaded workers)."""
+class ShippedServerStressTests(ServedByShippedServer, HttpClaims, StressScenarios, TransactionTestCase):
+    """The scenarios against the server as it ships."""
 
     def test_flash_sale_fifty_users_race_for_five(self):
         groups_before, claims_before = self.service.claim_groups()

@@ -1,7 +1,7 @@
 """Redemption and expiry under concurrency, on real threads with real connections (PostgreSQL and SQLite).
 
 - One code, redeemed by 50 callers at once: exactly one 201, 49 x 409 — through the service, over HTTP to a
-  threaded live server, and (PostgreSQL) to gunicorn as it ships.
+  threaded live server, and (PostgreSQL) to the server as it ships.
 - A sale with holds: 200 users claim, most redeem (some just before, some just after their deadline), some
   never do, two expiry workers (two app hosts) run passes all along, and a reader checks
   `remaining_amount + held + redeemed = amount` at every instant it samples. Afterwards: every redemption
@@ -31,7 +31,7 @@ from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.selectors import get_coupon_detail
 from coupons.services import claim_coupon, create_coupon, redeem_claim
 from tests.stress.base import REPETITIONS, OneStressClassAtATime, run_simultaneously
-from tests.stress.test_http import RoomyLiveServerThread, ServedByGunicorn
+from tests.stress.test_http import RoomyLiveServerThread, ServedByShippedServer
 
 logger = logging.getLogger(__name__)
 
@@ -118,7 +118,9 @@ class HttpRedemptionStressTests(HttpRedemptions, OneCodeRedeemedAtOnce, LiveServ
         self.server_address = (parts.hostname, parts.port)
 
 
-class GunicornRedemptionStressTests(ServedByGunicorn, HttpRedemptions, OneCodeRedeemedAtOnce, TransactionTestCase):
+class ShippedServerRedemptionStressTests(
+    ServedByShippedServer, HttpRedemptions, OneCodeRedeemedAtOnce, TransactionTestCase
+):
     pass
 
 
