@@ -116,6 +116,9 @@ class Network:
         ip("-n", namespace, "address", "add", f"{address}/24", "dev", "eth0")
         ip("-n", namespace, "link", "set", "eth0", "up")
         ip("-n", namespace, "link", "set", "lo", "up")
+        # As docs/deployment.md asks of an app host (harmless on the others): a
+        # recycled worker's queued connections go to its siblings, not reset.
+        ip("netns", "exec", namespace, "sysctl", "-qw", "net.ipv4.tcp_migrate_req=1")
         self.hosts[name] = address
         return address
 

@@ -273,7 +273,7 @@ class Topology:
             host=self.address(name),
             port=APP_PORT,
             WEB_CONCURRENCY=str(self.app_workers),
-            GUNICORN_THREADS=str(self.app_threads),
+            WEB_THREADS=str(self.app_threads),
             # Clients reach it through the lb; Prometheus scrapes it by its own address.
             ALLOWED_HOSTS=f"{self.address('lb')},{self.address(name)},localhost",
             NUM_PROXIES="1",
