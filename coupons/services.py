@@ -14,26 +14,38 @@ from coupons.exceptions import (
     CouponNotFound,
     OutOfStock,
 )
+from coupons.idempotency import Attempt
 from coupons.models import Claim, ClaimRelease, Coupon
+from coupons.outbox import CLAIM_RELEASED, COUPON_CREATED, COUPON_RESTOCKED, COUPON_SOLD_OUT, NewEvent, record_events
+from coupons.sale_windows import format_utc
 from coupons.selectors import get_claim_eligibility
 
 
 def create_coupon(
     *, name: str, amount: int, starts_at: datetime | None = None, ends_at: datetime | None = None
 ) -> Coupon:
-    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at)."""
+    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at); with its
+    `coupon.created` event."""
     try:
         # A savepoint, so that a duplicate name leaves any caller's
         # transaction usable.
         with transaction.atomic():
-            return Coupon.objects.create(name=name, amount=amount, starts_at=starts_at, ends_at=ends_at)
+            coupon = Coupon.objects.create(name=name, amount=amount, starts_at=starts_at, ends_at=ends_at)
+            window = {"starts_at": format_utc(starts_at), "ends_at": format_utc(ends_at)}
+            record_events(
+                coupon_id=coupon.pk,
+                coupon_name=name,
+                events=[NewEvent(COUPON_CREATED, {"amount": amount, **window})],
+            )
+            coupon.last_event_sequence = 1
+            return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
             raise CouponAlreadyExists() from exc
         raise
 
 
-def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
+def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None = None) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
     Most requests of a flash sale are refused, so refusals come first, from
@@ -52,7 +64,9 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     commit. Claims of one coupon pass the lock one group at a time, each
     seeing the previous one's result: stock is never oversold, and the
     unique (coupon, user_id) index backs the one-claim-per-user rule in the
-    database itself.
+    database itself. The group's transaction also writes a `claim.granted`
+    event per winner (and `coupon.sold_out` when the last unit goes), and
+    the answer of a claim sent with an Idempotency-Key (`idempotency`).
     """
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
@@ -60,7 +74,7 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     eligibility.window.check_open(eligibility.now)
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
-    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id)
+    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id, attempt=idempotency)
 
 
 def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
@@ -71,7 +85,8 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
     claimed, so `remaining_amount` stays within 0..amount. The coupon row is
     locked as claim_coupon locks it, so a restock and concurrent claims apply
     one after the other and none of their changes is lost. `amount` must
-    already have passed the model field's validators (1..MAX_AMOUNT).
+    already have passed the model field's validators (1..MAX_AMOUNT). Writes
+    `coupon.restocked` (and `coupon.sold_out` if no stock is left now).
     """
     with transaction.atomic():
         try:
@@ -81,9 +96,19 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
         claimed = coupon.claimed_amount
         if amount < claimed:
             raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        remaining_before, amount_before = coupon.remaining_amount, coupon.amount
         coupon.remaining_amount = amount - claimed
         coupon.amount = amount
         coupon.save(update_fields=["amount", "remaining_amount"])
+        events = [
+            NewEvent(
+                COUPON_RESTOCKED,
+                {"amount_before": amount_before, "amount": amount, "remaining_amount": coupon.remaining_amount},
+            )
+        ]
+        if remaining_before > 0 and coupon.remaining_amount == 0:
+            events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
+        record_events(coupon_id=coupon.pk, coupon_name=coupon.name, events=events)
     return coupon
 
 
@@ -92,7 +117,7 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
 
     Under the coupon row lock, taken as claim_coupon takes it: the claim is
     deleted, `remaining_amount` goes up by one with an F() expression, and
-    the release is recorded, all in one transaction. Claims, releases and
+    the release is recorded, with its `claim.released` event, all in one transaction. Claims, releases and
     restocks of one coupon thus apply one after the other, and
     `remaining_amount = amount - claims` holds between them. The user may
     then claim again while the sale is live.
@@ -108,6 +133,11 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         claim_id, claimed_at = claim
         Claim.objects.filter(pk=claim_id).delete()
         Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        record_events(
+            coupon_id=coupon_id,
+            coupon_name=coupon_name,
+            events=[NewEvent(CLAIM_RELEASED, {"user_id": user_id, "reason": reason})],
+        )
         return ClaimRelease.objects.create(
             coupon_id=coupon_id, user_id=user_id, claimed_at=claimed_at, released_by=released_by, reason=reason
         )

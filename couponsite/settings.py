@@ -276,6 +276,34 @@ API_KEYS_REQUIRED = env_bool("API_KEYS_REQUIRED", False)
 # most a revocation (or a change of scopes or expiry date) takes to bite.
 API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 
+# Idempotency-Key (coupons/idempotency.py): how long a key's answer is kept
+# and replayed, and how long a request may hold its key before a retry can
+# take it over (longer than any request runs: GUNICORN_TIMEOUT).
+IDEMPOTENCY_TTL = env_int("IDEMPOTENCY_TTL", 24 * 3600)
+IDEMPOTENCY_LEASE = env_int("IDEMPOTENCY_LEASE", 60)
+
+
+# Webhooks (coupons/webhooks.py) -----------------------------------------------
+
+# Off: subscription URLs that are or resolve to loopback, private, link-local
+# or otherwise non-public addresses are refused, at subscription and at every
+# delivery (server-side request forgery). On: for receivers on a private network.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+# Seconds one delivery may take, connecting and answering included.
+WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 10)
+# Failed deliveries are retried with exponential backoff (from 1 s, doubling,
+# at most WEBHOOK_BACKOFF_MAX seconds apart, with jitter) for WEBHOOK_RETRY_FOR
+# seconds; then the subscription is disabled.
+WEBHOOK_RETRY_FOR = env_int("WEBHOOK_RETRY_FOR", 24 * 3600)
+WEBHOOK_BACKOFF_MAX = env_int("WEBHOOK_BACKOFF_MAX", 3600)
+# How often an idle delivery worker looks for new events, in milliseconds.
+WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 200)
+# The delivery worker's Prometheus metrics on this port of WEBHOOK_METRICS_HOST (0: not served).
+WEBHOOK_METRICS_PORT = env_int("WEBHOOK_METRICS_PORT", 0)
+WEBHOOK_METRICS_HOST = os.environ.get("WEBHOOK_METRICS_HOST") or "127.0.0.1"
+# Days events are kept in the outbox (GET /api/events, webhooks not yet delivered).
+EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7)
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["coupons.api.errors.StrictJSONParser"],

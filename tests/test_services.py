@@ -231,13 +231,14 @@ class ClaimStatementTests(TransactionTestCase):
                 claim_coupon(user_id=user_id, coupon_name="PROMO")
         return [query["sql"] for query in queries.captured_queries]
 
-    def test_success_is_a_read_then_lock_holders_insert_update_commit(self):
+    def test_success_is_a_read_then_lock_holders_insert_update_event_commit(self):
         create_coupon(name="PROMO", amount=5)
 
         sql = self.capture_claim("u1")
 
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
-        read, begin, lock, holders, insert, update, commit = sql
+        read, begin, lock, holders, insert, update, event, commit = sql
+        self.assertTrue(event.startswith("INSERT"))
         self.assertNotIn("FOR", read)  # the eligibility read takes no lock
         self.assertIn("u.user_id IN", holders)
         self.assertTrue(insert.startswith("INSERT"))

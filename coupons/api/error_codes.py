@@ -32,6 +32,10 @@ class ErrorCode(enum.StrEnum):
     LENGTH_REQUIRED = "length_required"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
+    UNSAFE_WEBHOOK_URL = "unsafe_webhook_url"
     UNAVAILABLE = "unavailable"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"

@@ -20,9 +20,14 @@ from coupons.exceptions import (
     CouponAlreadyExists,
     CouponError,
     CouponNotFound,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
     OutOfStock,
     SaleEnded,
     SaleNotStarted,
+    UnsafeWebhookUrl,
+    WebhookNotFound,
 )
 
 DOMAIN_ERRORS = {
@@ -34,6 +39,11 @@ DOMAIN_ERRORS = {
     OutOfStock: (status.HTTP_400_BAD_REQUEST, ErrorCode.OUT_OF_STOCK),
     ClaimNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.CLAIM_NOT_FOUND),
     AmountBelowClaimed: (status.HTTP_409_CONFLICT, ErrorCode.AMOUNT_BELOW_CLAIMED),
+    InvalidIdempotencyKey: (status.HTTP_400_BAD_REQUEST, ErrorCode.INVALID_IDEMPOTENCY_KEY),
+    IdempotencyKeyReused: (status.HTTP_422_UNPROCESSABLE_ENTITY, ErrorCode.IDEMPOTENCY_KEY_REUSED),
+    IdempotencyKeyInUse: (status.HTTP_409_CONFLICT, ErrorCode.IDEMPOTENCY_KEY_IN_USE),
+    UnsafeWebhookUrl: (status.HTTP_400_BAD_REQUEST, ErrorCode.UNSAFE_WEBHOOK_URL),
+    WebhookNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.NOT_FOUND),
 }
 
 # DRF's own exceptions (and any raised by authentication or permission
@@ -64,7 +74,7 @@ def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
         status_code, code = DOMAIN_ERRORS[type(exc)]
         headers = None
-        if isinstance(exc, SaleNotStarted):
+        if isinstance(exc, (SaleNotStarted, IdempotencyKeyInUse)):
             headers = {"Retry-After": str(exc.retry_after_seconds)}
         return error_response(str(exc), status_code, code, headers=headers)
     if isinstance(exc, (OperationalError, InterfaceError)):

@@ -8,6 +8,7 @@ from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
 from coupons.api.cursors import decode_cursor, encode_cursor
+from coupons.api.idempotency import answering, idempotent
 from coupons.api.key_access import ApiKeyAuthentication, ApiKeyRequired
 from coupons.api.permissions import (
     RELEASE_AUTHENTICATION_CLASSES,
@@ -80,6 +81,7 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def post(self, request):
         serializer = CouponCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -121,12 +123,15 @@ class ClaimApi(ApiKeyRequired, APIView):
             **COMMON_ERRORS,
         },
     )
+    @idempotent(answered_in_service=True)
     @record_claim_outcome
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        claim_coupon(**serializer.validated_data)
-        return Response(ClaimSerializer(serializer.validated_data).data, status=status.HTTP_201_CREATED)
+        granted = Response(ClaimSerializer(serializer.validated_data).data, status=status.HTTP_201_CREATED)
+        # With an Idempotency-Key, the claim group stores the answer in its transaction.
+        claim_coupon(**serializer.validated_data, idempotency=answering(request, granted))
+        return granted
 
     @extend_schema(
         operation_id="coupons_retrieve_claim",
@@ -194,6 +199,7 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def delete(self, request, name, user_id):
         serializer = ReleaseInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)

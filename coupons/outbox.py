@@ -1,0 +1,158 @@
+"""The transactional outbox: every change a subscriber may care about is written as an event row in the
+transaction that makes the change, so an event exists exactly when its change was committed.
+
+Services call `record_events()` inside their transaction, under the coupon
+row lock (which every change to a coupon takes first: claim groups,
+releases, restocks); the claim group passes the sequence numbers it
+reserved in its own stock UPDATE, so its events cost it one multi-row
+INSERT and nothing else. Nothing is sent from here: the webhook worker
+(coupons/webhooks.py) and `GET /api/events` read the log afterwards.
+
+Reading in order without missing anything: events are numbered by
+`position` as they are inserted, but transactions commit in another order,
+so a reader at position 100 could later see 99 commit. PostgreSQL says
+which transactions may still commit: every one whose id is at least the
+oldest running one (`pg_snapshot_xmin`). Readers list events by
+(transaction id, position) and stop before that horizon; what lies behind
+it can no longer change, so a reader's cursor never skips an event. The
+coupon row lock is the first thing each of these transactions writes, so
+the transaction ids of one coupon's events follow its lock order, which is
+its `sequence` order. SQLite has one writer at a time: position order is
+commit order there.
+"""
+
+import functools
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
+
+from coupons.models import Coupon, Event
+from coupons.sale_windows import as_utc_datetime, format_utc
+from coupons.selectors import database_now_sql
+
+COUPON_CREATED = "coupon.created"
+CLAIM_GRANTED = "claim.granted"
+CLAIM_RELEASED = "claim.released"
+COUPON_SOLD_OUT = "coupon.sold_out"
+COUPON_RESTOCKED = "coupon.restocked"
+EVENT_TYPES = (COUPON_CREATED, CLAIM_GRANTED, CLAIM_RELEASED, COUPON_SOLD_OUT, COUPON_RESTOCKED)
+
+# The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).
+TRANSACTION_ID_SQL = {"postgresql": "pg_current_xact_id()::text::bigint", "sqlite": "0"}
+# Transactions with an id below this have all ended: their events are all visible, and no new one can appear.
+HORIZON_SQL = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: dict
+
+
+# Where a reader is in the log: (transaction_id, position) of the last event it has.
+LogPosition = tuple[int, int]
+
+
+def record_events(
+    *,
+    coupon_id: int,
+    coupon_name: str,
+    events: Sequence[NewEvent],
+    first_sequence: int | None = None,
+    occurred_at: datetime | None = None,
+) -> None:
+    """Write `events` of the coupon in the caller's transaction, in one INSERT, numbered after its latest event.
+
+    Call it inside the transaction that makes the change, holding the
+    coupon row lock. Without `first_sequence`, the numbers are reserved here
+    (the coupon's counter moved, the database's clock read, one statement);
+    a caller that moves `Coupon.last_event_sequence` itself (the claim group,
+    in its stock UPDATE) passes the first number and the clock it read.
+    """
+    if not events:
+        return
+    if first_sequence is None:
+        first_sequence, occurred_at = _reserve_sequences(coupon_id, len(events))
+    uuid_field, data_field = Event._meta.get_field("uuid"), Event._meta.get_field("data")
+    occurred = connection.ops.adapt_datetimefield_value(occurred_at)
+    params = []
+    for number, event in enumerate(events, start=first_sequence):
+        params += [
+            uuid_field.get_db_prep_value(uuid.uuid4(), connection),
+            event.type,
+            coupon_id,
+            coupon_name,
+            number,
+            occurred,
+            data_field.get_db_prep_value(event.data, connection),
+        ]
+    with connection.cursor() as cursor:
+        cursor.execute(_insert_sql(connection.vendor, len(events)), params)
+
+
+@functools.lru_cache(maxsize=256)
+def _insert_sql(vendor, count):
+    quote = connection.ops.quote_name
+    row = f"(%s, %s, %s, %s, %s, %s, %s, {TRANSACTION_ID_SQL[vendor]})"
+    return (
+        f"INSERT INTO {quote(Event._meta.db_table)}"  # noqa: S608 - only the table name
+        " (uuid, type, coupon_id, coupon_name, sequence, occurred_at, data, transaction_id)"
+        f" VALUES {', '.join([row] * count)}"
+    )
+
+
+def _reserve_sequences(coupon_id, count):
+    """Move the coupon's event counter by `count`: (the first number reserved, the database's clock)."""
+    quote = connection.ops.quote_name
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {quote(Coupon._meta.db_table)} SET last_event_sequence = last_event_sequence + %s"  # noqa: S608
+            f" WHERE id = %s RETURNING last_event_sequence, {database_now_sql()}",
+            [count, coupon_id],
+        )
+        last, now = cursor.fetchone()
+    return last - count + 1, as_utc_datetime(now)
+
+
+def events_after(*, after: LogPosition | None, limit: int) -> list[Event]:
+    """Up to `limit` events following `after` in the log (from its start when None), oldest first.
+
+    Only events behind the horizon are listed (see the module's docstring):
+    an event shows up once every transaction older than its own has ended.
+    """
+    events = Event.objects.all()
+    if after is not None:
+        transaction_id, position = after
+        events = events.filter(
+            Q(transaction_id__gt=transaction_id) | Q(transaction_id=transaction_id, position__gt=position)
+        )
+    if connection.vendor == "postgresql":
+        events = events.filter(transaction_id__lt=RawSQL(HORIZON_SQL, []))  # noqa: S611 - a constant
+    return list(events.order_by("transaction_id", "position")[:limit])
+
+
+def log_end() -> LogPosition:
+    """A position from which a new reader sees every event not yet behind the horizon, and no older one."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {HORIZON_SQL}")
+            return cursor.fetchone()[0] - 1, 2**63 - 1
+    last = Event.objects.order_by("-position").values_list("position", flat=True).first()
+    return 0, last or 0
+
+
+def as_message(event: Event) -> dict:
+    """The event as subscribers get it: a webhook's body, an item of GET /api/events."""
+    return {
+        "id": str(event.uuid),
+        "type": event.type,
+        "occurred_at": format_utc(as_utc_datetime(event.occurred_at)),
+        "coupon": event.coupon_name,
+        "sequence": event.sequence,
+        "data": event.data,
+    }
