@@ -85,7 +85,7 @@ def acquire_key(*, caller: str, key: str, fingerprint: str) -> Attempt | StoredA
             continue  # released or purged since the insert: try again
         if row["expires_at"] <= now:
             # Expired: as good as new, whatever it was.
-            if _take_over(row["id"], owner, now, fingerprint=fingerprint, expires_at__lte=now):
+            if _take_over(row["id"], owner, now, {"expires_at__lte": now}, fingerprint=fingerprint):
                 return Attempt(row["id"], owner)
             continue
         if row["fingerprint"] != fingerprint:
@@ -95,7 +95,7 @@ def acquire_key(*, caller: str, key: str, fingerprint: str) -> Attempt | StoredA
         if row["locked_until"] > now:
             raise IdempotencyKeyInUse()
         # Held by an attempt that never answered nor let go (its process died): its lease is over.
-        if _take_over(row["id"], owner, now, owner=row["owner"], status_code__isnull=True):
+        if _take_over(row["id"], owner, now, {"owner": row["owner"], "status_code__isnull": True}):
             return Attempt(row["id"], owner)
     raise IdempotencyKeyInUse()
 
@@ -124,7 +124,7 @@ def _insert_sql():
     )
 
 
-def _take_over(key_id, owner, now, *, fingerprint=None, **condition):
+def _take_over(key_id, owner, now, condition, *, fingerprint=None):
     """Make `owner` hold the key if `condition` still holds (a compare-and-set); whether it did."""
     changes = {"owner": owner, "locked_until": now + timedelta(seconds=settings.IDEMPOTENCY_LEASE)}
     if fingerprint is not None:  # an expired key starts a new life
