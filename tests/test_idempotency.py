@@ -104,9 +104,10 @@ class IdempotencyApiTests(JsonApiAssertions, TestCase):
         self.assert_replay_of(first, again)
         self.assertEqual(Coupon.objects.filter(name="NEW").count(), 1)
         # A name taken is a refusal: stored like any other.
-        taken = self.post_json("/api/coupons", {"name": "PROMO", "amount": 1}, **keyed("create-2"))
+        taken_body = {"name": "PROMO", "amount": 1}
+        taken = self.post_json("/api/coupons", taken_body, **keyed("create-2"))
         self.assert_error(taken, 409, "coupon_exists")
-        self.assert_replay_of(taken, self.post_json("/api/coupons", {"name": "PROMO", "amount": 1}, **keyed("create-2")))
+        self.assert_replay_of(taken, self.post_json("/api/coupons", taken_body, **keyed("create-2")))
 
     def test_releasing_a_claim_is_idempotent(self):
         claim_coupon(user_id="ann", coupon_name="PROMO")
@@ -266,7 +267,7 @@ class ConcurrentRetriesTests(JsonApiAssertions, TransactionTestCase):
         statuses = [(status, replayed, code) for status, replayed, code, _ in replies]
         originals = [reply for reply in replies if reply[0] == 201 and not reply[1]]
         self.assertEqual(len(originals), 1, statuses)
-        for status, replayed, code, body in replies:
+        for status, _, code, body in replies:
             if status == 201:
                 self.assertEqual(body, originals[0][3])
             else:
