@@ -136,6 +136,11 @@ def events_after(*, after: LogPosition | None, limit: int) -> list[Event]:
     return list(events.order_by("transaction_id", "position")[:limit])
 
 
+def log_position_of(*, event_id: uuid.UUID) -> LogPosition | None:
+    """Where the event is in the log, or None if no event has this id (never did, or purged)."""
+    return Event.objects.filter(uuid=event_id).values_list("transaction_id", "position").first()
+
+
 def log_end() -> LogPosition:
     """A position from which a new reader sees every event not yet behind the horizon, and no older one."""
     if connection.vendor == "postgresql":
@@ -144,6 +149,18 @@ def log_end() -> LogPosition:
             return cursor.fetchone()[0] - 1, 2**63 - 1
     last = Event.objects.order_by("-position").values_list("position", flat=True).first()
     return 0, last or 0
+
+
+def purge_events_before(moment: datetime, *, batch_size: int = 1000) -> int:
+    """Delete the events that occurred before `moment`, `batch_size` at a time (their delivery records with them)."""
+    purged = 0
+    while True:
+        batch = list(Event.objects.filter(occurred_at__lt=moment).values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return purged
+        purged += Event.objects.filter(pk__in=batch).delete()[1].get(Event._meta.label, 0)
+        if len(batch) < batch_size:
+            return purged
 
 
 def as_message(event: Event) -> dict:

@@ -5,7 +5,7 @@ from django.conf import settings
 from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.permissions import IsAdminUser
 
-from coupons.api.key_access import KeyWithScope
+from coupons.api.key_access import ApiKeyAuthentication, KeyWithScope
 
 
 class StaffOnlyWhenRestricted:
@@ -39,3 +39,17 @@ class StaffOnlyWhenRestricted:
 # scope (the view adds the key's authentication).
 RELEASE_AUTHENTICATION_CLASSES = [TokenAuthentication, SessionAuthentication]
 RELEASE_PERMISSION_CLASSES = [IsAdminUser | KeyWithScope.of("release")]
+
+
+class StaffOrKeyWithScope:
+    """An APIView mixin for endpoints that are never anonymous, whether or not API_KEYS_REQUIRED is on: a staff
+    user (DRF token, or admin session with CSRF) or an API key holding `required_scope`."""
+
+    required_scope = None
+
+    def get_authenticators(self):
+        # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
+        return [ApiKeyAuthentication(), *(authentication() for authentication in RELEASE_AUTHENTICATION_CLASSES)]
+
+    def get_permissions(self):
+        return [(IsAdminUser | KeyWithScope.of(self.required_scope))()]

@@ -1,6 +1,7 @@
 from django.urls import path, re_path
 
 from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
+from coupons.api.webhook_views import EventsApi, WebhookDetailApi, WebhooksApi
 
 urlpatterns = [
     path("coupons", CouponCreateApi.as_view(), name="coupon-create"),
@@ -14,4 +15,7 @@ urlpatterns = [
     # `path` accepts "/" inside a name (sent percent-encoded as %2F).
     path("coupons/<path:name>", CouponDetailApi.as_view(), name="coupon-detail"),
     re_path(r"^users/(?P<user_id>.+)/claims$", UserClaimsApi.as_view(), name="user-claims"),
+    path("webhooks", WebhooksApi.as_view(), name="webhooks"),
+    path("webhooks/<uuid:subscription_id>", WebhookDetailApi.as_view(), name="webhook-detail"),
+    path("events", EventsApi.as_view(), name="events"),
 ]

@@ -33,22 +33,22 @@ from coupons.services import claim_coupon, create_coupon, release_claim
 from coupons.validators import is_possible_coupon_name
 
 
-def _error(description):
+def error_response_schema(description):
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
 # Failures any endpoint can answer with.
 COMMON_ERRORS = {
-    503: _error("The database is unreachable; retry after the Retry-After delay."),
+    503: error_response_schema("The database is unreachable; retry after the Retry-After delay."),
 }
 BODY_ERRORS = {
-    411: _error("The body was sent chunked, without a Content-Length."),
-    413: _error("The request body is larger than the limit."),
-    415: _error("The body is not sent as application/json."),
+    411: error_response_schema("The body was sent chunked, without a Content-Length."),
+    413: error_response_schema("The request body is larger than the limit."),
+    415: error_response_schema("The body is not sent as application/json."),
 }
 DETAIL_RESPONSES = {
     200: CouponDetailSerializer,
-    404: _error("No coupon has this name."),
+    404: error_response_schema("No coupon has this name."),
     **COMMON_ERRORS,
 }
 
@@ -70,13 +70,13 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
         request=CouponCreateInputSerializer,
         responses={
             201: CouponSerializer,
-            400: _error(
+            400: error_response_schema(
                 "Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range,"
                 " a timestamp without an offset, or ends_at not after starts_at."
             ),
-            401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
-            403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
-            409: _error("A coupon with this name already exists."),
+            401: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
+            403: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
+            409: error_response_schema("A coupon with this name already exists."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
@@ -108,14 +108,16 @@ class ClaimApi(ApiKeyRequired, APIView):
         ],
         responses={
             201: ClaimSerializer,
-            400: _error("Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."),
-            403: _error(
+            400: error_response_schema(
+                "Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."
+            ),
+            403: error_response_schema(
                 "Outside the sale window, by the database's clock: sale_not_started (with Retry-After, the whole"
                 " seconds until the start, rounded up) or sale_ended. Checked after 404 and 409, before 400."
             ),
-            404: _error("No coupon has this name."),
-            409: _error("This user has already claimed this coupon."),
-            429: _error(
+            404: error_response_schema("No coupon has this name."),
+            409: error_response_schema("This user has already claimed this coupon."),
+            429: error_response_schema(
                 "Over CLAIM_RATE_LIMIT for this client, or CLAIM_RATE_LIMIT_PER_KEY for this API key;"
                 " retry after the Retry-After delay."
             ),
@@ -191,10 +193,14 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
         request=ReleaseInputSerializer,
         responses={
             204: OpenApiResponse(description="Released."),
-            400: _error("Invalid body: the reason must be a string of 1 to 255 characters."),
-            401: _error("No valid token, session or API key was sent."),
-            403: _error("The user is not staff, the session's CSRF token is missing, or the key lacks `release`."),
-            404: _error("No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."),
+            400: error_response_schema("Invalid body: the reason must be a string of 1 to 255 characters."),
+            401: error_response_schema("No valid token, session or API key was sent."),
+            403: error_response_schema(
+                "The user is not staff, the session's CSRF token is missing, or the key lacks `release`."
+            ),
+            404: error_response_schema(
+                "No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."
+            ),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
@@ -203,7 +209,7 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
     def delete(self, request, name, user_id):
         serializer = ReleaseInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        release_claim(coupon_name=name, user_id=user_id, released_by=released_by(request), **serializer.validated_data)
+        release_claim(coupon_name=name, user_id=user_id, released_by=requester(request), **serializer.validated_data)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
@@ -211,8 +217,9 @@ class ClaimReleaseApi(ApiKeyRequired, APIView):
         return coupon_detail_response(f"{name}/claims/{user_id}")
 
 
-def released_by(request):
-    """Who released a claim, for the audit trail: the staff user's username, or the API key's prefix."""
+def requester(request):
+    """Who made a staff-or-key request, for the record (a release's audit trail, a subscription's creator):
+    the staff user's username, or the API key's prefix."""
     if request.user is not None:
         return request.user.get_username()
     return f"API key {request.auth.prefix}"
@@ -229,7 +236,9 @@ class UserClaimsApi(ApiKeyRequired, APIView):
         parameters=[UserClaimsQuerySerializer],
         responses={
             200: UserClaimsPageSerializer,
-            400: _error("`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."),
+            400: error_response_schema(
+                "`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."
+            ),
             **COMMON_ERRORS,
         },
     )
