@@ -438,6 +438,7 @@ class ClientApiKeyAdmin(APIKeyModelAdmin):
 
 
 class WebhookSubscriptionForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https", help_text=WebhookSubscription.url.field.help_text)
     event_types = forms.MultipleChoiceField(
         choices=[(event_type, event_type) for event_type in EVENT_TYPES],
         required=False,
