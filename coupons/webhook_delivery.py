@@ -195,8 +195,8 @@ def _record(subscription, worker, event, result, started_at, duration_ms):
     log(
         "webhook_delivery",
         subscription=str(subscription.pk),
-        event=str(event.uuid),
-        type=event.type,
+        event_id=str(event.uuid),
+        event_type=event.type,
         outcome=result.outcome,
         status=result.status,
         attempt=attempt,
@@ -281,6 +281,8 @@ def post(url: str, body: bytes, headers: dict, *, timeout: float) -> int:
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         response.read(MAX_ANSWER_BYTES)
+        if expired.is_set():  # cut off mid-answer: a read after the hang-up just sees the end of the stream
+            raise TimeoutError()
         return response.status
     except (OSError, http.client.HTTPException):
         if expired.is_set():
