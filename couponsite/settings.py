@@ -330,9 +330,13 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "coupons.api.key_access.document_key_errors",
+        "coupons.api.idempotency.document_idempotency_errors",
     ],
     # The error codes' enum under a name that says what it is (not "CodeEnum").
-    "ENUM_NAME_OVERRIDES": {"ErrorCode": "coupons.api.error_codes.ErrorCode"},
+    "ENUM_NAME_OVERRIDES": {
+        "ErrorCode": "coupons.api.error_codes.ErrorCode",
+        "EventType": "coupons.outbox.EVENT_TYPES",
+    },
 }
 
 

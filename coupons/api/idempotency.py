@@ -31,6 +31,8 @@ import re
 import structlog
 from django.db import DatabaseError, transaction
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
 from prometheus_client import Counter
 from rest_framework.renderers import JSONRenderer
 
@@ -53,12 +55,22 @@ OUTCOMES = ("executed", "replayed", "in_use", "reused", "invalid", "not_stored")
 _counters = {outcome: requests_total.labels(outcome=outcome) for outcome in OUTCOMES}
 _renderer = JSONRenderer()
 
+SCHEMA_PARAMETER = OpenApiParameter(
+    HEADER,
+    OpenApiTypes.STR,
+    OpenApiParameter.HEADER,
+    description="Makes the request safe to retry: 1 to 255 visible ASCII characters (a UUID, say), new for each"
+    " new request. Sent again with the same request (method, path, body) within IDEMPOTENCY_TTL, the first answer"
+    " is replayed byte for byte with `Idempotent-Replayed: true`, and the request has its effect only once.",
+)
+
 
 def idempotent(method=None, *, answered_in_service=False):
     """Decorates an APIView's write method (post, delete...) with Idempotency-Key handling (see the module)."""
     if method is None:
         return functools.partial(idempotent, answered_in_service=answered_in_service)
 
+    @extend_schema(parameters=[SCHEMA_PARAMETER])
     @functools.wraps(method)
     def idempotent_method(view, request, *args, **kwargs):
         sent = request.headers.get(HEADER)
@@ -200,3 +212,24 @@ def _let_go(attempt):
     except DatabaseError as exc:
         # The database is away: the key's lease runs out instead (IDEMPOTENCY_LEASE).
         logger.warning("idempotency_key_not_released", error=str(exc))
+
+
+def document_idempotency_errors(result, generator, request, public):
+    """drf-spectacular hook: every operation that takes an Idempotency-Key documents what the key can answer."""
+    errors = {
+        "400": "Or: the Idempotency-Key is malformed (code invalid_idempotency_key).",
+        "409": "Or: a request with this Idempotency-Key is still running (code idempotency_key_in_use, with"
+        " Retry-After).",
+        "422": "This Idempotency-Key was sent with another request (code idempotency_key_reused).",
+    }
+    for operations in result["paths"].values():
+        for operation in operations.values():
+            if not any(parameter["name"] == HEADER for parameter in operation.get("parameters", ())):
+                continue
+            for status_code, description in errors.items():
+                response = operation["responses"].setdefault(
+                    status_code,
+                    {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
+                )
+                response["description"] = " ".join(filter(None, [response.get("description"), description]))
+    return result
