@@ -39,17 +39,16 @@ from urllib.parse import urlsplit
 
 import structlog
 from django.conf import settings
-from django.db import connection, transaction
-from django.db.models import Exists, F, OuterRef, Q
-from django.db.models.expressions import RawSQL
+from django.db import transaction
+from django.db.models import Exists, F, Q
 from django.utils import timezone
 from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
 from coupons.exceptions import UnsafeWebhookUrl
 from coupons.models import Event, WebhookDelivery, WebhookSubscription
-from coupons.outbox import HORIZON_SQL, as_message, events_after
-from coupons.webhooks import safe_address
+from coupons.outbox import as_message, events_after
+from coupons.webhooks import safe_address, waiting_events
 
 # Events one lease delivers before the worker looks at the other subscriptions (fairness).
 BATCH_SIZE = 100
@@ -95,19 +94,13 @@ def deliver_once(*, worker: str) -> int:
 
 def _lease(worker):
     now = timezone.now()
-    waiting = Event.objects.filter(
-        Q(transaction_id__gt=OuterRef("cursor_transaction_id"))
-        | Q(transaction_id=OuterRef("cursor_transaction_id"), position__gt=OuterRef("cursor_position"))
-    )
-    if connection.vendor == "postgresql":
-        waiting = waiting.filter(transaction_id__lt=RawSQL(HORIZON_SQL, []))  # noqa: S611 - a constant
     with transaction.atomic():
         subscription = (
             WebhookSubscription.objects.select_for_update(skip_locked=True)
             .filter(is_active=True)
             .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
             .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
-            .filter(Exists(waiting))
+            .filter(Exists(waiting_events()))
             .order_by(F("leased_until").asc(nulls_first=True), "created_at")
             .first()
         )

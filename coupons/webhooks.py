@@ -22,10 +22,13 @@ import uuid
 from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.db import connection
+from django.db.models import OuterRef, Q
+from django.db.models.expressions import RawSQL
 
 from coupons.exceptions import UnsafeWebhookUrl, WebhookNotFound
-from coupons.models import WebhookSubscription
-from coupons.outbox import EVENT_TYPES, log_end
+from coupons.models import Event, WebhookSubscription
+from coupons.outbox import EVENT_TYPES, HORIZON_SQL, log_end
 
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks form: "whsec_" + base64 of the key
 SECRET_BYTES = 32
@@ -64,6 +67,17 @@ def delete_subscription(*, subscription_id: uuid.UUID) -> None:
 
 def list_subscriptions():
     return WebhookSubscription.objects.order_by("-created_at")
+
+
+def waiting_events():
+    """The events after the cursor of the subscription of the outer query (OuterRef), behind the log's horizon."""
+    waiting = Event.objects.filter(
+        Q(transaction_id__gt=OuterRef("cursor_transaction_id"))
+        | Q(transaction_id=OuterRef("cursor_transaction_id"), position__gt=OuterRef("cursor_position"))
+    )
+    if connection.vendor == "postgresql":
+        waiting = waiting.filter(transaction_id__lt=RawSQL(HORIZON_SQL, []))  # noqa: S611 - a constant
+    return waiting.order_by("transaction_id", "position")
 
 
 def check_url(url: str) -> None:

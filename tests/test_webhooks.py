@@ -12,6 +12,8 @@ from pathlib import Path
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.urls import reverse
 from django.utils import timezone
+from prometheus_client import REGISTRY
+from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.exceptions import OutOfStock
 from coupons.models import Event, WebhookDelivery, WebhookSubscription
@@ -227,6 +229,31 @@ class DeliveryTests(DeliveryTestCase):
         )
         with Receiver(port, secret=subscription.secret) as receiver:
             self.deliver_until(lambda: len(receiver.acknowledged()) == Event.objects.count(), "delivery after enabling")
+
+    def test_metrics_count_attempts_by_outcome_and_show_the_backlog(self):
+        def scrape():
+            text = self.client.get("/metrics").content.decode()
+            return {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples if not s.labels}
+
+        def counted(outcome):
+            return REGISTRY.get_sample_value("webhook_deliveries_total", {"outcome": outcome}) or 0
+
+        port = free_port()
+        self.subscribe(port)
+        self.a_sale()
+        before = {outcome: counted(outcome) for outcome in Outcome.values}
+        # Events wait (listed once behind the horizon: a transaction anywhere on the server may hold it back a while).
+        deadline = time.monotonic() + WAIT_SECONDS
+        while scrape()["webhook_oldest_undelivered_event_age_seconds"] < 0.1:
+            self.assertLess(time.monotonic(), deadline, "the backlog's age never showed")
+            time.sleep(0.05)
+        with Receiver(port, script=[500]) as receiver:
+            self.deliver_until(lambda: len(receiver.acknowledged()) == Event.objects.count(), "delivery")
+
+        self.assertEqual(counted(Outcome.HTTP_ERROR) - before[Outcome.HTTP_ERROR], 1)
+        self.assertEqual(counted(Outcome.DELIVERED) - before[Outcome.DELIVERED], Event.objects.count())
+        self.assertEqual(scrape()["webhook_oldest_undelivered_event_age_seconds"], 0)
+        self.assertEqual(scrape()["webhook_subscriptions_disabled"], 0)
 
     def test_410_gone_disables_at_once(self):
         port = free_port()
