@@ -5,9 +5,10 @@ BIN = $(VENV)/bin
 
 .PHONY: run test superuser bench capacity test-cluster
 
+# The Procfile's processes (the web server, the webhook delivery worker) under honcho, the venv's tools first.
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
-	$(BIN)/gunicorn --config gunicorn.conf.py couponsite.wsgi
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/honcho start
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto

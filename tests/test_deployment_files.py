@@ -98,8 +98,9 @@ class ComposeTests(SimpleTestCase):
         source, target = prometheus["volumes"][0].split(":")[:2]
         self.assertEqual(target, "/etc/prometheus/prometheus.yml")
         config = yaml.safe_load((ROOT / source).read_text())
-        [job] = config["scrape_configs"]
+        job, deliver_events = config["scrape_configs"]
         self.assertEqual(job["metrics_path"], "/metrics")
+        self.assertEqual(deliver_events["static_configs"][0]["targets"], ["deliver_events:9101"])
         self.assertEqual(job["static_configs"][0]["targets"], ["web:8000"])
 
         # The service answers a scrape addressed to "web:8000" with its compose settings.
@@ -226,8 +227,19 @@ class ClusterComposeTests(SimpleTestCase):
     def test_prometheus_scrapes_every_app_host(self):
         source, target = self.services["prometheus"]["volumes"][0].split(":")[:2]
         self.assertEqual(target, "/etc/prometheus/prometheus.yml")
-        [job] = yaml.safe_load((ROOT / source).read_text())["scrape_configs"]
+        job, deliver_events = yaml.safe_load((ROOT / source).read_text())["scrape_configs"]
         self.assertEqual(sorted(job["static_configs"][0]["targets"]), sorted(f"{n}:8000" for n in self.app_hosts))
+        workers = [name for name, s in self.services.items() if "deliver_events" in s.get("command", [])]
+        self.assertEqual(sorted(deliver_events["static_configs"][0]["targets"]), [f"{n}:9101" for n in workers])
+
+    def test_delivery_workers_run_with_the_app_hosts_settings_and_serve_their_metrics(self):
+        workers = [name for name, s in self.services.items() if "deliver_events" in s.get("command", [])]
+        self.assertEqual(len(workers), 2)  # either may die: they share the subscriptions
+        for name in workers:
+            with self.subTest(worker=name):
+                environment = self.services[name]["environment"]
+                self.assertEqual(environment["DATABASE_URL"], self.services["app1"]["environment"]["DATABASE_URL"])
+                self.assertEqual(environment["WEBHOOK_METRICS_PORT"], "9101")
 
 
 class GrafanaDashboardTests(TestCase):
@@ -263,3 +275,39 @@ class GrafanaDashboardTests(TestCase):
         self.assertLessEqual(queried, {sample.name for sample in samples})
         claim_view = [s for s in samples if s.name.startswith("django_http_requests_latency_seconds_by_view_method")]
         self.assertIn("coupon-claim", {sample.labels.get("view") for sample in claim_view})
+
+
+class ProcfileTests(SimpleTestCase):
+    """`make run` starts the Procfile's processes with honcho; docker-compose.yml runs each as a service."""
+
+    def setUp(self):
+        self.processes = dict(
+            line.split(": ", 1)
+            for line in (ROOT / "Procfile").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        )
+
+    def test_the_web_server_and_the_delivery_worker(self):
+        self.assertEqual(
+            self.processes,
+            {
+                "web": "gunicorn --config gunicorn.conf.py couponsite.wsgi",
+                "deliver_events": "python manage.py deliver_events",
+            },
+        )
+
+    def test_honcho_reads_it_and_make_run_starts_it_after_migrating(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "honcho", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn("deliver_events", result.stderr + result.stdout)
+        run = re.search(r"^run:.*?\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M).group(1)
+        self.assertLess(run.index("manage.py migrate"), run.index("honcho start"))
+
+    def test_compose_runs_the_worker_from_the_same_image(self):
+        services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+        worker = services["deliver_events"]
+        self.assertEqual(worker["build"], services["web"]["build"])
+        self.assertEqual(" ".join(worker["command"]), self.processes["deliver_events"])
+        self.assertEqual(worker["environment"]["DATABASE_URL"], services["web"]["environment"]["DATABASE_URL"])
