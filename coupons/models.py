@@ -197,7 +197,10 @@ class WebhookSubscription(models.Model):
     is_active = models.BooleanField(default=True)
     disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
     disabled_reason = models.CharField(max_length=255, blank=True, editable=False)
-    # Delivery state, the worker's: the last event delivered (or skipped), in the log's order...
+    # Delivery state, the worker's: where in the log it started, where every earlier event is done with
+    # (delivered or passed over: each coupon's last one is a WebhookCouponCursor)...
+    start_transaction_id = models.BigIntegerField(default=0, editable=False)
+    start_position = models.BigIntegerField(default=0, editable=False)
     cursor_transaction_id = models.BigIntegerField(default=0, editable=False)
     cursor_position = models.BigIntegerField(default=0, editable=False)
     # ...the failures of the event it is stuck on, and when to try it again...
@@ -214,6 +217,26 @@ class WebhookSubscription(models.Model):
 
     def __str__(self):
         return self.url
+
+
+class WebhookCouponCursor(models.Model):
+    """The last event of one coupon a subscription has had (delivered, or passed over): its `sequence`.
+
+    A coupon's events are sent in sequence order, whatever order their
+    transactions reached the log in (coupons/webhook_delivery.py).
+    """
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="coupon_cursors")
+    coupon_id = models.BigIntegerField()
+    last_sequence = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "coupon_id"], name="coupon_cursor_once_per_subscription")
+        ]
+
+    def __str__(self):
+        return f"coupon {self.coupon_id}: #{self.last_sequence}"
 
 
 class WebhookDelivery(models.Model):

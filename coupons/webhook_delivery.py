@@ -1,9 +1,9 @@
 """Delivering events to webhook subscriptions: what `python manage.py deliver_events` runs.
 
 Each subscription reads the event log (coupons/outbox.py) from its own
-cursor, in the log's order, one event after the other: a subscription's
-events arrive in order (a coupon's by `sequence`), and the next one is not
-sent before the current one is delivered. Several workers may run, on one
+cursor and sends one event after the other: each coupon's events in
+`sequence` order (see `_deliver`), and the next one is not sent before the
+current one is delivered. Several workers may run, on one
 host or many: a worker takes a subscription that has events waiting with
 `SELECT ... FOR UPDATE SKIP LOCKED` and a lease (`leased_until`) written in
 that short transaction; it then delivers outside any transaction (a slow
@@ -34,7 +34,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from urllib.parse import urlsplit
 
 import structlog
@@ -46,12 +46,16 @@ from prometheus_client import Counter, Histogram
 from standardwebhooks import Webhook
 
 from coupons.exceptions import UnsafeWebhookUrl
-from coupons.models import Event, WebhookDelivery, WebhookSubscription
+from coupons.models import Event, WebhookCouponCursor, WebhookDelivery, WebhookSubscription
 from coupons.outbox import as_message, events_after
 from coupons.webhooks import safe_address, waiting_events
 
-# Events one lease delivers before the worker looks at the other subscriptions (fairness).
+# Events one lease delivers before the worker looks at the other subscriptions (fairness)...
 BATCH_SIZE = 100
+# ...unless a whole batch is held back behind a coupon's earlier event: then up to this many are read.
+MAX_BATCH_SIZE = 6400
+# Deliveries recorded together, in one transaction (see _flush).
+FLUSH_SIZE = 20
 # A receiver's answer is read up to this many bytes (it only matters that it came).
 MAX_ANSWER_BYTES = 64 * 1024
 USER_AGENT = "couponsite-webhooks/1"
@@ -113,91 +117,221 @@ def _lease(worker):
 
 
 def _deliver(subscription, worker):
-    attempts = 0
-    cursor = (subscription.cursor_transaction_id, subscription.cursor_position)
-    for event in events_after(after=cursor, limit=BATCH_SIZE):
-        if subscription.event_types and event.type not in subscription.event_types:
-            cursor = (event.transaction_id, event.position)  # not subscribed: passed over
-            continue
-        if cursor != (subscription.cursor_transaction_id, subscription.cursor_position):
-            if not _move_cursor(subscription, worker, cursor):
-                return attempts
-        started_at = timezone.now()
-        started = time.monotonic()
-        result = send(subscription, event)
-        attempts += 1
-        duration_ms = (time.monotonic() - started) * 1000
-        _counters[result.outcome].inc()
-        if not _record(subscription, worker, event, result, started_at, duration_ms):
-            return attempts  # lease lost: another worker has this subscription now
-        if result.outcome != Outcome.DELIVERED:
+    """Deliver the subscription's next batch of events; how many attempts were made.
+
+    The log lists events in an order that never misses one (coupons/outbox.py),
+    but two transactions of one coupon can reach it in the other order than
+    the one they took its row lock in, so each coupon's events are sent by
+    `sequence`: an event whose coupon's previous one has not been sent is
+    held until it has. The subscription's cursor moves up to the first event
+    not yet done with; events after it that were sent are known by their
+    coupon's cursor (WebhookCouponCursor) and not sent again.
+    """
+    attempts, limit, delivered = 0, BATCH_SIZE, []
+    while True:
+        start = (subscription.cursor_transaction_id, subscription.cursor_position)
+        events = events_after(after=start, limit=limit)
+        if not events:
             return attempts
-        delivery_lag.observe(max(0.0, (timezone.now() - event.occurred_at).total_seconds()))
-        cursor = (event.transaction_id, event.position)
-    if cursor != (subscription.cursor_transaction_id, subscription.cursor_position):
-        _move_cursor(subscription, worker, cursor)
-    return attempts
+        last_sequences = _last_sequences(subscription, {event.coupon_id for event in events})
+        done, failed, progress = set(), False, True
+        while progress and not failed:  # again while a pass moved on: a held event may be next now
+            progress = False
+            for event in events:
+                if event.position in done or event.sequence > last_sequences[event.coupon_id] + 1:
+                    continue  # done with, or held behind an earlier event of its coupon
+                if event.sequence == last_sequences[event.coupon_id] + 1 and _subscribed(subscription, event):
+                    attempts += 1
+                    sent = _attempt(subscription, worker, event, delivered)
+                    if sent is None:
+                        return attempts  # lease lost: another worker has this subscription now
+                    if not sent:
+                        failed = True
+                        break
+                last_sequences[event.coupon_id] = max(event.sequence, last_sequences[event.coupon_id])
+                done.add(event.position)
+                progress = True
+        cursor = start
+        for event in events:
+            if event.position not in done:
+                break
+            cursor = (event.transaction_id, event.position)
+        if not _flush(subscription, worker, delivered) or not _save_progress(
+            subscription, worker, cursor, last_sequences
+        ):
+            return attempts
+        if failed or len(events) < limit:
+            return attempts
+        if cursor == start:
+            limit = min(2 * limit, MAX_BATCH_SIZE)  # a full batch held back: the missing events lie further on
+            if limit == MAX_BATCH_SIZE:
+                return attempts
+        else:
+            return attempts
 
 
-def _move_cursor(subscription, worker, cursor):
-    """Move the cursor past passed-over events; whether the lease was still this worker's."""
-    moved = WebhookSubscription.objects.filter(pk=subscription.pk, lease_owner=worker).update(
-        cursor_transaction_id=cursor[0], cursor_position=cursor[1]
+def _subscribed(subscription, event):
+    return not subscription.event_types or event.type in subscription.event_types
+
+
+def _last_sequences(subscription, coupon_ids):
+    """Per coupon, the `sequence` of the last event the subscription is done with.
+
+    A coupon it has not met yet: its last event from before the subscription
+    existed (0 if none), which every later one follows.
+    """
+    last = dict(
+        WebhookCouponCursor.objects.filter(subscription=subscription, coupon_id__in=coupon_ids).values_list(
+            "coupon_id", "last_sequence"
+        )
     )
+    started = Q(transaction_id__lt=subscription.start_transaction_id) | Q(
+        transaction_id=subscription.start_transaction_id, position__lte=subscription.start_position
+    )
+    for coupon_id in coupon_ids - last.keys():
+        before = Event.objects.filter(started, coupon_id=coupon_id).order_by("-sequence").values("sequence")[:1]
+        last[coupon_id] = next(iter(before), {"sequence": 0})["sequence"]
+    return last
+
+
+def _save_progress(subscription, worker, cursor, last_sequences):
+    """Store the cursor and the coupons' last sequences; whether the lease was still this worker's."""
+    with transaction.atomic():
+        moved = WebhookSubscription.objects.filter(pk=subscription.pk, lease_owner=worker).update(
+            cursor_transaction_id=cursor[0], cursor_position=cursor[1]
+        )
+        if moved != 1:
+            return False
+        _store_coupon_cursors(subscription, last_sequences)
     subscription.cursor_transaction_id, subscription.cursor_position = cursor
-    return moved == 1
+    return True
 
 
-def _record(subscription, worker, event, result, started_at, duration_ms):
-    """Record the attempt and move the subscription on (delivered) or schedule its retry; whether the lease held."""
+def _store_coupon_cursors(subscription, last_sequences):
+    WebhookCouponCursor.objects.bulk_create(
+        [
+            WebhookCouponCursor(subscription=subscription, coupon_id=coupon_id, last_sequence=sequence)
+            for coupon_id, sequence in last_sequences.items()
+        ],
+        update_conflicts=True,
+        unique_fields=["subscription", "coupon_id"],
+        update_fields=["last_sequence"],
+    )
+
+
+def _attempt(subscription, worker, event, delivered):
+    """Send the event once: True if delivered (noted in `delivered`, recorded at the next flush), False if not
+    (recorded now, after what was delivered before it), None if the lease was lost."""
+    started_at = timezone.now()
+    started = time.monotonic()
+    result = send(subscription, event)
+    attempt = Attempt(event, result, started_at, (time.monotonic() - started) * 1000, subscription.failed_attempts + 1)
+    _counters[result.outcome].inc()
+    if result.outcome == Outcome.DELIVERED:
+        delivery_lag.observe(max(0.0, (timezone.now() - event.occurred_at).total_seconds()))
+        delivered.append(attempt)
+        subscription.failed_attempts = 0
+        if len(delivered) >= FLUSH_SIZE and not _flush(subscription, worker, delivered):
+            return None
+        return True
+    if not _flush(subscription, worker, delivered) or not _record_failure(subscription, worker, attempt):
+        return None
+    return False
+
+
+@dataclass(frozen=True)
+class Attempt:
+    event: Event
+    result: Result
+    started_at: datetime
+    duration_ms: float
+    number: int  # of this event, for this subscription
+
+
+def _flush(subscription, worker, delivered):
+    """Record the deliveries made since the last flush, in one transaction; whether the lease held.
+
+    Written a batch at a time rather than one transaction per event: that
+    was most of a delivery's cost. A worker that dies before its flush has
+    those events sent again by the next (at least once).
+    """
+    if not delivered:
+        return True
     now = timezone.now()
-    delivered = result.outcome == Outcome.DELIVERED
-    attempt = subscription.failed_attempts + 1  # of this event
-    changes = {"leased_until": now + timedelta(seconds=lease_seconds())}
-    if delivered:
-        changes.update(
-            cursor_transaction_id=event.transaction_id,
-            cursor_position=event.position,
+    with transaction.atomic():
+        renewed = WebhookSubscription.objects.filter(pk=subscription.pk, lease_owner=worker).update(
+            leased_until=now + timedelta(seconds=lease_seconds()),
             failing_since=None,
             failed_attempts=0,
             next_attempt_at=None,
         )
-    else:
-        failing_since = subscription.failing_since or started_at
-        failed = subscription.failed_attempts + 1
-        changes.update(failing_since=failing_since, failed_attempts=failed, next_attempt_at=now + backoff(failed))
-        reason = _disable_reason(result, failing_since, now)
-        if reason:
-            changes.update(is_active=False, disabled_at=now, disabled_reason=reason[:255])
+        if renewed != 1:
+            return False
+        last_sequences = {}
+        for attempt in delivered:
+            last_sequences[attempt.event.coupon_id] = attempt.event.sequence
+        _store_coupon_cursors(subscription, last_sequences)
+        WebhookDelivery.objects.bulk_create([_delivery_row(subscription, attempt) for attempt in delivered])
+    subscription.failing_since = None
+    for attempt in delivered:
+        _log(subscription, attempt, disabled=False)
+    delivered.clear()
+    return True
+
+
+def _record_failure(subscription, worker, attempt):
+    """Record a failed attempt and schedule the retry (or disable the subscription); whether the lease held."""
+    now = timezone.now()
+    failing_since = subscription.failing_since or attempt.started_at
+    failed = subscription.failed_attempts + 1
+    changes = {
+        "leased_until": now + timedelta(seconds=lease_seconds()),
+        "failing_since": failing_since,
+        "failed_attempts": failed,
+        "next_attempt_at": now + backoff(failed),
+    }
+    reason = _disable_reason(attempt.result, failing_since, now)
+    if reason:
+        changes.update(is_active=False, disabled_at=now, disabled_reason=reason[:255])
     with transaction.atomic():
         if WebhookSubscription.objects.filter(pk=subscription.pk, lease_owner=worker).update(**changes) != 1:
             return False
-        WebhookDelivery.objects.create(
-            subscription=subscription,
-            event=event,
-            attempt=attempt,
-            attempted_at=started_at,
-            outcome=result.outcome,
-            response_status=result.status,
-            duration_ms=duration_ms,
-            error=result.error[:255],
-        )
+        _delivery_row(subscription, attempt).save()
     for field, value in changes.items():
         setattr(subscription, field, value)
-    log = logger.info if delivered else logger.warning
-    log(
+    _log(subscription, attempt, disabled=bool(reason))
+    return True
+
+
+def _delivery_row(subscription, attempt):
+    return WebhookDelivery(
+        subscription=subscription,
+        event=attempt.event,
+        attempt=attempt.number,
+        attempted_at=attempt.started_at,
+        outcome=attempt.result.outcome,
+        response_status=attempt.result.status,
+        duration_ms=attempt.duration_ms,
+        error=attempt.result.error[:255],
+    )
+
+
+def _log(subscription, attempt, *, disabled):
+    delivered = attempt.result.outcome == Outcome.DELIVERED
+    (logger.info if delivered else logger.warning)(
         "webhook_delivery",
         subscription=str(subscription.pk),
-        event_id=str(event.uuid),
-        event_type=event.type,
-        outcome=result.outcome,
-        status=result.status,
-        attempt=attempt,
-        duration_ms=round(duration_ms, 1),
-        error=result.error or None,
-        disabled=not changes.get("is_active", True),
+        event_id=str(attempt.event.uuid),
+        event_type=attempt.event.type,
+        coupon=attempt.event.coupon_name,
+        sequence=attempt.event.sequence,
+        outcome=attempt.result.outcome,
+        status=attempt.result.status,
+        attempt=attempt.number,
+        duration_ms=round(attempt.duration_ms, 1),
+        error=attempt.result.error or None,
+        disabled=disabled,
     )
-    return True
 
 
 def _disable_reason(result, failing_since, now):
@@ -248,15 +382,38 @@ def post(url: str, body: bytes, headers: dict, *, timeout: float) -> int:
     checked (not to whatever a second DNS lookup says), and a deadline on
     the whole exchange (a socket timeout bounds each read, not a receiver
     that trickles its answer a byte at a time). No redirect is followed.
+    The connection is kept open for the next event to the same receiver
+    (a flash sale's events go over one connection); a kept one the receiver
+    has closed meanwhile is replaced once.
     """
     parts = urlsplit(url)
-    https = parts.scheme == "https"
-    port = parts.port or (443 if https else 80)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
     address = safe_address(parts.hostname, port)
-    connection_class = http.client.HTTPSConnection if https else http.client.HTTPConnection
-    connection = connection_class(parts.hostname, port, timeout=timeout)
+    target = (parts.scheme, parts.hostname, port, address)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    kept = _kept_connections.pop(target, None)
+    if kept is not None:
+        try:
+            return _exchange(kept, target, path, body, headers, timeout)
+        except (ConnectionError, http.client.RemoteDisconnected, http.client.BadStatusLine):
+            pass  # closed by the receiver while idle: once more on a new connection
+    return _exchange(_connect(target, timeout), target, path, body, headers, timeout)
+
+
+# Open connections by (scheme, host, port, address): deliver_events is one thread.
+_kept_connections = {}
+
+
+def _connect(target, timeout):
+    scheme, host, port, address = target
+    connection_class = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
+    connection = connection_class(host, port, timeout=timeout)
     # The checked address, whatever the host name resolves to now (TLS still checks the host name).
     connection._create_connection = lambda _, *args: socket.create_connection((address, port), *args)
+    return connection
+
+
+def _exchange(connection, target, path, body, headers, timeout):
     expired = threading.Event()
 
     def hang_up():
@@ -269,13 +426,14 @@ def post(url: str, body: bytes, headers: dict, *, timeout: float) -> int:
 
     deadline = threading.Timer(timeout, hang_up)
     deadline.start()
+    keep = False
     try:
-        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         connection.request("POST", path, body=body, headers=headers)
         response = connection.getresponse()
         response.read(MAX_ANSWER_BYTES)
         if expired.is_set():  # cut off mid-answer: a read after the hang-up just sees the end of the stream
             raise TimeoutError()
+        keep = response.isclosed() and not response.will_close  # read to its end, and the receiver keeps it open
         return response.status
     except (OSError, http.client.HTTPException):
         if expired.is_set():
@@ -283,7 +441,10 @@ def post(url: str, body: bytes, headers: dict, *, timeout: float) -> int:
         raise
     finally:
         deadline.cancel()
-        connection.close()
+        if keep:
+            _kept_connections[target] = connection
+        else:
+            connection.close()
 
 
 def worker_name() -> str:

@@ -49,6 +49,8 @@ def create_subscription(
         description=description,
         created_by=created_by,
         secret=new_secret(),
+        start_transaction_id=transaction_id,
+        start_position=position,
         cursor_transaction_id=transaction_id,
         cursor_position=position,
     )

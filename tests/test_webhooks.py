@@ -3,12 +3,14 @@
 
 import contextlib
 import io
+import json
 import logging
 import re
 import time
 import uuid
 from pathlib import Path
 
+from django.db import connection
 from django.test import TestCase, TransactionTestCase, override_settings
 from django.urls import reverse
 from django.utils import timezone
@@ -185,6 +187,32 @@ class DeliveryTests(DeliveryTestCase):
         subscription.refresh_from_db()
         self.assertTrue(subscription.is_active)
         self.assertEqual((subscription.failed_attempts, subscription.failing_since), (0, None))
+
+    def test_a_coupons_events_are_sent_by_sequence_whatever_their_order_in_the_log(self):
+        """Two transactions of one coupon can reach the log in the other order than they took its row lock in
+        (PostgreSQL does not hand out transaction ids in lock order): the worker still sends by sequence."""
+        port = free_port()
+        subscription = self.subscribe(port)
+        transaction_id = subscription.start_transaction_id + 1 if connection.vendor == "postgresql" else 0
+        for sequence in [1, 3, 4, 2, 5]:  # the log's order
+            Event.objects.create(
+                uuid=uuid.uuid4(),
+                type="claim.granted",
+                coupon_id=999,
+                coupon_name="C",
+                sequence=sequence,
+                occurred_at=timezone.now(),
+                data={"user_id": f"user_{sequence}"},
+                transaction_id=transaction_id,
+            )
+        with Receiver(port, secret=subscription.secret, script=[200, 200, 500]) as receiver:
+            self.deliver_until(lambda: len(receiver.acknowledged()) == 5, "delivery")
+
+        sent = [json.loads(r.body)["sequence"] for r in receiver.received]
+        self.assertEqual(sent, [1, 2, 3, 3, 4, 5])  # 3 failed once, and was sent again before 4
+        subscription.refresh_from_db()
+        self.assertEqual(subscription.coupon_cursors.get().last_sequence, 5)
+        self.assertEqual(subscription.cursor_position, Event.objects.get(sequence=5).position)
 
     def test_only_the_subscribed_types_are_sent(self):
         port = free_port()

@@ -9,6 +9,7 @@ headers, body, when it came, what it was answered, and whether its
 signature verified (with standardwebhooks, the scheme's reference code).
 """
 
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ class Receiver:
         self.received: list[Received] = []
         self._lock = threading.Lock()
         self._server = None
+        self._connections = []
 
     @property
     def url(self):
@@ -53,7 +55,15 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
+            protocol_version = "HTTP/1.1"  # keeps connections open
+            # An answer's head and body in one write, as servers do (unbuffered, the two small writes of a
+            # kept-alive connection meet the sender's delayed ACK: 40 ms each).
+            wbufsize = 64 * 1024
+
+            def setup(self):
+                super().setup()
+                with receiver._lock:
+                    receiver._connections.append(self.connection)
 
             def do_POST(self):  # noqa: N802 - the http.server API
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
@@ -73,10 +83,18 @@ class Receiver:
         return self
 
     def stop(self):
+        """Stop listening, and close the connections senders keep open, as a receiver that goes down does."""
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
             self._server = None
+        with self._lock:
+            for connection in self._connections:
+                try:
+                    connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass  # closed already
+            self._connections.clear()
 
     def __enter__(self):
         return self.start()
