@@ -7,8 +7,9 @@ coupon is in flight in this process, further claims of that coupon wait;
 when it ends, all of them form the next group, led by the first to arrive,
 which grants them together: one `transaction.atomic()`, one
 `select_for_update()` of the coupon row, one read of which of them already
-hold the coupon, one INSERT of the winners, one `F("remaining_amount") - n`
-update, one commit. A claim that arrives while nothing is in flight leads a
+hold the coupon, one INSERT of the winners, one `remaining_amount - n`
+update with the group's events (coupons/outbox.py; an F() update and an
+INSERT on SQLite), one commit. A claim that arrives while nothing is in flight leads a
 group of one at once: a quiet service adds no wait.
 
 Groups need several requests in flight in one process: gunicorn runs
@@ -32,7 +33,6 @@ import threading
 from collections.abc import Sequence
 
 from django.db import connection, transaction
-from django.db.models import F
 from prometheus_client import Histogram
 
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
@@ -138,15 +138,13 @@ def _grant(coupon_id, user_ids, attempts):
             if len(winners) == remaining_amount:
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
             _insert_claims(winners)
-            Coupon.objects.filter(pk=coupon_id).update(
-                remaining_amount=F("remaining_amount") - len(winners),
-                last_event_sequence=F("last_event_sequence") + len(events),
-            )
+            # The stock's UPDATE and the events' INSERT: one statement on PostgreSQL.
             record_events(
                 coupon_id=coupon_id,
                 coupon_name=name,
                 events=events,
-                first_sequence=last_sequence + 1,
+                remaining_amount_change=-len(winners),
+                last_sequence=last_sequence,
                 occurred_at=now,
             )
     return outcomes, keyed

@@ -3,7 +3,6 @@
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
 
 from coupons.claim_groups import claim_groups
 from coupons.exceptions import (
@@ -37,7 +36,6 @@ def create_coupon(
                 coupon_name=name,
                 events=[NewEvent(COUPON_CREATED, {"amount": amount, **window})],
             )
-            coupon.last_event_sequence = 1
             return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
@@ -60,8 +58,8 @@ def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None 
     The rest is granted under the coupon row lock, together with the other
     claims of the coupon waiting in this process (coupons/claim_groups.py):
     `select_for_update()`, the holders, the window (on the database's clock)
-    and the stock re-checked, the winners inserted, an F() decrement, one
-    commit. Claims of one coupon pass the lock one group at a time, each
+    and the stock re-checked, the winners inserted, a relative decrement in
+    the database (`remaining_amount - n`), one commit. Claims of one coupon pass the lock one group at a time, each
     seeing the previous one's result: stock is never oversold, and the
     unique (coupon, user_id) index backs the one-claim-per-user rule in the
     database itself. The group's transaction also writes a `claim.granted`
@@ -116,7 +114,7 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
     """Give the user's claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
 
     Under the coupon row lock, taken as claim_coupon takes it: the claim is
-    deleted, `remaining_amount` goes up by one with an F() expression, and
+    deleted, `remaining_amount` goes up by one (a relative update in the database), and
     the release is recorded, with its `claim.released` event, all in one transaction. Claims, releases and
     restocks of one coupon thus apply one after the other, and
     `remaining_amount = amount - claims` holds between them. The user may
@@ -132,11 +130,11 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
             raise ClaimNotFound()
         claim_id, claimed_at = claim
         Claim.objects.filter(pk=claim_id).delete()
-        Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
-        record_events(
+        record_events(  # and remaining_amount + 1
             coupon_id=coupon_id,
             coupon_name=coupon_name,
             events=[NewEvent(CLAIM_RELEASED, {"user_id": user_id, "reason": reason})],
+            remaining_amount_change=1,
         )
         return ClaimRelease.objects.create(
             coupon_id=coupon_id, user_id=user_id, claimed_at=claimed_at, released_by=released_by, reason=reason
