@@ -38,7 +38,7 @@ from rest_framework.renderers import JSONRenderer
 
 from coupons.api.errors import api_exception_handler
 from coupons.api_keys import VerifiedKey
-from coupons.exceptions import IdempotencyKeyInUse, InvalidIdempotencyKey
+from coupons.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from coupons.idempotency import StoredAnswer, acquire_key, release_key, store_answers
 
 HEADER = "Idempotency-Key"
@@ -78,7 +78,14 @@ def idempotent(method=None, *, answered_in_service=False):
             request.idempotency = None
             return method(view, request, *args, **kwargs)
         key = parse_key(sent)
-        held = acquire_key(caller=caller_of(request), key=key, fingerprint=fingerprint_of(request))
+        try:
+            held = acquire_key(caller=caller_of(request), key=key, fingerprint=fingerprint_of(request))
+        except IdempotencyKeyReused:
+            _counters["reused"].inc()
+            raise
+        except IdempotencyKeyInUse:
+            _counters["in_use"].inc()
+            raise
         if isinstance(held, StoredAnswer):
             _counters["replayed"].inc()
             return as_response(held, replayed=True)
