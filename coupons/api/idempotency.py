@@ -37,6 +37,7 @@ from prometheus_client import Counter
 from rest_framework.renderers import JSONRenderer
 
 from coupons.api.errors import api_exception_handler
+from coupons.api.schema import add_error_responses
 from coupons.api_keys import VerifiedKey
 from coupons.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, InvalidIdempotencyKey
 from coupons.idempotency import StoredAnswer, acquire_key, release_key, store_answers
@@ -224,19 +225,12 @@ def _let_go(attempt):
 def document_idempotency_errors(result, generator, request, public):
     """drf-spectacular hook: every operation that takes an Idempotency-Key documents what the key can answer."""
     errors = {
-        "400": "Or: the Idempotency-Key is malformed (code invalid_idempotency_key).",
-        "409": "Or: a request with this Idempotency-Key is still running (code idempotency_key_in_use, with"
-        " Retry-After).",
+        "400": "The Idempotency-Key is malformed (code invalid_idempotency_key).",
+        "409": "A request with this Idempotency-Key is still running (code idempotency_key_in_use, with Retry-After).",
         "422": "This Idempotency-Key was sent with another request (code idempotency_key_reused).",
     }
     for operations in result["paths"].values():
         for operation in operations.values():
-            if not any(parameter["name"] == HEADER for parameter in operation.get("parameters", ())):
-                continue
-            for status_code, description in errors.items():
-                response = operation["responses"].setdefault(
-                    status_code,
-                    {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                )
-                response["description"] = " ".join(filter(None, [response.get("description"), description]))
+            if any(parameter["name"] == HEADER for parameter in operation.get("parameters", ())):
+                add_error_responses(operation, errors)
     return result
