@@ -7,6 +7,7 @@ from urllib.parse import quote
 
 from django.test import TestCase, TransactionTestCase
 from django.utils import timezone
+from prometheus_client import REGISTRY
 
 from coupons.claim_groups import grant_claims
 from coupons.exceptions import IdempotencyKeyInUse
@@ -51,6 +52,22 @@ class IdempotencyApiTests(JsonApiAssertions, TestCase):
         self.assertEqual(Coupon.objects.get().remaining_amount, 4)
         # Without the key, the same request is a repeat: 409 as ever.
         self.assert_error(self.post_json(CLAIM, {"user_id": "ann", "coupon_name": "PROMO"}), 409, "already_claimed")
+
+    def test_what_became_of_keyed_requests_is_counted(self):
+        def counted():
+            return {
+                outcome: REGISTRY.get_sample_value("idempotent_requests_total", {"outcome": outcome}) or 0
+                for outcome in ("executed", "replayed", "reused", "invalid")
+            }
+
+        before = counted()
+        self.claim("ann", "k-1")
+        self.claim("ann", "k-1")
+        self.claim("bob", "k-1")
+        self.claim("bob", "not a key")
+
+        after = counted()
+        self.assertEqual({outcome: after[outcome] - before[outcome] for outcome in after}, dict.fromkeys(after, 1))
 
     def test_the_same_request_is_the_same_json_whatever_its_spacing_and_key_order(self):
         first = self.claim("ann", "k-1")
