@@ -265,3 +265,17 @@ class WebhookDelivery(models.Model):
 
     def __str__(self):
         return f"{self.event_id} → {self.subscription_id}: {self.outcome}"
+
+
+class EventStreamCursor(models.Model):
+    """How far a publisher of the event log to a message stream (coupons/event_streams.py) has got, and which
+    worker publishes it, until when (one at a time, however many deliver_events run)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    cursor_transaction_id = models.BigIntegerField(default=0)
+    cursor_position = models.BigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=32, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return self.name

@@ -303,6 +303,11 @@ WEBHOOK_METRICS_PORT = env_int("WEBHOOK_METRICS_PORT", 0)
 WEBHOOK_METRICS_HOST = os.environ.get("WEBHOOK_METRICS_HOST") or "127.0.0.1"
 # Days events are kept in the outbox (GET /api/events, webhooks not yet delivered).
 EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7)
+# Set (e.g. nats://127.0.0.1:4222): deliver_events also publishes every event to this NATS server's
+# JetStream, in the stream EVENTS_NATS_STREAM, on the subject "<EVENTS_NATS_SUBJECT>.<event type>".
+EVENTS_NATS_URL = os.environ.get("EVENTS_NATS_URL", "")
+EVENTS_NATS_STREAM = os.environ.get("EVENTS_NATS_STREAM") or "COUPON_EVENTS"
+EVENTS_NATS_SUBJECT = os.environ.get("EVENTS_NATS_SUBJECT") or "coupons.events"
 
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],

@@ -5,6 +5,8 @@ with --once until nothing is due. Several may run at once, on one host or
 many. Once a minute it also purges expired idempotency keys and events past
 EVENT_RETENTION_DAYS, in bounded batches. With WEBHOOK_METRICS_PORT set it
 serves its Prometheus metrics (webhook_deliveries_total...) on that port.
+With EVENTS_NATS_URL set it also publishes the events to NATS JetStream
+(coupons/event_streams.py).
 """
 
 import signal
@@ -17,8 +19,10 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
+from nats.errors import Error as NatsError
 from prometheus_client import start_http_server
 
+from coupons.event_streams import NatsPublisher, publish_once
 from coupons.idempotency import purge_expired_keys
 from coupons.outbox import purge_events_before
 from coupons.webhook_delivery import deliver_once, worker_name
@@ -44,23 +48,37 @@ class Command(BaseCommand):
         if settings.WEBHOOK_METRICS_PORT:
             start_http_server(settings.WEBHOOK_METRICS_PORT, addr=settings.WEBHOOK_METRICS_HOST)
         worker = worker_name()
-        logger.info("deliver_events_started", worker=worker)
+        publisher = NatsPublisher(settings.EVENTS_NATS_URL) if settings.EVENTS_NATS_URL else None
+        logger.info("deliver_events_started", worker=worker, nats=bool(publisher))
         next_housekeeping = time.monotonic()
-        while not stop.is_set():
-            try:
-                if time.monotonic() >= next_housekeeping:
-                    housekeeping()
-                    next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
-                if deliver_once(worker=worker):
-                    continue  # more may be due: no pause
-            except DatabaseError as exc:
-                logger.warning("deliver_events_database_error", error=str(exc))
-                close_old_connections()
-                stop.wait(ERROR_PAUSE_SECONDS)
-                continue
-            if once:
-                break
-            stop.wait(settings.WEBHOOK_POLL_MS / 1000)
+        try:
+            while not stop.is_set():
+                try:
+                    if time.monotonic() >= next_housekeeping:
+                        housekeeping()
+                        next_housekeeping = time.monotonic() + HOUSEKEEPING_SECONDS
+                    busy = deliver_once(worker=worker)
+                    if publisher is not None:
+                        busy += publish_once(publisher=publisher, worker=worker)
+                    if busy:
+                        continue  # more may be due: no pause
+                except DatabaseError as exc:
+                    logger.warning("deliver_events_database_error", error=str(exc))
+                    close_old_connections()
+                    stop.wait(ERROR_PAUSE_SECONDS)
+                    continue
+                except (OSError, NatsError) as exc:  # NATS away: its events wait, webhooks go on
+                    logger.warning("deliver_events_nats_error", error=f"{type(exc).__name__}: {exc}")
+                    publisher.close()
+                    publisher = NatsPublisher(settings.EVENTS_NATS_URL)
+                    stop.wait(ERROR_PAUSE_SECONDS)
+                    continue
+                if once:
+                    break
+                stop.wait(settings.WEBHOOK_POLL_MS / 1000)
+        finally:
+            if publisher is not None:
+                publisher.close()
         logger.info("deliver_events_stopped", worker=worker)
 
 
