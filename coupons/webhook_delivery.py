@@ -138,8 +138,12 @@ def _deliver(subscription, worker):
         while progress and not failed:  # again while a pass moved on: a held event may be next now
             progress = False
             for event in events:
-                if event.position in done or event.sequence > last_sequences[event.coupon_id] + 1:
-                    continue  # done with, or held behind an earlier event of its coupon
+                if event.position in done:
+                    continue
+                if event.sequence > last_sequences[event.coupon_id] + 1:
+                    if not _purged_before(event, last_sequences[event.coupon_id]):
+                        continue  # held behind an earlier event of its coupon, still to be listed
+                    last_sequences[event.coupon_id] = event.sequence - 1
                 if event.sequence == last_sequences[event.coupon_id] + 1 and _subscribed(subscription, event):
                     attempts += 1
                     sent = _attempt(subscription, worker, event, delivered)
@@ -168,6 +172,15 @@ def _deliver(subscription, worker):
                 return attempts
         else:
             return attempts
+
+
+def _purged_before(event, last_sequence):
+    """Whether the coupon's events between `last_sequence` and `event` are gone (older than EVENT_RETENTION_DAYS,
+    while the subscription was disabled, say), rather than committed and not yet listed: then nothing is to wait for.
+    (Committed they are: they took the coupon row lock, and committed, before `event` did.)"""
+    return not Event.objects.filter(
+        coupon_id=event.coupon_id, sequence__gt=last_sequence, sequence__lt=event.sequence
+    ).exists()
 
 
 def _subscribed(subscription, event):
