@@ -141,7 +141,8 @@ def fingerprint_of(request):
 
 def answering(request, success):
     """For an `answered_in_service` method: the request's Attempt, answering `success` when the service succeeds
-    (None without a key)."""
+    (None without a key). `success` is the Response, or a function of what the service made that returns it
+    (for a body that depends on it: called in the service's transaction)."""
     attempt = request.idempotency
     if attempt is not None:
         attempt.answer_for = functools.partial(answer_for, success=success)
@@ -152,7 +153,7 @@ def answer_for(outcome, success=None):
     """The answer to store for a service's outcome: `success`, or the error the API answers for a refusal."""
     if isinstance(outcome, Exception):
         return answer_of(api_exception_handler(outcome, {}))
-    return answer_of(success)
+    return answer_of(success(outcome) if callable(success) else success)
 
 
 def answer_of(response):
