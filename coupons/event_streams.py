@@ -18,6 +18,7 @@ publishes at a time (a lease on the publisher's cursor row).
 
 import asyncio
 import json
+import threading
 from datetime import timedelta
 
 import nats
@@ -34,20 +35,31 @@ NAME = "nats"
 BATCH_SIZE = 500
 LEASE_SECONDS = 30
 CONNECT_TIMEOUT_SECONDS = 5
+# The longest one batch may take to be published and acknowledged.
+PUBLISH_TIMEOUT_SECONDS = 60
 
 
 class NatsPublisher:
-    """A connection to the NATS server, kept open by the worker (nats-py is asyncio: it runs on a loop of its own)."""
+    """A connection to the NATS server, kept open by the worker.
+
+    nats-py is asyncio: its loop runs in a thread of its own, so that the
+    caller's thread may have a loop of its own or none.
+    """
 
     def __init__(self, url):
         self.url = url
         self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="nats", daemon=True)
+        self.thread.start()
         self.connection = None
         self.jetstream = None
 
+    def run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=PUBLISH_TIMEOUT_SECONDS)
+
     def publish(self, events):
         """Publish the events, in order, each acknowledged by JetStream before the next."""
-        self.loop.run_until_complete(self._publish(events))
+        self.run(self._publish(events))
 
     async def _publish(self, events):
         if self.connection is None or self.connection.is_closed:
@@ -71,7 +83,9 @@ class NatsPublisher:
 
     def close(self):
         if self.connection is not None and not self.connection.is_closed:
-            self.loop.run_until_complete(self.connection.close())
+            self.run(self.connection.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
         self.loop.close()
 
 

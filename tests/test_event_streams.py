@@ -1,7 +1,6 @@
 """Publishing the event log to NATS JetStream (coupons/event_streams.py), against the real server on
 127.0.0.1:4222 (NATS_URL to use another; the tests are skipped when none answers)."""
 
-import asyncio
 import json
 import os
 import socket
@@ -36,12 +35,13 @@ class JetStreamPublisherTests(TransactionTestCase):
         names = {"EVENTS_NATS_STREAM": f"TEST_EVENTS_{suffix}", "EVENTS_NATS_SUBJECT": f"test.{suffix}.events"}
         self.enterContext(override_settings(EVENTS_NATS_URL=NATS_URL, **names))
         self.stream, self.subject = names["EVENTS_NATS_STREAM"], names["EVENTS_NATS_SUBJECT"]
-        self.addCleanup(self.run_async, self.delete_stream())
         self.publisher = NatsPublisher(NATS_URL)
         self.addCleanup(self.publisher.close)
+        self.addCleanup(lambda: self.run_async(self.delete_stream()))  # cleanups run last-in, first-out
 
     def run_async(self, coroutine):
-        return asyncio.run(coroutine)
+        # On the publisher's loop: the test's thread may already run one (the browser tests leave theirs).
+        return self.publisher.run(coroutine)
 
     async def delete_stream(self):
         connection = await nats.connect(NATS_URL)

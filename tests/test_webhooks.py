@@ -193,18 +193,7 @@ class DeliveryTests(DeliveryTestCase):
         (PostgreSQL does not hand out transaction ids in lock order): the worker still sends by sequence."""
         port = free_port()
         subscription = self.subscribe(port)
-        transaction_id = subscription.start_transaction_id + 1 if connection.vendor == "postgresql" else 0
-        for sequence in [1, 3, 4, 2, 5]:  # the log's order
-            Event.objects.create(
-                uuid=uuid.uuid4(),
-                type="claim.granted",
-                coupon_id=999,
-                coupon_name="C",
-                sequence=sequence,
-                occurred_at=timezone.now(),
-                data={"user_id": f"user_{sequence}"},
-                transaction_id=transaction_id,
-            )
+        log_events(subscription, [1, 3, 4, 2, 5])  # the log's order
         with Receiver(port, secret=subscription.secret, script=[200, 200, 500]) as receiver:
             self.deliver_until(lambda: len(receiver.acknowledged()) == 5, "delivery")
 
@@ -218,18 +207,7 @@ class DeliveryTests(DeliveryTestCase):
         """Re-enabled after EVENT_RETENTION_DAYS, say: a coupon's events 2-4 are gone, 5 is sent after 1."""
         port = free_port()
         subscription = self.subscribe(port)
-        transaction_id = subscription.start_transaction_id + 1 if connection.vendor == "postgresql" else 0
-        for sequence in [1, 5, 6]:
-            Event.objects.create(
-                uuid=uuid.uuid4(),
-                type="claim.granted",
-                coupon_id=999,
-                coupon_name="C",
-                sequence=sequence,
-                occurred_at=timezone.now(),
-                data={},
-                transaction_id=transaction_id,
-            )
+        log_events(subscription, [1, 5, 6])
         with Receiver(port, secret=subscription.secret) as receiver:
             self.deliver_until(lambda: len(receiver.acknowledged()) == 3, "delivery")
         self.assertEqual([json.loads(r.body)["sequence"] for r in receiver.received], [1, 5, 6])
@@ -358,6 +336,22 @@ class DeliveryTests(DeliveryTestCase):
         self.assertNotIn(secret.removeprefix("whsec_"), logged)
         for signature in signatures:
             self.assertNotIn(signature, logged)  # ...or a signature
+
+
+def log_events(subscription, sequences):
+    """Events of one coupon written to the log in this order, after the subscription's start."""
+    transaction_id = subscription.start_transaction_id + 1 if connection.vendor == "postgresql" else 0
+    for sequence in sequences:
+        Event.objects.create(
+            uuid=uuid.uuid4(),
+            type="claim.granted",
+            coupon_id=999,
+            coupon_name="C",
+            sequence=sequence,
+            occurred_at=timezone.now(),
+            data={"user_id": f"user_{sequence}"},
+            transaction_id=transaction_id,
+        )
 
 
 class BackoffTests(TestCase):
