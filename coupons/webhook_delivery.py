@@ -97,14 +97,21 @@ def deliver_once(*, worker: str) -> int:
 
 
 def _lease(worker):
+    """A subscription with events due, leased to `worker`; None if there is none (or all are leased)."""
     now = timezone.now()
+    due = (
+        WebhookSubscription.objects.filter(is_active=True)
+        .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
+        .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
+        .filter(Exists(waiting_events()))
+    )
+    # An idle worker's poll is this one read: no transaction (on SQLite, BEGIN IMMEDIATE would take the
+    # database's write lock, which claims queue for, several times a second).
+    if not due.exists():
+        return None
     with transaction.atomic():
         subscription = (
-            WebhookSubscription.objects.select_for_update(skip_locked=True)
-            .filter(is_active=True)
-            .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
-            .filter(Q(leased_until__isnull=True) | Q(leased_until__lte=now))
-            .filter(Exists(waiting_events()))
+            due.select_for_update(skip_locked=True)
             .order_by(F("leased_until").asc(nulls_first=True), "created_at")
             .first()
         )
