@@ -95,8 +95,9 @@ def idempotent(method=None, *, answered_in_service=False):
         run = _answered_in_service if answered_in_service else _answered_in_one_transaction
         try:
             response = run(held, method, view, request, *args, **kwargs)
-        except BaseException:
+        except BaseException:  # a 5xx (the database away...), or a bug: nothing to keep
             _let_go(held)
+            _counters["not_stored"].inc()
             raise
         if held.stored is None:
             _let_go(held)
