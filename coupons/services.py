@@ -21,7 +21,16 @@ from coupons.exceptions import (
     OutOfStock,
     RedemptionClosed,
 )
+from coupons.idempotency import Attempt
 from coupons.models import LIVE_STATUSES, Claim, ClaimRelease, ClaimStatus, Coupon, RedemptionUndo
+from coupons.outbox import (
+    CLAIM_RELEASED,
+    COUPON_CREATED,
+    COUPON_RESTOCKED,
+    COUPON_SOLD_OUT,
+    NewEvent,
+    record_events,
+)
 from coupons.sale_windows import format_utc
 from coupons.selectors import REDEMPTION_COLUMNS, Redemption, get_claim_eligibility
 
@@ -35,7 +44,8 @@ def create_coupon(
     hold_seconds: int | None = None,
     redeem_until: datetime | None = None,
 ) -> Coupon:
-    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at).
+    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at), with its
+    `coupon.created` event.
 
     With `hold_seconds`, a claim not redeemed that long after it was granted
     expires and gives its unit back (coupons/holds.py); with `redeem_until`,
@@ -45,7 +55,7 @@ def create_coupon(
         # A savepoint, so that a duplicate name leaves any caller's
         # transaction usable.
         with transaction.atomic():
-            return Coupon.objects.create(
+            coupon = Coupon.objects.create(
                 name=name,
                 amount=amount,
                 starts_at=starts_at,
@@ -53,13 +63,22 @@ def create_coupon(
                 hold_seconds=hold_seconds,
                 redeem_until=redeem_until,
             )
+            data = {
+                "amount": amount,
+                "starts_at": format_utc(starts_at),
+                "ends_at": format_utc(ends_at),
+                "hold_seconds": hold_seconds,
+                "redeem_until": format_utc(redeem_until),
+            }
+            record_events(coupon_id=coupon.pk, coupon_name=name, events=[NewEvent(COUPON_CREATED, data)])
+            return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
             raise CouponAlreadyExists() from exc
         raise
 
 
-def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
+def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None = None) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
     Most requests of a flash sale are refused, so refusals come first, from
@@ -74,11 +93,14 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     The rest is granted under the coupon row lock, together with the other
     claims of the coupon waiting in this process (coupons/claim_groups.py):
     `select_for_update()`, the holders, the window (on the database's clock)
-    and the stock re-checked, the winners inserted, an F() decrement, one
-    commit. Claims of one coupon pass the lock one group at a time, each
-    seeing the previous one's result: stock is never oversold, and the
-    unique (coupon, user_id) index backs the one-claim-per-user rule in the
-    database itself.
+    and the stock re-checked, the winners inserted, a relative decrement
+    (`remaining_amount - n`, as F() writes it), one commit. Claims of one
+    coupon pass the lock one group at a time, each seeing the previous one's
+    result: stock is never oversold, and the unique (coupon, user_id) index
+    of live claims backs the one-claim-per-user rule in the database itself.
+    The group's transaction also writes a `claim.granted` event per winner
+    (and `coupon.sold_out` when the last unit goes), and the answer of a
+    claim sent with an Idempotency-Key (`idempotency`).
     """
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
@@ -86,7 +108,7 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     eligibility.window.check_open(eligibility.now)
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
-    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id)
+    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id, attempt=idempotency)
 
 
 def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
@@ -97,7 +119,8 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
     claimed, so `remaining_amount` stays within 0..amount. The coupon row is
     locked as claim_coupon locks it, so a restock and concurrent claims apply
     one after the other and none of their changes is lost. `amount` must
-    already have passed the model field's validators (1..MAX_AMOUNT).
+    already have passed the model field's validators (1..MAX_AMOUNT). Writes
+    `coupon.restocked` (and `coupon.sold_out` if no stock is left now).
     """
     with transaction.atomic():
         try:
@@ -107,9 +130,19 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
         claimed = coupon.claimed_amount
         if amount < claimed:
             raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        remaining_before, amount_before = coupon.remaining_amount, coupon.amount
         coupon.remaining_amount = amount - claimed
         coupon.amount = amount
         coupon.save(update_fields=["amount", "remaining_amount"])
+        events = [
+            NewEvent(
+                COUPON_RESTOCKED,
+                {"amount_before": amount_before, "amount": amount, "remaining_amount": coupon.remaining_amount},
+            )
+        ]
+        if remaining_before > 0 and coupon.remaining_amount == 0:
+            events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
+        record_events(coupon_id=coupon.pk, coupon_name=coupon.name, events=events)
     return coupon
 
 
@@ -118,12 +151,12 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
 
     Under the coupon row lock, taken as claim_coupon takes it: the claim
     (held or redeemed) becomes `released`, `remaining_amount` goes up by one
-    with an F() expression, and the release is recorded, all in one
-    transaction. Everything that changes whether a claim holds a unit
-    (claims, releases, expiries) and restocks take that lock first, so they
-    apply one after the other and `remaining_amount + held + redeemed =
-    amount` holds between them. The user may then claim again while the
-    sale is live.
+    with an F() expression, and the release is recorded with its
+    `claim.released` event, all in one transaction. Everything that changes
+    whether a claim holds a unit (claims, releases, expiries) and restocks
+    take that lock first, so they apply one after the other and
+    `remaining_amount + held + redeemed = amount` holds between them. The
+    user may then claim again while the sale is live.
     """
     with transaction.atomic():
         try:
@@ -131,10 +164,10 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         except Coupon.DoesNotExist:
             raise CouponNotFound() from None
         live = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id, status__in=LIVE_STATUSES)
-        claim = live.values_list("pk", "created_at").first()
+        claim = live.values_list("pk", "created_at", "code").first()
         if claim is None:
             raise ClaimNotFound()
-        claim_id, claimed_at = claim
+        claim_id, claimed_at, code = claim
         release = ClaimRelease.objects.create(
             coupon_id=coupon_id,
             claim_id=claim_id,
@@ -145,6 +178,8 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.RELEASED, returned_at=release.released_at)
         Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": code, "reason": reason})
+        record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=[event])
         return release
 
 

@@ -3,7 +3,8 @@
 Lost between the database and the service (the database commits, the
 service's connection dies before the answer arrives: the service answers 503)
 or between the service and the client (the client hangs up before reading
-its 201): either way the retry gets 409, never a second unit.
+its 201): either way the retry gets 409, never a second unit; sent with an
+Idempotency-Key, the retry gets the claim's own 201 again.
 """
 
 import json
@@ -54,6 +55,30 @@ class LostAnswerTests(FaultTestCase):
                 self.assert_one_claim_each(name, users, 2 * ROUNDS)
         self.assertEqual(self.service.claim("someone_else", name).status, 201)
         logger.info("commit answers lost between the database and the service: %d", self.thief.answers_lost)
+
+    def test_with_an_idempotency_key_the_retry_gets_the_201_the_commit_answered(self):
+        name = "LOST COMMIT ANSWER, KEYED"
+        self.create_coupon(self.service, name, 2 * ROUNDS)
+        users = []
+        for round_number in range(ROUNDS):
+            with self.subTest(round=round_number):
+                user, key = f"user_{round_number}", f"key-{round_number}"
+                self.thief.lose_next_commit_answer()
+
+                reply = self.service.claim(user, name, idempotency_key=key)
+
+                self.assert_unavailable(reply)
+                users.append(user)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)  # committed, with its answer
+
+                retry = self.service.claim(user, name, idempotency_key=key)
+
+                self.assertEqual(retry.status, 201, retry)
+                granted = {"user_id": user, "coupon_name": name, "code": self.live_code(name, user)}
+                # The claim's own code: its answer was stored with it.
+                self.assertEqual(retry.body, {**granted, "status": "held", "expires_at": None})
+                self.assertEqual(retry.headers.get("idempotent-replayed"), "true")
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)
 
     def test_the_client_hangs_up_before_reading_its_answer(self):
         name = "LOST HTTP ANSWER"

@@ -1,0 +1,194 @@
+"""The transactional outbox: every change a subscriber may care about is written as an event row in the
+transaction that makes the change, so an event exists exactly when its change was committed.
+
+Services call `record_events()` inside their transaction, under the coupon
+row lock (which every change to a coupon takes first: claim groups,
+releases, restocks).
+The claim group moves the coupon's event counter in its own stock UPDATE
+and sends its events' INSERT (`events_insert()`) in the same statement, so
+its events cost it no statement of their own (coupons/claim_groups.py).
+Nothing is sent from here: the webhook worker (coupons/webhooks.py) and
+`GET /api/events` read the log afterwards.
+
+Reading in order without missing anything: events are numbered by
+`position` as they are inserted, but transactions commit in another order,
+so a reader at position 100 could later see 99 commit. PostgreSQL says
+which transactions may still commit: every one whose id is at least the
+oldest running one (`pg_snapshot_xmin`). Readers list events by
+(transaction id, position) and stop before that horizon; what lies behind
+it can no longer change, so a reader's cursor never skips an event. The
+coupon row lock is the first thing each of these transactions writes, so
+the transaction ids of one coupon's events follow its lock order, which is
+its `sequence` order. SQLite has one writer at a time: position order is
+commit order there.
+"""
+
+import functools
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from django.db import connection
+from django.db.models import Q
+from django.db.models.expressions import RawSQL
+
+from coupons.models import Event
+from coupons.sale_windows import as_utc_datetime, format_utc
+from coupons.selectors import database_now_sql
+
+COUPON_CREATED = "coupon.created"
+CLAIM_GRANTED = "claim.granted"
+CLAIM_RELEASED = "claim.released"
+COUPON_SOLD_OUT = "coupon.sold_out"
+COUPON_RESTOCKED = "coupon.restocked"
+EVENT_TYPES = (COUPON_CREATED, CLAIM_GRANTED, CLAIM_RELEASED, COUPON_SOLD_OUT, COUPON_RESTOCKED)
+
+# The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).
+TRANSACTION_ID_SQL = {"postgresql": "pg_current_xact_id()::text::bigint", "sqlite": "0"}
+# Transactions with an id below this have all ended: their events are all visible, and no new one can appear.
+HORIZON_SQL = "pg_snapshot_xmin(pg_current_snapshot())::text::bigint"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    type: str
+    data: dict
+
+
+# Where a reader is in the log: (transaction_id, position) of the last event it has.
+LogPosition = tuple[int, int]
+
+
+def record_events(*, coupon_id: int, coupon_name: str, events: Sequence[NewEvent]) -> None:
+    """Write `events` of the coupon in the caller's transaction, numbered after its latest event.
+
+    Call it inside the transaction that makes the change, holding the
+    coupon row lock. One UPDATE moves the coupon's event counter by one per
+    event and returns it with the database's clock; one INSERT writes the
+    events.
+    """
+    if not events:
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(_move_counter_sql(connection.vendor), [len(events), coupon_id])
+        last, now = cursor.fetchone()
+        cursor.execute(
+            *events_insert(
+                coupon_id=coupon_id,
+                coupon_name=coupon_name,
+                events=events,
+                last_sequence=last - len(events),
+                occurred_at=as_utc_datetime(now),
+            )
+        )
+
+
+def events_insert(
+    *, coupon_id: int, coupon_name: str, events: Sequence[NewEvent], last_sequence: int, occurred_at: datetime
+) -> tuple[str, list]:
+    """The INSERT of `events`, numbered from `last_sequence` + 1, as (SQL, parameters), for a caller that moves the
+    coupon's event counter by len(events) itself, under the coupon row lock (the claim group, in its stock UPDATE).
+
+    On PostgreSQL, six parameters whatever the number of events (two arrays,
+    ids made by gen_random_uuid()): the claim group sends it as the body of
+    a writable CTE, and a statement's cost under the lock grows with its
+    text and parameters.
+    """
+    occurred = connection.ops.adapt_datetimefield_value(occurred_at)
+    if connection.vendor == "postgresql":
+        types, data = [event.type for event in events], [json.dumps(event.data) for event in events]
+        return POSTGRESQL_INSERT_SQL, [coupon_id, coupon_name, last_sequence, occurred, types, data]
+    uuid_field, data_field = Event._meta.get_field("uuid"), Event._meta.get_field("data")
+    params = []
+    for number, event in enumerate(events, start=last_sequence + 1):
+        params += [
+            uuid_field.get_db_prep_value(uuid.uuid4(), connection),
+            event.type,
+            coupon_id,
+            coupon_name,
+            number,
+            occurred,
+            data_field.get_db_prep_value(event.data, connection),
+        ]
+    return _sqlite_insert_sql(len(events)), params
+
+
+INSERT_SQL = (
+    "INSERT INTO coupons_event (uuid, type, coupon_id, coupon_name, sequence, occurred_at, data, transaction_id)"
+)
+POSTGRESQL_INSERT_SQL = (
+    f"{INSERT_SQL} SELECT gen_random_uuid(), e.type, %s, %s, %s + e.number, %s, e.data::jsonb,"  # noqa: S608
+    f" {TRANSACTION_ID_SQL['postgresql']}"
+    " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, number) ORDER BY e.number"
+)
+
+
+@functools.cache
+def _move_counter_sql(vendor):
+    return (
+        "UPDATE coupons_coupon SET last_event_sequence = last_event_sequence + %s"  # noqa: S608 - constants
+        f" WHERE id = %s RETURNING last_event_sequence, {database_now_sql()}"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _sqlite_insert_sql(count):
+    return f"{INSERT_SQL} VALUES {', '.join(['(%s, %s, %s, %s, %s, %s, %s, 0)'] * count)}"
+
+
+def events_after(*, after: LogPosition | None, limit: int) -> list[Event]:
+    """Up to `limit` events following `after` in the log (from its start when None), oldest first.
+
+    Only events behind the horizon are listed (see the module's docstring):
+    an event shows up once every transaction older than its own has ended.
+    """
+    events = Event.objects.all()
+    if after is not None:
+        transaction_id, position = after
+        events = events.filter(
+            Q(transaction_id__gt=transaction_id) | Q(transaction_id=transaction_id, position__gt=position)
+        )
+    if connection.vendor == "postgresql":
+        events = events.filter(transaction_id__lt=RawSQL(HORIZON_SQL, []))  # noqa: S611 - a constant
+    return list(events.order_by("transaction_id", "position")[:limit])
+
+
+def log_position_of(*, event_id: uuid.UUID) -> LogPosition | None:
+    """Where the event is in the log, or None if no event has this id (never did, or purged)."""
+    return Event.objects.filter(uuid=event_id).values_list("transaction_id", "position").first()
+
+
+def log_end() -> LogPosition:
+    """A position from which a new reader sees every event not yet behind the horizon, and no older one."""
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT {HORIZON_SQL}")
+            return cursor.fetchone()[0] - 1, 2**63 - 1
+    last = Event.objects.order_by("-position").values_list("position", flat=True).first()
+    return 0, last or 0
+
+
+def purge_events_before(moment: datetime, *, batch_size: int = 1000) -> int:
+    """Delete the events that occurred before `moment`, `batch_size` at a time (their delivery records with them)."""
+    purged = 0
+    while True:
+        batch = list(Event.objects.filter(occurred_at__lt=moment).values_list("pk", flat=True)[:batch_size])
+        if not batch:
+            return purged
+        purged += Event.objects.filter(pk__in=batch).delete()[1].get(Event._meta.label, 0)
+        if len(batch) < batch_size:
+            return purged
+
+
+def as_message(event: Event) -> dict:
+    """The event as subscribers get it: a webhook's body, an item of GET /api/events."""
+    return {
+        "id": str(event.uuid),
+        "type": event.type,
+        "occurred_at": format_utc(as_utc_datetime(event.occurred_at)),
+        "coupon": event.coupon_name,
+        "sequence": event.sequence,
+        "data": event.data,
+    }
