@@ -9,18 +9,19 @@ from django.test import TestCase, TransactionTestCase
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
-from coupons.claim_codes import format_code
+from coupons.claim_codes import format_code, normalise_code
 from coupons.claim_groups import grant_claims
 from coupons.exceptions import IdempotencyKeyInUse
 from coupons.idempotency import Attempt, StoredAnswer, acquire_key, purge_expired_keys
-from coupons.models import Claim, ClaimRelease, Coupon, IdempotencyKey
-from coupons.services import claim_coupon, create_coupon
+from coupons.models import Claim, ClaimRelease, ClaimStatus, Coupon, IdempotencyKey, RedemptionUndo
+from coupons.services import claim_coupon, create_coupon, redeem_claim, release_claim, undo_redemption
 from tests.helpers import JsonApiAssertions, subprocess_database_url
 from tests.stress.base import run_simultaneously
 from tests.test_access import make_user, token_header
 from tests.test_api_keys import api_key_header, new_key
 
 CLAIM = "/api/coupons/claim"
+REDEMPTIONS = "/api/redemptions"
 
 
 def keyed(key):
@@ -151,6 +152,52 @@ class IdempotencyApiTests(JsonApiAssertions, TestCase):
         self.assert_replay_of(first, again)
         self.assertEqual(ClaimRelease.objects.count(), 1)
         self.assertEqual(Coupon.objects.get().remaining_amount, 5)
+
+    def test_redeeming_a_code_is_idempotent_and_its_refusals_are_stored(self):
+        code = format_code(claim_coupon(user_id="ann", coupon_name="PROMO").code)
+        body = {"code": code, "order_id": "order-1"}
+        first = self.post_json(REDEMPTIONS, body, **keyed("redeem-1"))
+        again = self.post_json(REDEMPTIONS, body, **keyed("redeem-1"))
+
+        self.assertEqual(first.status_code, 201)
+        self.assertEqual(first.json()["status"], "redeemed")
+        self.assert_replay_of(first, again)  # the 201, not the 409 a repeat without the key hears
+        self.assertEqual(Claim.objects.get().status, ClaimStatus.REDEEMED)
+        self.assertEqual(self.post_json(REDEMPTIONS, body).json()["code"], "already_redeemed")
+        # A refusal is stored too: another key's 409 is replayed as it was, even once the redemption is undone.
+        refused = self.post_json(REDEMPTIONS, {"code": code, "order_id": "order-2"}, **keyed("redeem-2"))
+        self.assertEqual((refused.status_code, refused.json()["order_id"]), (409, "order-1"))
+        undo_redemption(code=normalise_code(code), undone_by="operator")
+        self.assert_replay_of(
+            refused, self.post_json(REDEMPTIONS, {"code": code, "order_id": "order-2"}, **keyed("redeem-2"))
+        )
+        self.assertEqual(Claim.objects.get().status, ClaimStatus.HELD)
+
+    def test_a_gone_claims_410_is_stored(self):
+        code = format_code(claim_coupon(user_id="ann", coupon_name="PROMO").code)
+        release_claim(coupon_name="PROMO", user_id="ann", released_by="operator")
+
+        gone = self.post_json(REDEMPTIONS, {"code": code}, **keyed("redeem-gone"))
+
+        self.assert_error(gone, 410, "claim_expired")
+        self.assert_replay_of(gone, self.post_json(REDEMPTIONS, {"code": code}, **keyed("redeem-gone")))
+
+    def test_undoing_a_redemption_is_idempotent(self):
+        code = claim_coupon(user_id="ann", coupon_name="PROMO").code
+        redeem_claim(code=code, order_id="order-1")
+        staff = token_header(make_user("operator", is_staff=True))
+
+        def undo():
+            return self.client.delete(
+                f"{REDEMPTIONS}/{format_code(code)}", data=b"", content_type="application/json", **staff, **keyed("u-1")
+            )
+
+        first, again = undo(), undo()
+
+        self.assertEqual(first.status_code, 204)
+        self.assert_replay_of(first, again)  # 204 again, not 409 not_redeemed
+        self.assertEqual(RedemptionUndo.objects.count(), 1)
+        self.assertEqual(Claim.objects.get().status, ClaimStatus.HELD)
 
     def test_keys_belong_to_their_caller(self):
         first, second = new_key("claim"), new_key("claim")

@@ -62,12 +62,12 @@ class SchemaTests(SimpleTestCase):
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
         self.assertEqual(
             self.statuses("/api/redemptions", "post"),
-            {"201", "400", "403", "404", "409", "410", "411", "413", "415", "503"},
+            {"201", "400", "403", "404", "409", "410", "411", "413", "415", "422", "503"},
         )
         self.assertEqual(self.statuses("/api/redemptions/{code}", "get"), {"200", "400", "404", "503"})
         self.assertEqual(
             self.statuses("/api/redemptions/{code}", "delete"),
-            {"204", "400", "401", "403", "404", "409", "410", "411", "413", "415", "503"},
+            {"204", "400", "401", "403", "404", "409", "410", "411", "413", "415", "422", "503"},
         )
 
     def test_redemption_shapes(self):

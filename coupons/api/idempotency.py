@@ -16,7 +16,7 @@ all it costs). With it (coupons/idempotency.py holds the rules):
   answer in one transaction; `answered_in_service=True` is for a method
   whose service commits in a transaction of its own making (the claim, in
   its claim group), which it hands `answering(request, success)`.
-  Answers 2xx, 400, 403, 404 and 409 are stored; any other (5xx, 429...)
+  Answers 2xx, 400, 403, 404, 409 and 410 are stored; any other (5xx, 429...)
   lets go of the key, so that a retry runs afresh.
 
 Authentication, permissions and rate limits run before (DRF's initial()):
@@ -46,7 +46,8 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Visible ASCII, no spaces: UUIDs, random tokens, "order-1234:retry" all fit.
 KEY_FORMAT = re.compile(r"[\x21-\x7e]{1,255}")
-STORED_STATUSES = frozenset({400, 403, 404, 409})
+# The refusals a retry would hear again (410: a claim whose hold expired or that was released stays so).
+STORED_STATUSES = frozenset({400, 403, 404, 409, 410})
 
 logger = structlog.get_logger(__name__)
 requests_total = Counter(
