@@ -39,7 +39,7 @@ from datetime import timedelta
 from django.db import connection, transaction
 from prometheus_client import Histogram
 
-from coupons.claim_codes import new_claim_code
+from coupons.claim_codes import format_code, new_claim_code
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
 from coupons.idempotency import Attempt, store_answers
 from coupons.models import Claim, ClaimStatus, Coupon
@@ -155,8 +155,8 @@ def _grant(coupon_id, user_ids, attempts):
             _insert_claims(winners)
             expires = format_utc(expires_at)
             events = [
-                NewEvent(CLAIM_GRANTED, {"user_id": claim.user_id, "code": claim.code, "expires_at": expires})
-                for claim in winners
+                NewEvent(CLAIM_GRANTED, {"user_id": user_id, "code": format_code(code), "expires_at": expires})
+                for user_id, code in ((claim.user_id, claim.code) for claim in winners)
             ]
             if len(winners) == remaining_amount:
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))

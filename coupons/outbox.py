@@ -2,8 +2,8 @@
 transaction that makes the change, so an event exists exactly when its change was committed.
 
 Services call `record_events()` inside their transaction, under the coupon
-row lock (which every change to a coupon takes first: claim groups,
-releases, restocks).
+row lock (which every change to a coupon or its claims takes first: claim
+groups, releases, restocks, redemptions and their undoing, hold expiries).
 The claim group moves the coupon's event counter in its own stock UPDATE
 and sends its events' INSERT (`events_insert()`) in the same statement, so
 its events cost it no statement of their own (coupons/claim_groups.py).
@@ -43,7 +43,19 @@ CLAIM_GRANTED = "claim.granted"
 CLAIM_RELEASED = "claim.released"
 COUPON_SOLD_OUT = "coupon.sold_out"
 COUPON_RESTOCKED = "coupon.restocked"
-EVENT_TYPES = (COUPON_CREATED, CLAIM_GRANTED, CLAIM_RELEASED, COUPON_SOLD_OUT, COUPON_RESTOCKED)
+CLAIM_EXPIRED = "claim.expired"
+REDEMPTION_REDEEMED = "redemption.redeemed"
+REDEMPTION_UNDONE = "redemption.undone"
+EVENT_TYPES = (
+    COUPON_CREATED,
+    CLAIM_GRANTED,
+    CLAIM_RELEASED,
+    COUPON_SOLD_OUT,
+    COUPON_RESTOCKED,
+    CLAIM_EXPIRED,
+    REDEMPTION_REDEEMED,
+    REDEMPTION_UNDONE,
+)
 
 # The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).
 TRANSACTION_ID_SQL = {"postgresql": "pg_current_xact_id()::text::bigint", "sqlite": "0"}

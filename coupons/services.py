@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from coupons.claim_codes import format_code
 from coupons.claim_groups import claim_groups
 from coupons.exceptions import (
     AlreadyClaimed,
@@ -28,6 +29,8 @@ from coupons.outbox import (
     COUPON_CREATED,
     COUPON_RESTOCKED,
     COUPON_SOLD_OUT,
+    REDEMPTION_REDEEMED,
+    REDEMPTION_UNDONE,
     NewEvent,
     record_events,
 )
@@ -178,7 +181,7 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.RELEASED, returned_at=release.released_at)
         Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
-        event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": code, "reason": reason})
+        event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": format_code(code), "reason": reason})
         record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=[event])
         return release
 
@@ -207,17 +210,18 @@ def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = Non
     Exactly once: under the claim's row lock (SELECT ... FOR NO KEY UPDATE;
     on SQLite, the database's write lock), its status is read and, if it is
     held, within its hold and before the coupon's `redeem_until` by the
-    database's clock, set to `redeemed` in the same transaction. Concurrent
-    redemptions of one code queue at the lock and each reads what the one
-    before it committed: one succeeds, the others hear AlreadyRedeemed with
-    when and for which order. An expiry locks the claim too, so a
-    redemption and an expiry of one claim end as exactly one of the two.
-    The stock does not change: a redeemed claim still holds its unit.
+    database's clock, set to `redeemed` in the same transaction, with its
+    `redemption.redeemed` event. Concurrent redemptions of one code queue at
+    the lock and each reads what the one before it committed: one succeeds,
+    the others hear AlreadyRedeemed with when and for which order. An expiry
+    takes the same locks, so a redemption and an expiry of one claim end as
+    exactly one of the two (and write exactly one of their events). The
+    stock does not change: a redeemed claim still holds its unit.
 
     With `coupon_name`, a code of another coupon is refused as not found.
     """
     with transaction.atomic():
-        claim_id, claim, redeem_until, now = _lock_claim(code)
+        coupon_id, claim_id, claim, redeem_until, now = _lock_claim(code)
         if coupon_name is not None and claim.coupon_name != coupon_name:
             raise CodeNotFound("No claim of this coupon has this code.")
         if claim.status == ClaimStatus.REDEEMED:
@@ -231,6 +235,7 @@ def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = Non
         if redeem_until is not None and now >= redeem_until:
             raise RedemptionClosed(f"Redemptions of this coupon closed at {format_utc(redeem_until)}.")
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
+        _record_redemption_event(coupon_id, claim, REDEMPTION_REDEEMED, order_id=order_id or None)
     return dataclasses.replace(claim, status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
 
 
@@ -240,11 +245,12 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
     Its unit stays taken (it goes back to stock only if the hold expires or
     an operator releases it), and its hold keeps the deadline it had: a
     claim undone after that deadline expires at the expiry worker's next
-    pass. The redemption undone is recorded (RedemptionUndo), in the same
-    transaction, under the claim's row lock as redeem_claim takes it.
+    pass. The redemption undone is recorded (RedemptionUndo) with its
+    `redemption.undone` event, in the same transaction, under the locks
+    redeem_claim takes.
     """
     with transaction.atomic():
-        claim_id, claim, _, _ = _lock_claim(code)
+        coupon_id, claim_id, claim, _, _ = _lock_claim(code)
         if claim.status == ClaimStatus.HELD:
             raise NotRedeemed()
         _check_holds_its_unit(claim, now=None)
@@ -256,23 +262,43 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
             reason=reason,
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.HELD, redeemed_at=None, order_id="")
+        _record_redemption_event(coupon_id, claim, REDEMPTION_UNDONE, order_id=claim.order_id or None, reason=reason)
     return undone
 
 
 def _lock_claim(code):
-    """(id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is `code`, locked
-    until the transaction ends (its row only: the coupon row stays free for claims)."""
-    row = (
+    """(coupon id, claim id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is
+    `code`, locked until the transaction ends.
+
+    The coupon's row is locked first, then the claim's: every transaction
+    that locks a coupon and its claims takes them in this order (claim
+    groups, releases, expiries), so none waits for another in a cycle. The
+    coupon's lock is what the redemption's event needs: its `sequence` is
+    the coupon's next (coupons/outbox.py). The coupon of a code never
+    changes, so reading it before the lock is exact.
+    """
+    coupon = (
+        Coupon.objects.select_for_update(no_key=True)
+        .filter(pk__in=Claim.objects.filter(code=code).values("coupon_id"))
+        .values_list("pk", "redeem_until")
+        .first()
+    )
+    if coupon is None:
+        raise CodeNotFound()
+    coupon_id, redeem_until = coupon
+    claim_id, *columns, now = (
         Claim.objects.select_for_update(no_key=True, of=("self",))
         .filter(code=code)
         .annotate(now=Now())
-        .values_list("id", *REDEMPTION_COLUMNS, "coupon__redeem_until", "now")
-        .first()
+        .values_list("id", *REDEMPTION_COLUMNS, "now")
+        .get()
     )
-    if row is None:
-        raise CodeNotFound()
-    claim_id, *columns, redeem_until, now = row
-    return claim_id, Redemption(*columns), redeem_until, now
+    return coupon_id, claim_id, Redemption(*columns), redeem_until, now
+
+
+def _record_redemption_event(coupon_id, claim, event_type, **data):
+    event = NewEvent(event_type, {"user_id": claim.user_id, "code": format_code(claim.code), **data})
+    record_events(coupon_id=coupon_id, coupon_name=claim.coupon_name, events=[event])
 
 
 def _check_holds_its_unit(claim, now):

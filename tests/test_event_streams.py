@@ -10,6 +10,7 @@ import uuid
 import nats
 from django.test import TransactionTestCase, override_settings
 
+from coupons.claim_codes import format_code
 from coupons.event_streams import NatsPublisher, publish_once
 from coupons.models import Claim, Event, EventStreamCursor
 from coupons.services import claim_coupon, create_coupon
@@ -95,7 +96,7 @@ class JetStreamPublisherTests(TransactionTestCase):
             ],
         )
         ann = Claim.objects.get(user_id="ann")
-        self.assertEqual(published[1][2]["data"], {"user_id": "ann", "code": ann.code, "expires_at": None})
+        self.assertEqual(published[1][2]["data"], {"user_id": "ann", "code": format_code(ann.code), "expires_at": None})
 
     def test_one_worker_publishes_at_a_time(self):
         publish_once(publisher=self.publisher, worker="first")

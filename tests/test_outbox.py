@@ -1,21 +1,44 @@
 """The transactional outbox (coupons/outbox.py): one event per change, in the change's transaction, numbered
 without gaps per coupon; read back in order by GET /api/events."""
 
+import functools
 import json
 import threading
 import time
+from datetime import timedelta
 
 from django.db import DatabaseError, connection
 from django.test import TransactionTestCase
 
+from coupons.claim_codes import format_code, normalise_code
 from coupons.claim_groups import claim_groups
-from coupons.exceptions import AlreadyClaimed, OutOfStock
-from coupons.models import Claim, Coupon, Event
-from coupons.outbox import CLAIM_GRANTED, CLAIM_RELEASED, COUPON_CREATED, COUPON_RESTOCKED, COUPON_SOLD_OUT
-from coupons.services import claim_coupon, create_coupon, release_claim, restock_coupon
+from coupons.exceptions import AlreadyClaimed, AlreadyRedeemed, ClaimExpired, NotRedeemed, OutOfStock
+from coupons.holds import expire_holds
+from coupons.models import Claim, ClaimStatus, Coupon, Event
+from coupons.outbox import (
+    CLAIM_EXPIRED,
+    CLAIM_GRANTED,
+    CLAIM_RELEASED,
+    COUPON_CREATED,
+    COUPON_RESTOCKED,
+    COUPON_SOLD_OUT,
+    REDEMPTION_REDEEMED,
+    REDEMPTION_UNDONE,
+)
+from coupons.sale_windows import format_utc
+from coupons.selectors import database_now
+from coupons.services import (
+    claim_coupon,
+    create_coupon,
+    redeem_claim,
+    release_claim,
+    restock_coupon,
+    undo_redemption,
+)
 from tests.helpers import JsonApiAssertions
 from tests.stress.base import run_simultaneously
 from tests.test_claim_groups import PoisonTrigger, coupon_locked_elsewhere, wait_until
+from tests.test_redemptions import overdue
 
 STOCK = 1000
 CLAIMERS = 1200
@@ -65,10 +88,9 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
             if not page["events"]:
                 time.sleep(0.1)
         self.assertEqual([event["id"] for event in pulled], [str(event.uuid) for event in events])
-        first_claim = Claim.objects.get(user_id=claims[0].data["user_id"])
-        self.assertEqual(
-            pulled[1]["data"], {"user_id": first_claim.user_id, "code": first_claim.code, "expires_at": None}
-        )
+        first = Claim.objects.get(user_id=claims[0].data["user_id"])
+        granted = {"user_id": first.user_id, "code": format_code(first.code), "expires_at": None}
+        self.assertEqual(pulled[1]["data"], granted)
         self.assertEqual(set(pulled[1]), {"id", "type", "occurred_at", "coupon", "sequence", "data"})
 
     def test_a_rolled_back_group_writes_no_event(self):
@@ -119,7 +141,7 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
         restock_coupon(coupon_name="PROMO", amount=5)
         restock_coupon(coupon_name="PROMO", amount=1)  # down to what is claimed: sold out again
 
-        code = dict(Claim.objects.values_list("user_id", "code"))
+        code = {user_id: format_code(code) for user_id, code in Claim.objects.values_list("user_id", "code")}
         created = {"amount": 2, "starts_at": None, "ends_at": None, "hold_seconds": None, "redeem_until": None}
         self.assertEqual(
             [(event.sequence, event.type, event.data) for event in events_of("PROMO")],
@@ -180,3 +202,106 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
             self.assert_error(self.client.get("/api/events", **api_key_header(new_key("claim"))), 403, "forbidden")
             self.assertEqual(self.client.get("/api/events", **api_key_header(new_key("read"))).status_code, 200)
         self.assertEqual(json.loads(self.client.get("/api/events").content), {"events": [], "next": None})
+
+
+class RedemptionAndExpiryEventsTests(TransactionTestCase):
+    """Redemption, undo and hold expiry write their events in their own transactions, once, numbered on with the
+    coupon's other events."""
+
+    def test_redeemed_undone_and_expired_claims_write_their_events(self):
+        create_coupon(name="PROMO", amount=3, hold_seconds=600)
+        ann, bob = (claim_coupon(user_id=user, coupon_name="PROMO").code for user in ["ann", "bob"])
+        redeem_claim(code=ann, order_id="order-1")
+        with self.assertRaises(AlreadyRedeemed):
+            redeem_claim(code=ann, order_id="order-2")  # a refusal changes nothing: no event
+        undo_redemption(code=ann, undone_by="operator", reason="cancelled")
+        redeem_claim(code=ann)
+        with self.assertRaises(NotRedeemed):
+            undo_redemption(code=bob, undone_by="operator")
+        overdue(bob)
+        self.assertEqual(expire_holds(), 1)
+        with self.assertRaises(ClaimExpired):
+            redeem_claim(code=bob)
+
+        deadline = format_utc(Claim.objects.get(code=bob).expires_at)
+        ann, bob = format_code(ann), format_code(bob)  # as events (and the API) show codes
+        self.assertEqual(
+            [(event.sequence, event.type, event.data) for event in events_of("PROMO")][3:],
+            [
+                (4, REDEMPTION_REDEEMED, {"user_id": "ann", "code": ann, "order_id": "order-1"}),
+                (
+                    5,
+                    REDEMPTION_UNDONE,
+                    {"user_id": "ann", "code": ann, "order_id": "order-1", "reason": "cancelled"},
+                ),
+                (6, REDEMPTION_REDEEMED, {"user_id": "ann", "code": ann, "order_id": None}),
+                (7, CLAIM_EXPIRED, {"user_id": "bob", "code": bob, "expires_at": deadline}),
+            ],
+        )
+        self.assertEqual(Coupon.objects.get().last_event_sequence, 7)
+
+    def test_an_expiry_writes_each_claims_event_once_even_with_two_workers(self):
+        coupons = {name: create_coupon(name=name, amount=100, hold_seconds=600) for name in ["EARLY", "LATE"]}
+        codes = {
+            name: {format_code(claim_coupon(user_id=f"user_{number}", coupon_name=name).code) for number in range(100)}
+            for name in coupons
+        }
+        Claim.objects.update(expires_at=database_now() - timedelta(seconds=1))
+
+        def worker():
+            # Small batches: many transactions per coupon, so the two workers' passes interleave.
+            return sum(iter(lambda: expire_holds(batch=7), 0))
+
+        expired_by_each = run_simultaneously([worker, worker])
+
+        self.assertEqual(sum(expired_by_each), 200)  # each claim expired by one worker, once
+        for name in coupons:
+            with self.subTest(coupon=name):
+                events = events_of(name)
+                self.assertEqual([event.sequence for event in events], list(range(1, len(events) + 1)))
+                expired = [event.data["code"] for event in events if event.type == CLAIM_EXPIRED]
+                self.assertEqual(sorted(expired), sorted(codes[name]))  # one event per claim, none twice
+                self.assertEqual(Coupon.objects.get(name=name).remaining_amount, 100)
+
+    def test_a_redemption_racing_an_expiry_writes_exactly_one_of_the_two_events(self):
+        create_coupon(name="RACE", amount=60, hold_seconds=1)
+        codes = [claim_coupon(user_id=f"user_{number}", coupon_name="RACE").code for number in range(60)]
+        deadline = time.monotonic() + 1  # the holds' deadline, near enough: the database's clock decides
+        answers = {}
+
+        def redeemer(share):
+            # Spread over the second around the deadline: some before it, some after, some as it passes.
+            for number, code in enumerate(share):
+                time.sleep(max(0.0, deadline - 0.5 + number * 1.0 / len(share) - time.monotonic()))
+                try:
+                    redeem_claim(code=code)
+                    answers[code] = ClaimStatus.REDEEMED
+                except ClaimExpired:
+                    answers[code] = ClaimStatus.EXPIRED
+
+        def expiry_worker():
+            while time.monotonic() < deadline + 1.5:
+                expire_holds()
+                time.sleep(0.01)
+            return expire_holds()
+
+        run_simultaneously([*(functools.partial(redeemer, codes[start::4]) for start in range(4)), expiry_worker])
+        run_simultaneously([expiry_worker])  # whatever a late pass would find
+
+        statuses = dict(Claim.objects.values_list("code", "status"))
+        self.assertEqual(statuses, answers)  # every 201 a redeemed claim, every 410 an expired one
+        self.assertGreater(list(answers.values()).count(ClaimStatus.REDEEMED), 0)
+        self.assertGreater(list(answers.values()).count(ClaimStatus.EXPIRED), 0)
+        events = events_of("RACE")
+        self.assertEqual([event.sequence for event in events], list(range(1, len(events) + 1)))
+        endings = {}
+        for event in events:
+            if event.type in {REDEMPTION_REDEEMED, CLAIM_EXPIRED}:
+                endings.setdefault(normalise_code(event.data["code"]), []).append(event.type)
+        expected = {REDEMPTION_REDEEMED: ClaimStatus.REDEEMED, CLAIM_EXPIRED: ClaimStatus.EXPIRED}
+        self.assertEqual(
+            {code: [expected[t] for t in types] for code, types in endings.items()},
+            {code: [status] for code, status in statuses.items()},
+        )  # exactly one, the right one
+        redeemed = list(statuses.values()).count(ClaimStatus.REDEEMED)
+        self.assertEqual(Coupon.objects.get().remaining_amount, 60 - redeemed)

@@ -159,15 +159,21 @@ class RedeemTests(TestCase):
         Coupon.objects.update(redeem_until=database_now() + timedelta(hours=1))
         redeem_claim(code=self.code)
 
-    def test_a_redemption_locks_its_claim_row_and_never_the_coupon(self):
+    def test_a_redemption_locks_its_coupon_then_its_claim_and_leaves_the_stock_alone(self):
         with CaptureQueriesContext(connection) as queries:
             redeem_claim(code=self.code)
         statements = [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
-        lock, update = statements
+        lock_coupon, lock_claim, update, move_counter, event = statements
+        # The coupon's row first, as claims, releases and expiries take it (no lock cycle): its event's
+        # sequence is the coupon's next.
+        self.assertTrue(lock_coupon.startswith('SELECT "coupons_coupon"."id"'), lock_coupon)
         if connection.vendor == "postgresql":
-            self.assertTrue(lock.endswith('FOR NO KEY UPDATE OF "coupons_claim"'), lock)
+            self.assertTrue(lock_coupon.endswith("FOR NO KEY UPDATE"), lock_coupon)
+            self.assertTrue(lock_claim.endswith('FOR NO KEY UPDATE OF "coupons_claim"'), lock_claim)
         self.assertTrue(update.startswith('UPDATE "coupons_claim"'))
-        self.assertFalse(any('UPDATE "coupons_coupon"' in sql for sql in statements))
+        self.assertTrue(move_counter.startswith("UPDATE coupons_coupon SET last_event_sequence"), move_counter)
+        self.assertTrue(event.startswith("INSERT INTO coupons_event"))
+        self.assertFalse(any("remaining_amount" in sql for sql in statements[2:]))
 
 
 class UndoTests(TestCase):

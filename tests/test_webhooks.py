@@ -18,13 +18,22 @@ from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.exceptions import OutOfStock
+from coupons.holds import expire_holds
 from coupons.models import Event, WebhookDelivery, WebhookSubscription
-from coupons.services import claim_coupon, create_coupon, release_claim, restock_coupon
+from coupons.services import (
+    claim_coupon,
+    create_coupon,
+    redeem_claim,
+    release_claim,
+    restock_coupon,
+    undo_redemption,
+)
 from coupons.webhook_delivery import backoff, deliver_once, send
 from coupons.webhooks import create_subscription, new_secret
 from tests.helpers import JsonApiAssertions, free_port
 from tests.test_access import make_user, token_header
 from tests.test_api_keys import api_key_header, new_key
+from tests.test_redemptions import overdue
 from tests.webhook_receiver import HANG_UP, SLOW_BODY, TIMEOUT, Receiver
 
 WAIT_SECONDS = 60
@@ -138,12 +147,20 @@ class DeliveryTestCase(TransactionTestCase):
             claim_coupon(user_id=user, coupon_name="B")
         release_claim(coupon_name="A", user_id="bob", released_by="operator")
         restock_coupon(coupon_name="B", amount=20)
+        # Redeemed, undone, redeemed again; and a hold that expires.
+        create_coupon(name="C", amount=5, hold_seconds=600)
+        ann, bob = (claim_coupon(user_id=user, coupon_name="C").code for user in ["ann", "bob"])
+        redeem_claim(code=ann, order_id="order-1")
+        undo_redemption(code=ann, undone_by="operator")
+        redeem_claim(code=ann, order_id="order-2")
+        overdue(bob)
+        expire_holds()
         return {
             name: [
                 str(uuid)
                 for uuid in Event.objects.filter(coupon_name=name).order_by("sequence").values_list("uuid", flat=True)
             ]
-            for name in ["A", "B"]
+            for name in ["A", "B", "C"]
         }
 
 
@@ -224,6 +241,30 @@ class DeliveryTests(DeliveryTestCase):
         self.assertEqual(
             [r.headers["webhook-id"] for r in receiver.received], [str(Event.objects.get(type="coupon.sold_out").uuid)]
         )
+
+    def test_redemptions_undos_and_expiries_reach_a_subscription_of_their_types(self):
+        port = free_port()
+        subscription = self.subscribe(port)
+        types = ["redemption.redeemed", "redemption.undone", "claim.expired"]
+        WebhookSubscription.objects.filter(pk=subscription.pk).update(event_types=types)
+        self.a_sale()
+        with Receiver(port, secret=subscription.secret) as receiver:
+            self.deliver_until(lambda: len(receiver.acknowledged()) >= 4, "the redemption and expiry events")
+            while deliver_once(worker="test-worker"):
+                pass
+
+        self.assertTrue(all(r.signature_valid for r in receiver.received))
+        sent = [json.loads(r.body) for r in receiver.received]
+        self.assertEqual(
+            [(event["type"], event["sequence"], event["data"].get("order_id")) for event in sent],
+            [
+                ("redemption.redeemed", 4, "order-1"),
+                ("redemption.undone", 5, "order-1"),
+                ("redemption.redeemed", 6, "order-2"),
+                ("claim.expired", 7, None),
+            ],
+        )
+        self.assertEqual({event["coupon"] for event in sent}, {"C"})
 
     def test_a_subscription_failing_for_webhook_retry_for_is_disabled_and_says_so_in_the_admin(self):
         port = free_port()
