@@ -9,16 +9,15 @@ deadline by the database's clock (a range scan of a partial index on the
 deadlines of held claims), then, per coupon, in one transaction:
 
 1. takes the coupon row lock (`FOR NO KEY UPDATE`, waiting for it as a
-   claim group does), so the unit's return is ordered with claims,
-   releases, restocks and redemptions, and `remaining_amount + held +
-   redeemed = amount` holds between them. Every transaction that locks
-   both a coupon and its claims takes the coupon first, so there is no lock
-   cycle;
+   claim group does), so the unit's return is ordered with claims, releases
+   and restocks, and `remaining_amount + held + redeemed = amount` holds
+   between them;
 2. locks the claims still held and past their deadline `FOR UPDATE SKIP
-   LOCKED`: a claim whose row another transaction holds locked without its
-   coupon's (none of the service's does) is skipped rather than waited
-   for, so the worker never makes the coupon's claims queue behind it; the
-   next pass looks at it again;
+   LOCKED`: a claim that a redemption or a release holds locked right now
+   is skipped rather than waited for. They lock the claim's row before the
+   coupon's (which they take last, for the stock or the event's number), so
+   waiting would be a lock cycle; and the worker never makes the coupon's
+   claims queue behind them. The next pass looks at it again;
 3. marks them `expired` (returned_at: the clock read under the lock),
    adds their number to `remaining_amount` with an F() expression, and
    writes a `claim.expired` event for each (coupons/outbox.py); commit.
@@ -26,9 +25,9 @@ deadlines of held claims), then, per coupon, in one transaction:
 Exactly once: a claim is expired only while held, under its row lock, so
 two workers (two app hosts, or one on each side of a failover) never
 return one unit twice, nor write its event twice: the second reads it
-expired and skips it; a redemption takes the same locks, so a redemption
-and an expiry end as exactly one of the two, with exactly one of their
-events; and the database refuses an expiry before the deadline or a
+expired and skips it; a redemption reads the claim under the same lock,
+so a redemption and an expiry end as exactly one of the two, with exactly
+one of their events; and the database refuses an expiry before the deadline or a
 redemption at or after it (CHECK constraints on coupons_claim). A pass is
 idempotent: a worker killed mid-pass, or cut off by a failover, leaves each
 coupon's transaction committed or not, and the next pass, on any host,

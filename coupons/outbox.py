@@ -1,9 +1,9 @@
 """The transactional outbox: every change a subscriber may care about is written as an event row in the
 transaction that makes the change, so an event exists exactly when its change was committed.
 
-Services call `record_events()` inside their transaction, under the coupon
-row lock (which every change to a coupon or its claims takes first: claim
-groups, releases, restocks, redemptions and their undoing, hold expiries).
+Services call `record_events()` inside the transaction of their change
+(claim groups, releases, restocks, redemptions and their undoing, hold
+expiries); it numbers the events under the coupon row lock.
 The claim group moves the coupon's event counter in its own stock UPDATE
 and sends its events' INSERT (`events_insert()`) in the same statement, so
 its events cost it no statement of their own (coupons/claim_groups.py).
@@ -16,11 +16,13 @@ so a reader at position 100 could later see 99 commit. PostgreSQL says
 which transactions may still commit: every one whose id is at least the
 oldest running one (`pg_snapshot_xmin`). Readers list events by
 (transaction id, position) and stop before that horizon; what lies behind
-it can no longer change, so a reader's cursor never skips an event. The
-coupon row lock is the first thing each of these transactions writes, so
-the transaction ids of one coupon's events follow its lock order, which is
-its `sequence` order. SQLite has one writer at a time: position order is
-commit order there.
+it can no longer change, so a reader's cursor never skips an event. A
+transaction's id is given at its first write, which is not always the
+coupon row lock (a redemption locks its claim first), so one coupon's
+events may reach the log in another order than their `sequence`: the
+webhook worker sends each coupon's in `sequence` order all the same
+(coupons/webhook_delivery.py). SQLite has one writer at a time: position
+order is commit order there.
 """
 
 import functools
@@ -36,7 +38,7 @@ from django.db.models.expressions import RawSQL
 
 from coupons.models import Event
 from coupons.sale_windows import as_utc_datetime, format_utc
-from coupons.selectors import database_now_sql
+from coupons.selectors import DATABASE_NOW_SQL
 
 COUPON_CREATED = "coupon.created"
 CLAIM_GRANTED = "claim.granted"
@@ -76,15 +78,25 @@ LogPosition = tuple[int, int]
 def record_events(*, coupon_id: int, coupon_name: str, events: Sequence[NewEvent]) -> None:
     """Write `events` of the coupon in the caller's transaction, numbered after its latest event.
 
-    Call it inside the transaction that makes the change, holding the
-    coupon row lock. One UPDATE moves the coupon's event counter by one per
-    event and returns it with the database's clock; one INSERT writes the
-    events.
+    Call it inside the transaction that makes the change. It moves the
+    coupon's event counter by one per event, which takes the coupon row
+    lock (if the caller does not hold it yet) until the transaction ends:
+    that lock is what numbers a coupon's events without a gap. On
+    PostgreSQL the counter's UPDATE and the events' INSERT are one
+    statement (a writable CTE), so a caller that takes the lock here (a
+    redemption) holds it for that statement and its commit only. On SQLite
+    (one writer at a time) they are two.
     """
     if not events:
         return
     with connection.cursor() as cursor:
-        cursor.execute(_move_counter_sql(connection.vendor), [len(events), coupon_id])
+        if connection.vendor == "postgresql":
+            count = len(events)
+            cursor.execute(
+                POSTGRESQL_MOVE_AND_INSERT_SQL, [count, coupon_id, coupon_id, coupon_name, count, *_as_arrays(events)]
+            )
+            return
+        cursor.execute(SQLITE_MOVE_COUNTER_SQL, [len(events), coupon_id])
         last, now = cursor.fetchone()
         cursor.execute(
             *events_insert(
@@ -110,8 +122,7 @@ def events_insert(
     """
     occurred = connection.ops.adapt_datetimefield_value(occurred_at)
     if connection.vendor == "postgresql":
-        types, data = [event.type for event in events], [json.dumps(event.data) for event in events]
-        return POSTGRESQL_INSERT_SQL, [coupon_id, coupon_name, last_sequence, occurred, types, data]
+        return POSTGRESQL_INSERT_SQL, [coupon_id, coupon_name, last_sequence, occurred, *_as_arrays(events)]
     uuid_field, data_field = Event._meta.get_field("uuid"), Event._meta.get_field("data")
     params = []
     for number, event in enumerate(events, start=last_sequence + 1):
@@ -130,19 +141,30 @@ def events_insert(
 INSERT_SQL = (
     "INSERT INTO coupons_event (uuid, type, coupon_id, coupon_name, sequence, occurred_at, data, transaction_id)"
 )
+EVENTS_UNNEST_SQL = "unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, number)"
 POSTGRESQL_INSERT_SQL = (
     f"{INSERT_SQL} SELECT gen_random_uuid(), e.type, %s, %s, %s + e.number, %s, e.data::jsonb,"  # noqa: S608
-    f" {TRANSACTION_ID_SQL['postgresql']}"
-    " FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS e(type, data, number) ORDER BY e.number"
+    f" {TRANSACTION_ID_SQL['postgresql']} FROM {EVENTS_UNNEST_SQL} ORDER BY e.number"
+)
+# The counter moved and the events numbered from it, with the clock read then, in one statement.
+POSTGRESQL_MOVE_AND_INSERT_SQL = (
+    "WITH moved AS (UPDATE coupons_coupon SET last_event_sequence = last_event_sequence + %s WHERE id = %s"  # noqa: S608
+    f" RETURNING last_event_sequence, {DATABASE_NOW_SQL['postgresql']} AS now)"
+    f" {INSERT_SQL} SELECT gen_random_uuid(), e.type, %s, %s,"
+    " moved.last_event_sequence - %s + e.number, moved.now, e.data::jsonb,"
+    f" {TRANSACTION_ID_SQL['postgresql']} FROM moved, {EVENTS_UNNEST_SQL} ORDER BY e.number"
 )
 
 
-@functools.cache
-def _move_counter_sql(vendor):
-    return (
-        "UPDATE coupons_coupon SET last_event_sequence = last_event_sequence + %s"  # noqa: S608 - constants
-        f" WHERE id = %s RETURNING last_event_sequence, {database_now_sql()}"
-    )
+SQLITE_MOVE_COUNTER_SQL = (
+    "UPDATE coupons_coupon SET last_event_sequence = last_event_sequence + %s"  # noqa: S608 - constants
+    f" WHERE id = %s RETURNING last_event_sequence, {DATABASE_NOW_SQL['sqlite'].replace('%', '%%')}"
+)
+
+
+def _as_arrays(events):
+    """The events' types and data (JSON text) as two arrays: two parameters however many events there are."""
+    return [event.type for event in events], [json.dumps(event.data) for event in events]
 
 
 @functools.lru_cache(maxsize=256)

@@ -152,25 +152,28 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
 def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: str = "") -> ClaimRelease:
     """Give the user's live claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
 
-    Under the coupon row lock, taken as claim_coupon takes it: the claim
-    (held or redeemed) becomes `released`, `remaining_amount` goes up by one
-    with an F() expression, and the release is recorded with its
-    `claim.released` event, all in one transaction. Everything that changes
-    whether a claim holds a unit (claims, releases, expiries) and restocks
-    take that lock first, so they apply one after the other and
-    `remaining_amount + held + redeemed = amount` holds between them. The
-    user may then claim again while the sale is live.
+    In one transaction: the user's live claim is locked (its row, as a
+    redemption locks it: the two apply one after the other), becomes
+    `released`, the release is recorded, and `remaining_amount` goes up by
+    one with an F() expression, which takes the coupon row lock as
+    claim_coupon takes it, with the `claim.released` event. Everything that
+    changes whether a claim holds a unit (claims, releases, expiries) and
+    restocks change the stock under that lock, so they apply one after the
+    other and `remaining_amount + held + redeemed = amount` holds between
+    them. The user may then claim again while the sale is live.
     """
     with transaction.atomic():
-        try:
-            coupon_id = Coupon.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(name=coupon_name)
-        except Coupon.DoesNotExist:
-            raise CouponNotFound() from None
-        live = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id, status__in=LIVE_STATUSES)
-        claim = live.values_list("pk", "created_at", "code").first()
+        claim = (
+            Claim.objects.select_for_update(no_key=True, of=("self",))
+            .filter(coupon__name=coupon_name, user_id=user_id, status__in=LIVE_STATUSES)
+            .values_list("pk", "coupon_id", "created_at", "code")
+            .first()
+        )
         if claim is None:
+            if not Coupon.objects.filter(name=coupon_name).exists():
+                raise CouponNotFound()
             raise ClaimNotFound()
-        claim_id, claimed_at, code = claim
+        claim_id, coupon_id, claimed_at, code = claim
         release = ClaimRelease.objects.create(
             coupon_id=coupon_id,
             claim_id=claim_id,
@@ -214,9 +217,11 @@ def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = Non
     `redemption.redeemed` event. Concurrent redemptions of one code queue at
     the lock and each reads what the one before it committed: one succeeds,
     the others hear AlreadyRedeemed with when and for which order. An expiry
-    takes the same locks, so a redemption and an expiry of one claim end as
+    locks the claim too, so a redemption and an expiry of one claim end as
     exactly one of the two (and write exactly one of their events). The
-    stock does not change: a redeemed claim still holds its unit.
+    stock does not change: a redeemed claim still holds its unit. The
+    event takes the coupon row lock (its `sequence` is the coupon's next),
+    last, for one statement and the commit (coupons/outbox.py).
 
     With `coupon_name`, a code of another coupon is refused as not found.
     """
@@ -246,8 +251,8 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
     an operator releases it), and its hold keeps the deadline it had: a
     claim undone after that deadline expires at the expiry worker's next
     pass. The redemption undone is recorded (RedemptionUndo) with its
-    `redemption.undone` event, in the same transaction, under the locks
-    redeem_claim takes.
+    `redemption.undone` event, in the same transaction, under the claim's
+    row lock as redeem_claim takes it.
     """
     with transaction.atomic():
         coupon_id, claim_id, claim, _, _ = _lock_claim(code)
@@ -268,31 +273,17 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
 
 def _lock_claim(code):
     """(coupon id, claim id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is
-    `code`, locked until the transaction ends.
-
-    The coupon's row is locked first, then the claim's: every transaction
-    that locks a coupon and its claims takes them in this order (claim
-    groups, releases, expiries), so none waits for another in a cycle. The
-    coupon's lock is what the redemption's event needs: its `sequence` is
-    the coupon's next (coupons/outbox.py). The coupon of a code never
-    changes, so reading it before the lock is exact.
-    """
-    coupon = (
-        Coupon.objects.select_for_update(no_key=True)
-        .filter(pk__in=Claim.objects.filter(code=code).values("coupon_id"))
-        .values_list("pk", "redeem_until")
-        .first()
-    )
-    if coupon is None:
-        raise CodeNotFound()
-    coupon_id, redeem_until = coupon
-    claim_id, *columns, now = (
+    `code`, locked until the transaction ends (its row: the coupon's is locked later, only to number the event)."""
+    row = (
         Claim.objects.select_for_update(no_key=True, of=("self",))
         .filter(code=code)
         .annotate(now=Now())
-        .values_list("id", *REDEMPTION_COLUMNS, "now")
-        .get()
+        .values_list("coupon_id", "id", *REDEMPTION_COLUMNS, "coupon__redeem_until", "now")
+        .first()
     )
+    if row is None:
+        raise CodeNotFound()
+    coupon_id, claim_id, *columns, redeem_until, now = row
     return coupon_id, claim_id, Redemption(*columns), redeem_until, now
 
 
