@@ -224,5 +224,7 @@ def as_message(event: Event) -> dict:
         "occurred_at": format_utc(as_utc_datetime(event.occurred_at)),
         "coupon": event.coupon_name,
         "sequence": event.sequence,
-        "data": event.data,
+        # In key order: jsonb (PostgreSQL) keeps keys in an order of its own, SQLite as written; sorted, a
+        # body is the same on either.
+        "data": dict(sorted(event.data.items())),
     }
