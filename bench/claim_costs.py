@@ -1,4 +1,4 @@
-"""What an Idempotency-Key and the outbox cost a claim, in CPU, in-process (docs/idempotency.md, docs/webhooks.md).
+"""What an Idempotency-Key and the outbox cost a claim, in CPU, in-process (docs/performance.md).
 
     DATABASE_URL=postgres://postgres@127.0.0.1:5432/coupons_bench python bench/claim_costs.py [--claims 500] [--runs 3]
 
