@@ -154,14 +154,15 @@ def _grant(coupon_id, user_ids, attempts):
         if winners:
             _insert_claims(winners)
             expires = format_utc(expires_at)
-            events = [
-                NewEvent(CLAIM_GRANTED, {"user_id": user_id, "code": format_code(code), "expires_at": expires})
-                for user_id, code in ((claim.user_id, claim.code) for claim in winners)
-            ]
+            events = [_granted(claim, expires) for claim in winners]
             if len(winners) == remaining_amount:
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
             _take_units(coupon_id, name, len(winners), events, last_sequence, now)
     return outcomes, keyed
+
+
+def _granted(claim, expires):
+    return NewEvent(CLAIM_GRANTED, {"user_id": claim.user_id, "code": format_code(claim.code), "expires_at": expires})
 
 
 # The claim's stock decrement: `remaining_amount - n`, relative, in the
@@ -169,11 +170,11 @@ def _grant(coupon_id, user_ids, attempts):
 # by select_for_update() above; the coupon's event counter moves with it.
 # Spelled in SQL rather than through the ORM so that, on PostgreSQL, the
 # group's events' INSERT rides in the same statement (a writable CTE, whose
-# UPDATE runs once, whatever the INSERT reads of it): under the row lock a
-# statement of its own, or the ORM's compiling of the UPDATE, cost a group
-# of 8 about 0.3 ms of CPU, which every claim queued behind the lock waits
-# for (docs/performance.md, bench/claim_costs.py). SQLite has no writable
-# CTE: the UPDATE and the INSERT are two statements there.
+# UPDATE runs once, whatever the INSERT reads of it): the ORM's F() UPDATE
+# and an INSERT of its own cost a group of 8 0.36-0.41 ms more CPU under the
+# row lock (+30-34%), which every claim queued behind the lock waits for
+# (docs/performance.md, bench/claim_costs.py). SQLite has no writable CTE:
+# the UPDATE and the INSERT are two statements there.
 _TAKE_UNITS_SQL = (
     "UPDATE coupons_coupon SET remaining_amount = remaining_amount - %s,"
     " last_event_sequence = last_event_sequence + %s WHERE id = %s"
