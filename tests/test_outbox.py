@@ -37,6 +37,8 @@ from coupons.services import (
 )
 from tests.helpers import JsonApiAssertions
 from tests.stress.base import run_simultaneously
+from tests.test_access import make_user, token_header
+from tests.test_api_keys import api_key_header, new_key
 from tests.test_claim_groups import PoisonTrigger, coupon_locked_elsewhere, wait_until
 from tests.test_redemptions import overdue
 
@@ -50,6 +52,9 @@ def events_of(name):
 
 
 class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
+    def setUp(self):
+        self.reader = api_key_header(new_key("read"))  # GET /api/events is never anonymous
+
     def test_a_flash_sale_of_1000_claims_writes_1000_claim_events_and_one_sold_out_gap_free(self):
         create_coupon(name="SALE", amount=STOCK)
         users = iter(range(CLAIMERS))
@@ -82,7 +87,8 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
         pulled, after = [], None
         deadline = time.monotonic() + 60  # a transaction anywhere on the server may hold the horizon back a while
         while len(pulled) < len(events) and time.monotonic() < deadline:
-            page = self.client.get("/api/events", {"limit": 97, **({"after": after} if after else {})}).json()
+            query = {"limit": 97, **({"after": after} if after else {})}
+            page = self.client.get("/api/events", query, **self.reader).json()
             pulled += page["events"]
             after = page["next"]
             if not page["events"]:
@@ -184,25 +190,29 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
         self.assertEqual([(e["coupon"], e["sequence"]) for e in pulled], [("EARLY", 99), ("LATE", 2), ("LATE", 3)])
 
     def pull(self, after=None):
-        response = self.client.get("/api/events", {"after": after} if after else {})
+        response = self.client.get("/api/events", {"after": after} if after else {}, **self.reader)
         self.assertEqual(response.status_code, 200, response.content)
         return response.json()["events"]
 
     def test_bad_queries_are_400(self):
         for query in [{"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"after": "not-a-uuid"}]:
             with self.subTest(query=query):
-                self.assert_error(self.client.get("/api/events", query), 400, "invalid")
-        unknown = self.client.get("/api/events", {"after": "00000000-0000-0000-0000-000000000000"})
+                self.assert_error(self.client.get("/api/events", query, **self.reader), 400, "invalid")
+        unknown = self.client.get("/api/events", {"after": "00000000-0000-0000-0000-000000000000"}, **self.reader)
         self.assertIn("No event has this id", self.assert_error(unknown, 400, "invalid"))
 
-    def test_events_need_the_read_scope_when_keys_are_required(self):
-        from tests.test_api_keys import api_key_header, new_key
-
-        with self.settings(API_KEYS_REQUIRED=True):
-            self.assert_error(self.client.get("/api/events"), 401, "unauthorized")
-            self.assert_error(self.client.get("/api/events", **api_key_header(new_key("claim"))), 403, "forbidden")
-            self.assertEqual(self.client.get("/api/events", **api_key_header(new_key("read"))).status_code, 200)
-        self.assertEqual(json.loads(self.client.get("/api/events").content), {"events": [], "next": None})
+    def test_events_are_never_anonymous_staff_or_the_read_scope(self):
+        """They carry every claim's code, a bearer secret: whether or not keys are required."""
+        staff = token_header(make_user("operator", is_staff=True))
+        for required in (False, True):
+            with self.subTest(API_KEYS_REQUIRED=required), self.settings(API_KEYS_REQUIRED=required):
+                self.assert_error(self.client.get("/api/events"), 401, "unauthorized")
+                claim_key = api_key_header(new_key("claim", "webhooks"))
+                self.assert_error(self.client.get("/api/events", **claim_key), 403, "forbidden")
+                self.assertEqual(
+                    json.loads(self.client.get("/api/events", **self.reader).content), {"events": [], "next": None}
+                )
+                self.assertEqual(self.client.get("/api/events", **staff).status_code, 200)
 
 
 class RedemptionAndExpiryEventsTests(TransactionTestCase):

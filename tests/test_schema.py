@@ -56,7 +56,7 @@ class SchemaTests(SimpleTestCase):
             self.statuses("/api/webhooks/{subscription_id}", "delete"),
             {"204", "400", "401", "403", "404", "409", "422", "503"},
         )
-        self.assertEqual(self.statuses("/api/events", "get"), {"200", "400", "503"})
+        self.assertEqual(self.statuses("/api/events", "get"), {"200", "400", "401", "403", "503"})
         self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
         self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})

@@ -7,7 +7,6 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from coupons.api.idempotency import idempotent
-from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOrKeyWithScope, operator_name
 from coupons.api.serializers import (
     EventsPageSerializer,
@@ -20,12 +19,17 @@ from coupons.api.views import BODY_ERRORS, COMMON_ERRORS, error_response_schema
 from coupons.outbox import as_message, events_after, log_position_of
 from coupons.webhooks import create_subscription, delete_subscription, list_subscriptions
 
-NEVER_ANONYMOUS = {
-    401: error_response_schema("No valid token, session or API key was sent."),
-    403: error_response_schema(
-        "The user is not staff, the session's CSRF token is missing, or the key lacks `webhooks`."
-    ),
-}
+
+def never_anonymous(scope):
+    return {
+        401: error_response_schema("No valid token, session or API key was sent."),
+        403: error_response_schema(
+            f"The user is not staff, the session's CSRF token is missing, or the key lacks `{scope}`."
+        ),
+    }
+
+
+NEVER_ANONYMOUS = never_anonymous("webhooks")
 
 
 class WebhooksApi(StaffOrKeyWithScope, APIView):
@@ -83,19 +87,24 @@ class WebhookDetailApi(StaffOrKeyWithScope, APIView):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
-class EventsApi(ApiKeyRequired, APIView):
-    api_key_scopes = {"GET": "read"}
+class EventsApi(StaffOrKeyWithScope, APIView):
+    """Never anonymous, whether or not API_KEYS_REQUIRED is on: the log names every claimer and carries every
+    claim's code (a bearer secret), so it is read by staff or a key with the `read` scope."""
+
+    required_scope = "read"
 
     @extend_schema(
         operation_id="events_list",
         summary="The event log, for pull consumers",
         description="Events in commit order, from just after `after` (keyset pagination): pass the `next` of a"
         " page as `after` to get the events that follow. An event is listed once every transaction older than"
-        " its own has ended, so a consumer following `next` never misses one.",
+        " its own has ended, so a consumer following `next` never misses one. Staff, or an API key with the `read`"
+        " scope: never anonymous (events carry claim codes).",
         parameters=[EventsQuerySerializer],
         responses={
             200: EventsPageSerializer,
             400: error_response_schema("`limit` is not an integer from 1 to 1000, or `after` is no event's id."),
+            **never_anonymous("read"),
             **COMMON_ERRORS,
         },
     )
