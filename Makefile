@@ -5,7 +5,7 @@ BIN = $(VENV)/bin
 
 .PHONY: run test superuser bench capacity patroni cluster-tools test-cluster test-chaos docs docs-serve
 
-# The Procfile's processes (the web server, the hold expiry worker) under honcho, with the venv's commands first on PATH.
+# The Procfile's processes (web server, hold expiry worker, webhook delivery worker) under honcho, the venv's commands first.
 run: $(VENV)/.installed
 	$(BIN)/python manage.py migrate --noinput
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/honcho start

@@ -446,6 +446,15 @@ def service_transaction(coupon_name, *, group_size=1):
         for code in codes:
             sql = sql.replace(f"'{code}'", PGBENCH_CODE)
         sql = re.sub(r"'\d{4}-\d\d-\d\d[ T][\d:.+-]+'::timestamptz", "now()", sql)
+        # What the service makes anew for each claim, made anew for each transaction: the claim's code (unique)
+        # and the number its coupon's events start after (unique per coupon; the service read it under the row
+        # lock, here a subquery of the statement reads it there).
+        sql = re.sub(r"'[0-9A-HJKMNP-TV-Z]{16}'", "upper(substr(md5(random()::text), 1, 16))", sql)
+        sql = re.sub(
+            r", \d+ \+ e\.number,",
+            f", (SELECT last_event_sequence FROM coupons_coupon WHERE id = {coupon_id}) + e.number,",
+            sql,
+        )
         lines.append(sql.rstrip(";") + ";")
     return "\n".join(lines) + "\n"
 

@@ -34,11 +34,16 @@ from coupons.models import (
     ClaimStatus,
     ClientApiKey,
     Coupon,
+    Event,
     RedemptionUndo,
+    WebhookDelivery,
+    WebhookSubscription,
 )
+from coupons.outbox import EVENT_TYPES
 from coupons.sale_windows import SaleStatus, format_utc
 from coupons.selectors import count_claims_by_status, coupon_claims, filter_by_sale_status
 from coupons.services import create_coupon, release_claim, restock_coupon, schedule_sale
+from coupons.webhooks import check_url, create_subscription
 
 CLAIMS_PER_PAGE = 50
 
@@ -509,3 +514,129 @@ class ClientApiKeyAdmin(APIKeyModelAdmin):
         now = timezone.now()
         count = queryset.exclude(expiry_date__lte=now).update(expiry_date=now)
         self.message_user(request, f"Expired {count} key(s).", messages.SUCCESS)
+
+
+class WebhookSubscriptionForm(forms.ModelForm):
+    url = forms.URLField(max_length=2000, assume_scheme="https", help_text=WebhookSubscription.url.field.help_text)
+    event_types = forms.MultipleChoiceField(
+        choices=[(event_type, event_type) for event_type in EVENT_TYPES],
+        required=False,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="None checked: all of them.",
+    )
+
+    class Meta:
+        model = WebhookSubscription
+        fields = ("url", "event_types", "description")
+
+    def clean_url(self):
+        url = self.cleaned_data["url"]
+        try:
+            check_url(url)  # the API's rules: no private address unless WEBHOOK_ALLOW_PRIVATE
+        except CouponError as exc:
+            raise forms.ValidationError(str(exc)) from None
+        return url
+
+
+@admin.register(WebhookSubscription)
+class WebhookSubscriptionAdmin(admin.ModelAdmin):
+    """Webhook subscriptions: created here or through the API (the secret is shown once), disabled and re-enabled.
+
+    A subscription whose deliveries kept failing for WEBHOOK_RETRY_FOR is
+    disabled by the worker, with the reason; enabling it resumes delivery
+    where it stopped.
+    """
+
+    form = WebhookSubscriptionForm
+    list_display = ("url", "types", "is_active", "disabled_reason", "failing_since", "failed_attempts", "created_at")
+    list_filter = ("is_active",)
+    search_fields = ("url", "description")
+    actions = ("enable_subscriptions", "disable_subscriptions")
+    readonly_fields = (
+        "deliveries",
+        "is_active",
+        "disabled_at",
+        "disabled_reason",
+        "failing_since",
+        "failed_attempts",
+        "next_attempt_at",
+        "created_by",
+        "created_at",
+    )
+
+    @admin.display(description="event types")
+    def types(self, subscription):
+        return ", ".join(subscription.event_types) or "all"
+
+    @admin.display(description="delivery attempts")
+    def deliveries(self, subscription):
+        url = reverse("admin:coupons_webhookdelivery_changelist") + f"?subscription__id__exact={subscription.pk}"
+        return format_html('<a href="{}">Every attempt, newest first</a>', url)
+
+    def get_fields(self, request, obj=None):
+        if obj is None:
+            return ("url", "event_types", "description")
+        return ("url", "event_types", "description", *self.readonly_fields)
+
+    def get_readonly_fields(self, request, obj=None):
+        # The URL and the types of an existing subscription stay as its receiver was told.
+        return () if obj is None else ("url", "event_types", *self.readonly_fields)
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            obj.save(update_fields=["description"])
+            return
+        subscription = create_subscription(
+            url=obj.url,
+            event_types=form.cleaned_data["event_types"],
+            description=obj.description,
+            created_by=request.user.get_username(),
+        )
+        obj.pk = subscription.pk
+        self.message_user(
+            request,
+            f"The signing secret of this subscription is: {subscription.secret} — store it now: it is not shown"
+            " again. Receivers verify each request's Webhook-Signature with it.",
+            messages.WARNING,
+        )
+
+    @admin.action(description="Enable the selected subscriptions (resume where they stopped)", permissions=["change"])
+    def enable_subscriptions(self, request, queryset):
+        count = queryset.filter(is_active=False).update(
+            is_active=True,
+            disabled_at=None,
+            disabled_reason="",
+            failing_since=None,
+            failed_attempts=0,
+            next_attempt_at=None,
+        )
+        self.message_user(request, f"Enabled {count} subscription(s).", messages.SUCCESS)
+
+    @admin.action(description="Disable the selected subscriptions", permissions=["change"])
+    def disable_subscriptions(self, request, queryset):
+        count = queryset.filter(is_active=True).update(
+            is_active=False, disabled_at=timezone.now(), disabled_reason=f"Disabled by {request.user.get_username()}."
+        )
+        self.message_user(request, f"Disabled {count} subscription(s).", messages.SUCCESS)
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(ReadOnly, admin.ModelAdmin):
+    """Every delivery attempt: what was sent where, and what came of it."""
+
+    list_display = ("attempted_at", "subscription", "event", "attempt", "outcome", "response_status", "duration_ms")
+    list_filter = ("outcome", "subscription")
+    list_select_related = ("subscription", "event")
+    date_hierarchy = "attempted_at"
+    show_full_result_count = False
+
+
+@admin.register(Event)
+class EventAdmin(ReadOnly, admin.ModelAdmin):
+    """The outbox: every event, as subscribers get it."""
+
+    list_display = ("occurred_at", "type", "coupon_name", "sequence", "uuid")
+    list_filter = ("type",)
+    search_fields = ("coupon_name", "=uuid")
+    date_hierarchy = "occurred_at"
+    show_full_result_count = False

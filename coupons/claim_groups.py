@@ -8,9 +8,12 @@ when it ends, all of them form the next group, led by the first to arrive,
 which grants them together: one `transaction.atomic()`, one
 `select_for_update()` of the coupon row, one read of which of them already
 hold the coupon, one INSERT of the winners (each with its code, drawn in
-the transaction, and its hold's deadline), one `F("remaining_amount") - n`
-update, one commit. A claim that arrives while nothing is in flight leads a
-group of one at once: a quiet service adds no wait.
+the transaction, and its hold's deadline), one `remaining_amount - n`
+update (the F() decrement) sent with the INSERT of the group's events
+(coupons/outbox.py), one commit; the members that sent an Idempotency-Key
+have their answers stored in that transaction too. A claim that arrives
+while nothing is in flight leads a group of one at once: a quiet service
+adds no wait.
 
 Groups need several requests in flight in one process: the web server runs
 threaded workers (couponsite/serve.py says why and how many). Groups of
@@ -30,16 +33,18 @@ that error: no claim of the group is half-done.
 import copy
 import functools
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
 from django.db import connection, transaction
-from django.db.models import F
 from prometheus_client import Histogram
 
-from coupons.claim_codes import new_claim_code
-from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
+from coupons.claim_codes import format_code, new_claim_code
+from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
+from coupons.idempotency import Attempt, store_answers
 from coupons.models import Claim, ClaimStatus, Coupon
-from coupons.sale_windows import SaleWindow, as_utc_datetime
+from coupons.outbox import CLAIM_GRANTED, COUPON_SOLD_OUT, NewEvent, events_insert
+from coupons.sale_windows import SaleWindow, as_utc_datetime, format_utc
 from coupons.selectors import LIVE_STATUSES_SQL, database_now_sql
 
 group_sizes = Histogram(
@@ -49,7 +54,9 @@ group_sizes = Histogram(
 )
 
 
-def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Exception]:
+def grant_claims(
+    *, coupon_id: int, user_ids: list[str], attempts: Sequence[Attempt | None] | None = None
+) -> list[Claim | Exception]:
     """Grant one unit each to `user_ids`, in order, in one transaction; per user, the new claim or the refusal.
 
     The coupon row lock is taken first: every claim (and every change to a
@@ -58,16 +65,51 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
     SQLite, where select_for_update() does nothing, the transaction's BEGIN
     IMMEDIATE takes the database's write lock instead (settings:
     transaction_mode).
+
+    The transaction also writes the group's events (coupons/outbox.py) and,
+    for members that sent an Idempotency-Key (`attempts`, one per user, None
+    for the others), their answers (coupons/idempotency.py), so that each is
+    committed exactly with its effect. A member whose key was taken over
+    meanwhile (its lease ran out) can no longer store its answer: the
+    transaction is rolled back and run again without it (it hears
+    IdempotencyKeyInUse).
     """
+    attempts = list(attempts) if attempts is not None else [None] * len(user_ids)
+    members = list(user_ids)  # None: left out, its key taken over by a retry
+    outcomes, keyed = [None] * len(members), []
+    while any(member is not None for member in members):
+        try:
+            outcomes, keyed = _grant(coupon_id, members, attempts)
+            break
+        except _KeysTakenOver as taken_over:
+            for position in taken_over.members:
+                members[position] = attempts[position] = None
+    for attempt, answer in keyed:
+        attempt.stored = answer  # committed with the group
+    return [
+        IdempotencyKeyInUse() if member is None else outcome for member, outcome in zip(members, outcomes, strict=True)
+    ]
+
+
+class _KeysTakenOver(Exception):
+    def __init__(self, members):
+        super().__init__()
+        self.members = members
+
+
+def _grant(coupon_id, user_ids, attempts):
+    """One try of grant_claims: (outcome per member, the (attempt, answer) pairs stored). Members None are left out."""
     with transaction.atomic():
         try:
-            remaining_amount, starts_at, ends_at, hold_seconds = (
+            name, amount, remaining_amount, starts_at, ends_at, hold_seconds, last_sequence = (
                 Coupon.objects.select_for_update(no_key=True)
-                .values_list("remaining_amount", "starts_at", "ends_at", "hold_seconds")
+                .values_list(
+                    "name", "amount", "remaining_amount", "starts_at", "ends_at", "hold_seconds", "last_event_sequence"
+                )
                 .get(pk=coupon_id)
             )
         except Coupon.DoesNotExist:
-            return [CouponNotFound() for _ in user_ids]  # deleted since the eligibility read
+            return [CouponNotFound() for _ in user_ids], []  # deleted since the eligibility read
         # A statement of its own, after the lock, for two reasons. Its
         # snapshot includes the claims committed by whoever held the lock
         # before (joined into the locking statement, they would be read from
@@ -75,12 +117,14 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
         # meanwhile be missed). And its clock reads an instant at which this
         # transaction holds the lock: the sale window is judged then, so no
         # claim that waited for the lock past ends_at is granted.
-        now, holders = _read_holders_and_clock(coupon_id, user_ids)
+        now, holders = _read_holders_and_clock(coupon_id, [user_id for user_id in user_ids if user_id is not None])
         window = SaleWindow(starts_at, ends_at)
         expires_at = now + timedelta(seconds=hold_seconds) if hold_seconds is not None else None
         outcomes, winners = [], []
         for user_id in user_ids:
-            if user_id in holders:
+            if user_id is None:
+                outcomes.append(None)
+            elif user_id in holders:
                 outcomes.append(AlreadyClaimed())  # 409 comes before the window's 403
             elif (refusal := window.refusal(now)) is not None:
                 outcomes.append(refusal)
@@ -100,10 +144,55 @@ def grant_claims(*, coupon_id: int, user_ids: list[str]) -> list[Claim | Excepti
                 outcomes.append(winners[-1])
             else:
                 outcomes.append(OutOfStock())
+        keyed = [
+            (attempt, attempt.answer_for(outcome))
+            for attempt, outcome in zip(attempts, outcomes, strict=True)
+            if attempt is not None
+        ]
+        if keyed and (lost := store_answers(keyed)):
+            raise _KeysTakenOver({i for i, a in enumerate(attempts) if a is not None and a.key_id in lost})
         if winners:
             _insert_claims(winners)
-            Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") - len(winners))
-    return outcomes
+            expires = format_utc(expires_at)
+            events = [_granted(claim, expires) for claim in winners]
+            if len(winners) == remaining_amount:
+                events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
+            _take_units(coupon_id, name, len(winners), events, last_sequence, now)
+    return outcomes, keyed
+
+
+def _granted(claim, expires):
+    return NewEvent(CLAIM_GRANTED, {"user_id": claim.user_id, "code": format_code(claim.code), "expires_at": expires})
+
+
+# The claim's stock decrement: `remaining_amount - n`, relative, in the
+# database, as F("remaining_amount") - n writes it, under the row lock taken
+# by select_for_update() above; the coupon's event counter moves with it.
+# Spelled in SQL rather than through the ORM so that, on PostgreSQL, the
+# group's events' INSERT rides in the same statement (a writable CTE, whose
+# UPDATE runs once, whatever the INSERT reads of it): the ORM's F() UPDATE
+# and an INSERT of its own cost a group of 8 0.36-0.41 ms more CPU under the
+# row lock (+30-34%), which every claim queued behind the lock waits for
+# (docs/performance.md, bench/claim_costs.py). SQLite has no writable CTE:
+# the UPDATE and the INSERT are two statements there.
+_TAKE_UNITS_SQL = (
+    "UPDATE coupons_coupon SET remaining_amount = remaining_amount - %s,"
+    " last_event_sequence = last_event_sequence + %s WHERE id = %s"
+)
+
+
+def _take_units(coupon_id, coupon_name, taken, events, last_sequence, now):
+    """Take `taken` units of the coupon's stock, and write the group's `events` numbered after `last_sequence`."""
+    take = [taken, len(events), coupon_id]
+    insert_sql, insert_params = events_insert(
+        coupon_id=coupon_id, coupon_name=coupon_name, events=events, last_sequence=last_sequence, occurred_at=now
+    )
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(f"WITH taken AS ({_TAKE_UNITS_SQL}) {insert_sql}", [*take, *insert_params])
+        else:
+            cursor.execute(_TAKE_UNITS_SQL, take)
+            cursor.execute(insert_sql, insert_params)
 
 
 # The holders read and the INSERT run under the coupon row lock, so their
@@ -170,10 +259,11 @@ def _insert_claims(claims):
 
 
 class _PendingClaim:
-    __slots__ = ("user_id", "answered", "outcome", "group")
+    __slots__ = ("user_id", "attempt", "answered", "outcome", "group")
 
-    def __init__(self, user_id):
+    def __init__(self, user_id, attempt):
         self.user_id = user_id
+        self.attempt = attempt  # its Idempotency-Key's, or None
         self.answered = threading.Event()
         self.outcome = None  # the new Claim, or the exception to raise
         self.group = None  # set when this claim is promoted to lead the next group
@@ -188,9 +278,12 @@ class ClaimGroups:
         # is a key exactly while a group of it is in flight.
         self._waiting: dict[int, list[_PendingClaim]] = {}
 
-    def claim(self, *, coupon_id: int, user_id: str) -> Claim:
-        """Claim one unit for `user_id`, with whatever other claims of the coupon are waiting; raise its refusal."""
-        pending = _PendingClaim(user_id)
+    def claim(self, *, coupon_id: int, user_id: str, attempt: Attempt | None = None) -> Claim:
+        """Claim one unit for `user_id`, with whatever other claims of the coupon are waiting; raise its refusal.
+
+        With an idempotency `attempt`, its answer is stored in the group's transaction.
+        """
+        pending = _PendingClaim(user_id, attempt)
         with self._mutex:
             waiting = self._waiting.get(coupon_id)
             if waiting is None:
@@ -216,7 +309,11 @@ class ClaimGroups:
 
     def _run(self, coupon_id, group):
         try:
-            outcomes = grant_claims(coupon_id=coupon_id, user_ids=[claim.user_id for claim in group])
+            outcomes = grant_claims(
+                coupon_id=coupon_id,
+                user_ids=[claim.user_id for claim in group],
+                attempts=[claim.attempt for claim in group],
+            )
         except BaseException as exc:  # even a worker's timeout: no member may be left waiting
             # Rolled back: every member hears the failure (each its own copy, raised from the original).
             outcomes = [exc, *(_copy_of(exc) for _ in group[1:])]

@@ -80,3 +80,27 @@ class RedemptionClosed(CouponError):
 
 class NotRedeemed(CouponError):
     default_message = "This code has not been redeemed: there is no redemption to undo."
+
+
+class InvalidIdempotencyKey(CouponError):
+    default_message = "The Idempotency-Key header must be 1 to 255 visible ASCII characters (no spaces)."
+
+
+class IdempotencyKeyReused(CouponError):
+    default_message = "This Idempotency-Key was used for a different request: use a new key for a new request."
+
+
+class IdempotencyKeyInUse(CouponError):
+    default_message = "A request with this Idempotency-Key is still running: retry after the Retry-After delay."
+
+    def __init__(self, message=None, *, retry_after_seconds: int = 1):
+        super().__init__(message)
+        self.retry_after_seconds = retry_after_seconds
+
+
+class UnsafeWebhookUrl(CouponError):
+    default_message = "Webhook URLs must be http(s) URLs of a public host."
+
+
+class WebhookNotFound(CouponError):
+    default_message = "No webhook subscription has this id."

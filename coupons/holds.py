@@ -11,25 +11,27 @@ deadlines of held claims), then, per coupon, in one transaction:
 1. takes the coupon row lock (`FOR NO KEY UPDATE`, waiting for it as a
    claim group does), so the unit's return is ordered with claims, releases
    and restocks, and `remaining_amount + held + redeemed = amount` holds
-   between them. Every transaction that locks both a coupon and its claims
-   takes the coupon first (a redemption locks only its claim), so there is
-   no lock cycle;
+   between them;
 2. locks the claims still held and past their deadline `FOR UPDATE SKIP
-   LOCKED`: a claim that a redemption holds locked right now is skipped
-   rather than waited for, so the worker never makes the coupon's claims
-   queue behind a redemption; the next pass looks at it again;
-3. marks them `expired` (returned_at: the clock read under the lock) and
-   adds their number to `remaining_amount` with an F() expression; commit.
+   LOCKED`: a claim that a redemption or a release holds locked right now
+   is skipped rather than waited for. They lock the claim's row before the
+   coupon's (which they take last, for the stock or the event's number), so
+   waiting would be a lock cycle; and the worker never makes the coupon's
+   claims queue behind them. The next pass looks at it again;
+3. marks them `expired` (returned_at: the clock read under the lock),
+   adds their number to `remaining_amount` with an F() expression, and
+   writes a `claim.expired` event for each (coupons/outbox.py); commit.
 
 Exactly once: a claim is expired only while held, under its row lock, so
 two workers (two app hosts, or one on each side of a failover) never
-return one unit twice: the second reads it expired and skips it; a
-redemption reads the claim under the same lock, so a redemption and an
-expiry end as exactly one of the two; and the database refuses an expiry
-before the deadline or a redemption at or after it (CHECK constraints on
-coupons_claim). A pass is idempotent: a worker killed mid-pass, or cut off
-by a failover, leaves each coupon's transaction committed or not, and the
-next pass, on any host, finishes the job.
+return one unit twice, nor write its event twice: the second reads it
+expired and skips it; a redemption reads the claim under the same lock,
+so a redemption and an expiry end as exactly one of the two, with exactly
+one of their events; and the database refuses an expiry before the deadline or a
+redemption at or after it (CHECK constraints on coupons_claim). A pass is
+idempotent: a worker killed mid-pass, or cut off by a failover, leaves each
+coupon's transaction committed or not, and the next pass, on any host,
+finishes the job.
 
 Prompt: after each pass the worker sleeps until the earliest deadline
 still ahead (one index lookup) or `max_sleep` seconds, whichever is
@@ -44,8 +46,10 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from coupons.claim_codes import format_code
 from coupons.models import Claim, ClaimStatus, Coupon
-from coupons.sale_windows import as_utc_datetime
+from coupons.outbox import CLAIM_EXPIRED, NewEvent, record_events
+from coupons.sale_windows import as_utc_datetime, format_utc
 from coupons.selectors import database_now, database_now_sql
 
 # Claims expired per coupon per transaction: a coupon with more due holds
@@ -75,18 +79,28 @@ def expire_holds(*, batch: int = EXPIRY_BATCH) -> int:
 def _expire_due_holds_of(coupon_id, batch):
     """Up to `batch` of the coupon's due holds expire, under its row lock, in one transaction; returns how many."""
     with transaction.atomic():
-        Coupon.objects.select_for_update(no_key=True).filter(pk=coupon_id).values_list("pk").get()
+        coupon_name = Coupon.objects.select_for_update(no_key=True).filter(pk=coupon_id).values_list("name").get()[0]
         # After the lock: the instant at which the units go back.
         now = database_now()
         due = list(
             Claim.objects.select_for_update(no_key=True, skip_locked=True)
             .filter(coupon_id=coupon_id, status=ClaimStatus.HELD, expires_at__lte=now)
             .order_by("expires_at")
-            .values_list("id", flat=True)[:batch]
+            .values_list("id", "user_id", "code", "expires_at")[:batch]
         )
         if due:
-            Claim.objects.filter(pk__in=due).update(status=ClaimStatus.EXPIRED, returned_at=now)
+            Claim.objects.filter(pk__in=[claim_id for claim_id, *_ in due]).update(
+                status=ClaimStatus.EXPIRED, returned_at=now
+            )
             Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + len(due))
+            events = [
+                NewEvent(
+                    CLAIM_EXPIRED,
+                    {"user_id": user_id, "code": format_code(code), "expires_at": format_utc(expires_at)},
+                )
+                for _, user_id, code, expires_at in due
+            ]
+            record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=events)
     return len(due)
 
 

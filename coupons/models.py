@@ -1,3 +1,5 @@
+import uuid
+
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Length
@@ -12,7 +14,7 @@ from coupons.validators import validate_coupon_name, validate_identifier_text
 MAX_AMOUNT = 2**31 - 1
 
 # What an API key may be allowed to do (ClientApiKey below).
-API_KEY_SCOPES = ("create", "claim", "read", "release", "redeem")
+API_KEY_SCOPES = ("create", "claim", "read", "release", "redeem", "webhooks")
 
 # The longest a coupon may hold a claim for redemption: a year (and an
 # interval PostgreSQL and SQLite add to a timestamp without overflow).
@@ -42,6 +44,9 @@ class Coupon(models.Model):
     redeem_until = models.DateTimeField(
         null=True, blank=True, help_text="Redemptions are refused from this instant on."
     )
+    # The `sequence` of the coupon's latest event (coupons/outbox.py), moved
+    # under the coupon row lock: its events are numbered 1, 2, 3... with no gap.
+    last_event_sequence = models.PositiveIntegerField(default=0, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -192,6 +197,7 @@ class ClientApiKey(AbstractAPIKey):
     scope_read = models.BooleanField("read", default=False, help_text="GET /api/coupons/{name}")
     scope_release = models.BooleanField("release", default=False, help_text="Releasing a claim")
     scope_redeem = models.BooleanField("redeem", default=False, help_text="/api/redemptions: redeem, undo, read")
+    scope_webhooks = models.BooleanField("webhooks", default=False, help_text="/api/webhooks: event subscriptions")
 
     class Meta(AbstractAPIKey.Meta):
         verbose_name = "API key"
@@ -243,3 +249,162 @@ class RedemptionUndo(models.Model):
 
     def __str__(self):
         return f"{self.claim_id}, redemption undone"
+
+
+class Event(models.Model):
+    """A change a subscriber may care about, written in the transaction that made it (the transactional outbox).
+
+    `position` orders the log; `uuid` is the event's public id (a webhook's
+    `Webhook-Id`). `sequence` numbers a coupon's events without gaps.
+    `transaction_id` is the writing transaction's id on PostgreSQL (0 on
+    SQLite): readers list events by (transaction_id, position) and only
+    those older than every transaction still running, so that a reader
+    never steps past an event that commits later (coupons/outbox.py).
+    """
+
+    position = models.BigAutoField(primary_key=True)
+    uuid = models.UUIDField(unique=True, editable=False)
+    type = models.CharField(max_length=40)
+    # No foreign key: a coupon nobody claimed may be deleted, its events stay.
+    coupon_id = models.BigIntegerField()
+    coupon_name = models.CharField(max_length=255)
+    sequence = models.PositiveIntegerField()
+    occurred_at = models.DateTimeField()
+    data = models.JSONField()
+    transaction_id = models.BigIntegerField(default=0)
+
+    class Meta:
+        ordering = ["transaction_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["coupon_id", "sequence"], name="event_sequence_once_per_coupon"),
+        ]
+        indexes = [models.Index(fields=["transaction_id", "position"], name="event_log_order")]
+
+    def __str__(self):
+        return f"{self.type} {self.coupon_name} #{self.sequence}"
+
+
+class IdempotencyKey(models.Model):
+    """An `Idempotency-Key` a caller sent, and the answer it got (coupons/idempotency.py).
+
+    While the request runs, `owner` names the attempt running it and
+    `locked_until` bounds how long it may hold the key; once answered, the
+    answer is here (written in the transaction of the request's effect) and
+    `owner` is empty.
+    """
+
+    caller = models.CharField(max_length=64)  # "key:<API key prefix>", "user:<id>" or "anonymous"
+    key = models.CharField(max_length=255)
+    fingerprint = models.CharField(max_length=64)  # SHA-256 of the method, path and body
+    owner = models.CharField(max_length=32, blank=True)
+    locked_until = models.DateTimeField(null=True)
+    status_code = models.PositiveSmallIntegerField(null=True)  # None: still running
+    content_type = models.CharField(max_length=100, blank=True)
+    retry_after = models.CharField(max_length=20, blank=True)
+    body = models.BinaryField(blank=True)  # the answer's bytes, replayed as they were
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["caller", "key"], name="idempotency_key_once_per_caller")]
+
+    def __str__(self):
+        return f"{self.caller}: {self.key}"
+
+
+class WebhookSubscription(models.Model):
+    """Where to POST events, which ones, with which secret; and how far delivery has got (coupons/webhooks.py)."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    url = models.URLField(max_length=2000, help_text="http:// or https://; not a private or loopback address.")
+    event_types = models.JSONField(default=list, blank=True, help_text="Event types to send; empty: all of them.")
+    # The Standard Webhooks secret, "whsec_" + base64: needed in clear to sign. Never logged.
+    secret = models.CharField(max_length=100, editable=False)
+    description = models.CharField(max_length=255, blank=True)
+    created_by = models.CharField(max_length=255, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    is_active = models.BooleanField(default=True)
+    disabled_at = models.DateTimeField(null=True, blank=True, editable=False)
+    disabled_reason = models.CharField(max_length=255, blank=True, editable=False)
+    # Delivery state, the worker's: where in the log it started, where every earlier event is done with
+    # (delivered or passed over: each coupon's last one is a WebhookCouponCursor)...
+    start_transaction_id = models.BigIntegerField(default=0, editable=False)
+    start_position = models.BigIntegerField(default=0, editable=False)
+    cursor_transaction_id = models.BigIntegerField(default=0, editable=False)
+    cursor_position = models.BigIntegerField(default=0, editable=False)
+    # ...the failures of the event it is stuck on, and when to try it again...
+    failing_since = models.DateTimeField(null=True, blank=True, editable=False)
+    failed_attempts = models.PositiveIntegerField(default=0, editable=False)
+    next_attempt_at = models.DateTimeField(null=True, blank=True, editable=False)
+    # ...and which worker delivers it, until when (several workers share the subscriptions).
+    lease_owner = models.CharField(max_length=32, blank=True, editable=False)
+    leased_until = models.DateTimeField(null=True, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["-created_at"]
+        verbose_name = "webhook subscription"
+
+    def __str__(self):
+        return self.url
+
+
+class WebhookCouponCursor(models.Model):
+    """The last event of one coupon a subscription has had (delivered, or passed over): its `sequence`.
+
+    A coupon's events are sent in sequence order, whatever order their
+    transactions reached the log in (coupons/webhook_delivery.py).
+    """
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="coupon_cursors")
+    coupon_id = models.BigIntegerField()
+    last_sequence = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["subscription", "coupon_id"], name="coupon_cursor_once_per_subscription")
+        ]
+
+    def __str__(self):
+        return f"coupon {self.coupon_id}: #{self.last_sequence}"
+
+
+class WebhookDelivery(models.Model):
+    """One attempt to deliver one event to one subscription: shown in the admin."""
+
+    class Outcome(models.TextChoices):
+        DELIVERED = "delivered"
+        HTTP_ERROR = "http_error"  # the receiver answered, but not 2xx
+        TIMEOUT = "timeout"
+        CONNECTION_ERROR = "connection_error"
+        FORBIDDEN_ADDRESS = "forbidden_address"  # the URL resolved to a private address
+
+    subscription = models.ForeignKey(WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries")
+    event = models.ForeignKey(Event, on_delete=models.CASCADE, related_name="+")
+    attempt = models.PositiveIntegerField()
+    attempted_at = models.DateTimeField()
+    outcome = models.CharField(max_length=20, choices=Outcome.choices)
+    response_status = models.PositiveSmallIntegerField(null=True, blank=True)
+    duration_ms = models.FloatField()
+    error = models.CharField(max_length=255, blank=True)
+
+    class Meta:
+        ordering = ["-attempted_at", "-id"]
+        verbose_name_plural = "webhook deliveries"
+        indexes = [models.Index(fields=["subscription", "-attempted_at"], name="delivery_subscription_newest")]
+
+    def __str__(self):
+        return f"{self.event_id} → {self.subscription_id}: {self.outcome}"
+
+
+class EventStreamCursor(models.Model):
+    """How far a publisher of the event log to a message stream (coupons/event_streams.py) has got, and which
+    worker publishes it, until when (one at a time, however many deliver_events run)."""
+
+    name = models.CharField(max_length=100, unique=True)
+    cursor_transaction_id = models.BigIntegerField(default=0)
+    cursor_position = models.BigIntegerField(default=0)
+    lease_owner = models.CharField(max_length=32, blank=True)
+    leased_until = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self):
+        return self.name

@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from coupons.claim_codes import format_code
 from coupons.claim_groups import claim_groups
 from coupons.exceptions import (
     AlreadyClaimed,
@@ -21,7 +22,18 @@ from coupons.exceptions import (
     OutOfStock,
     RedemptionClosed,
 )
+from coupons.idempotency import Attempt
 from coupons.models import LIVE_STATUSES, Claim, ClaimRelease, ClaimStatus, Coupon, RedemptionUndo
+from coupons.outbox import (
+    CLAIM_RELEASED,
+    COUPON_CREATED,
+    COUPON_RESTOCKED,
+    COUPON_SOLD_OUT,
+    REDEMPTION_REDEEMED,
+    REDEMPTION_UNDONE,
+    NewEvent,
+    record_events,
+)
 from coupons.sale_windows import format_utc
 from coupons.selectors import REDEMPTION_COLUMNS, Redemption, get_claim_eligibility
 
@@ -35,7 +47,8 @@ def create_coupon(
     hold_seconds: int | None = None,
     redeem_until: datetime | None = None,
 ) -> Coupon:
-    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at).
+    """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at), with its
+    `coupon.created` event.
 
     With `hold_seconds`, a claim not redeemed that long after it was granted
     expires and gives its unit back (coupons/holds.py); with `redeem_until`,
@@ -45,7 +58,7 @@ def create_coupon(
         # A savepoint, so that a duplicate name leaves any caller's
         # transaction usable.
         with transaction.atomic():
-            return Coupon.objects.create(
+            coupon = Coupon.objects.create(
                 name=name,
                 amount=amount,
                 starts_at=starts_at,
@@ -53,13 +66,22 @@ def create_coupon(
                 hold_seconds=hold_seconds,
                 redeem_until=redeem_until,
             )
+            data = {
+                "amount": amount,
+                "starts_at": format_utc(starts_at),
+                "ends_at": format_utc(ends_at),
+                "hold_seconds": hold_seconds,
+                "redeem_until": format_utc(redeem_until),
+            }
+            record_events(coupon_id=coupon.pk, coupon_name=name, events=[NewEvent(COUPON_CREATED, data)])
+            return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
             raise CouponAlreadyExists() from exc
         raise
 
 
-def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
+def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None = None) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
     Most requests of a flash sale are refused, so refusals come first, from
@@ -74,11 +96,14 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     The rest is granted under the coupon row lock, together with the other
     claims of the coupon waiting in this process (coupons/claim_groups.py):
     `select_for_update()`, the holders, the window (on the database's clock)
-    and the stock re-checked, the winners inserted, an F() decrement, one
-    commit. Claims of one coupon pass the lock one group at a time, each
-    seeing the previous one's result: stock is never oversold, and the
-    unique (coupon, user_id) index backs the one-claim-per-user rule in the
-    database itself.
+    and the stock re-checked, the winners inserted, a relative decrement
+    (`remaining_amount - n`, as F() writes it), one commit. Claims of one
+    coupon pass the lock one group at a time, each seeing the previous one's
+    result: stock is never oversold, and the unique (coupon, user_id) index
+    of live claims backs the one-claim-per-user rule in the database itself.
+    The group's transaction also writes a `claim.granted` event per winner
+    (and `coupon.sold_out` when the last unit goes), and the answer of a
+    claim sent with an Idempotency-Key (`idempotency`).
     """
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
@@ -86,7 +111,7 @@ def claim_coupon(*, user_id: str, coupon_name: str) -> Claim:
     eligibility.window.check_open(eligibility.now)
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
-    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id)
+    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id, attempt=idempotency)
 
 
 def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
@@ -97,7 +122,8 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
     claimed, so `remaining_amount` stays within 0..amount. The coupon row is
     locked as claim_coupon locks it, so a restock and concurrent claims apply
     one after the other and none of their changes is lost. `amount` must
-    already have passed the model field's validators (1..MAX_AMOUNT).
+    already have passed the model field's validators (1..MAX_AMOUNT). Writes
+    `coupon.restocked` (and `coupon.sold_out` if no stock is left now).
     """
     with transaction.atomic():
         try:
@@ -107,34 +133,47 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
         claimed = coupon.claimed_amount
         if amount < claimed:
             raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        remaining_before, amount_before = coupon.remaining_amount, coupon.amount
         coupon.remaining_amount = amount - claimed
         coupon.amount = amount
         coupon.save(update_fields=["amount", "remaining_amount"])
+        events = [
+            NewEvent(
+                COUPON_RESTOCKED,
+                {"amount_before": amount_before, "amount": amount, "remaining_amount": coupon.remaining_amount},
+            )
+        ]
+        if remaining_before > 0 and coupon.remaining_amount == 0:
+            events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
+        record_events(coupon_id=coupon.pk, coupon_name=coupon.name, events=events)
     return coupon
 
 
 def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: str = "") -> ClaimRelease:
     """Give the user's live claim back to stock (an order cancelled, a fraudulent claim), and record who did it and why.
 
-    Under the coupon row lock, taken as claim_coupon takes it: the claim
-    (held or redeemed) becomes `released`, `remaining_amount` goes up by one
-    with an F() expression, and the release is recorded, all in one
-    transaction. Everything that changes whether a claim holds a unit
-    (claims, releases, expiries) and restocks take that lock first, so they
-    apply one after the other and `remaining_amount + held + redeemed =
-    amount` holds between them. The user may then claim again while the
-    sale is live.
+    In one transaction: the user's live claim is locked (its row, as a
+    redemption locks it: the two apply one after the other), becomes
+    `released`, the release is recorded, and `remaining_amount` goes up by
+    one with an F() expression, which takes the coupon row lock as
+    claim_coupon takes it, with the `claim.released` event. Everything that
+    changes whether a claim holds a unit (claims, releases, expiries) and
+    restocks change the stock under that lock, so they apply one after the
+    other and `remaining_amount + held + redeemed = amount` holds between
+    them. The user may then claim again while the sale is live.
     """
     with transaction.atomic():
-        try:
-            coupon_id = Coupon.objects.select_for_update(no_key=True).values_list("pk", flat=True).get(name=coupon_name)
-        except Coupon.DoesNotExist:
-            raise CouponNotFound() from None
-        live = Claim.objects.filter(coupon_id=coupon_id, user_id=user_id, status__in=LIVE_STATUSES)
-        claim = live.values_list("pk", "created_at").first()
+        claim = (
+            Claim.objects.select_for_update(no_key=True, of=("self",))
+            .filter(coupon__name=coupon_name, user_id=user_id, status__in=LIVE_STATUSES)
+            .values_list("pk", "coupon_id", "created_at", "code")
+            .first()
+        )
         if claim is None:
+            if not Coupon.objects.filter(name=coupon_name).exists():
+                raise CouponNotFound()
             raise ClaimNotFound()
-        claim_id, claimed_at = claim
+        claim_id, coupon_id, claimed_at, code = claim
         release = ClaimRelease.objects.create(
             coupon_id=coupon_id,
             claim_id=claim_id,
@@ -145,6 +184,8 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.RELEASED, returned_at=release.released_at)
         Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": format_code(code), "reason": reason})
+        record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=[event])
         return release
 
 
@@ -172,17 +213,20 @@ def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = Non
     Exactly once: under the claim's row lock (SELECT ... FOR NO KEY UPDATE;
     on SQLite, the database's write lock), its status is read and, if it is
     held, within its hold and before the coupon's `redeem_until` by the
-    database's clock, set to `redeemed` in the same transaction. Concurrent
-    redemptions of one code queue at the lock and each reads what the one
-    before it committed: one succeeds, the others hear AlreadyRedeemed with
-    when and for which order. An expiry locks the claim too, so a
-    redemption and an expiry of one claim end as exactly one of the two.
-    The stock does not change: a redeemed claim still holds its unit.
+    database's clock, set to `redeemed` in the same transaction, with its
+    `redemption.redeemed` event. Concurrent redemptions of one code queue at
+    the lock and each reads what the one before it committed: one succeeds,
+    the others hear AlreadyRedeemed with when and for which order. An expiry
+    locks the claim too, so a redemption and an expiry of one claim end as
+    exactly one of the two (and write exactly one of their events). The
+    stock does not change: a redeemed claim still holds its unit. The
+    event takes the coupon row lock (its `sequence` is the coupon's next),
+    last, for one statement and the commit (coupons/outbox.py).
 
     With `coupon_name`, a code of another coupon is refused as not found.
     """
     with transaction.atomic():
-        claim_id, claim, redeem_until, now = _lock_claim(code)
+        coupon_id, claim_id, claim, redeem_until, now = _lock_claim(code)
         if coupon_name is not None and claim.coupon_name != coupon_name:
             raise CodeNotFound("No claim of this coupon has this code.")
         if claim.status == ClaimStatus.REDEEMED:
@@ -196,6 +240,7 @@ def redeem_claim(*, code: str, order_id: str = "", coupon_name: str | None = Non
         if redeem_until is not None and now >= redeem_until:
             raise RedemptionClosed(f"Redemptions of this coupon closed at {format_utc(redeem_until)}.")
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
+        _record_redemption_event(coupon_id, claim, REDEMPTION_REDEEMED, order_id=order_id or None)
     return dataclasses.replace(claim, status=ClaimStatus.REDEEMED, redeemed_at=now, order_id=order_id)
 
 
@@ -205,11 +250,12 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
     Its unit stays taken (it goes back to stock only if the hold expires or
     an operator releases it), and its hold keeps the deadline it had: a
     claim undone after that deadline expires at the expiry worker's next
-    pass. The redemption undone is recorded (RedemptionUndo), in the same
-    transaction, under the claim's row lock as redeem_claim takes it.
+    pass. The redemption undone is recorded (RedemptionUndo) with its
+    `redemption.undone` event, in the same transaction, under the claim's
+    row lock as redeem_claim takes it.
     """
     with transaction.atomic():
-        claim_id, claim, _, _ = _lock_claim(code)
+        coupon_id, claim_id, claim, _, _ = _lock_claim(code)
         if claim.status == ClaimStatus.HELD:
             raise NotRedeemed()
         _check_holds_its_unit(claim, now=None)
@@ -221,23 +267,29 @@ def undo_redemption(*, code: str, undone_by: str, reason: str = "") -> Redemptio
             reason=reason,
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.HELD, redeemed_at=None, order_id="")
+        _record_redemption_event(coupon_id, claim, REDEMPTION_UNDONE, order_id=claim.order_id or None, reason=reason)
     return undone
 
 
 def _lock_claim(code):
-    """(id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is `code`, locked
-    until the transaction ends (its row only: the coupon row stays free for claims)."""
+    """(coupon id, claim id, Redemption, the coupon's redeem_until, the database's clock) of the claim whose code is
+    `code`, locked until the transaction ends (its row: the coupon's is locked later, only to number the event)."""
     row = (
         Claim.objects.select_for_update(no_key=True, of=("self",))
         .filter(code=code)
         .annotate(now=Now())
-        .values_list("id", *REDEMPTION_COLUMNS, "coupon__redeem_until", "now")
+        .values_list("coupon_id", "id", *REDEMPTION_COLUMNS, "coupon__redeem_until", "now")
         .first()
     )
     if row is None:
         raise CodeNotFound()
-    claim_id, *columns, redeem_until, now = row
-    return claim_id, Redemption(*columns), redeem_until, now
+    coupon_id, claim_id, *columns, redeem_until, now = row
+    return coupon_id, claim_id, Redemption(*columns), redeem_until, now
+
+
+def _record_redemption_event(coupon_id, claim, event_type, **data):
+    event = NewEvent(event_type, {"user_id": claim.user_id, "code": format_code(claim.code), **data})
+    record_events(coupon_id=coupon_id, coupon_name=claim.coupon_name, events=[event])
 
 
 def _check_holds_its_unit(claim, now):

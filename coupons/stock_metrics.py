@@ -1,7 +1,8 @@
-"""Stock left of live coupons, and claims by status, for Prometheus, read from the database at each scrape.
+"""Stock left of live coupons, claims by status and the webhook backlog, for Prometheus, read from the database at
+each scrape.
 
 A gauge updated on every claim would cost each claim a write to a metrics
-file; this reads the figures when Prometheus asks instead: three queries
+file; this reads the figures when Prometheus asks instead: four queries
 per scrape, none per request. Live coupons are those with stock left.
 Every app host reports the same database's figures, so dashboards take
 max(), not sum(), across hosts. Per-coupon series are capped at the most
@@ -11,13 +12,15 @@ bounded.
 
 import structlog
 from django.db import DatabaseError
-from django.db.models import Count, Sum, Window
+from django.db.models import Count, Min, Q, Subquery, Sum, Window
+from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 from coupons.holds import seconds_until_next_deadline
-from coupons.models import Claim, ClaimStatus, Coupon
+from coupons.models import Claim, ClaimStatus, Coupon, WebhookSubscription
+from coupons.webhooks import waiting_events
 
 LABELLED_COUPONS = 50
 logger = structlog.get_logger("coupons.metrics")
@@ -77,9 +80,35 @@ class ClaimStatusCollector:
         )
 
 
+class WebhookBacklogCollector:
+    """How far webhook delivery lags, from the database (every app host reports the same figures; take max())."""
+
+    def collect(self):
+        try:
+            backlog = WebhookSubscription.objects.aggregate(
+                oldest=Min(Subquery(waiting_events().values("occurred_at")[:1]), filter=Q(is_active=True)),
+                disabled=Count("pk", filter=Q(is_active=False)),
+            )
+        except DatabaseError as exc:
+            logger.warning("webhook metrics unavailable", error=str(exc))
+            return
+        oldest = backlog["oldest"]
+        yield GaugeMetricFamily(
+            "webhook_oldest_undelivered_event_age_seconds",
+            "Age of the oldest event an active webhook subscription has not had yet (0: none waiting).",
+            value=(timezone.now() - oldest).total_seconds() if oldest is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "webhook_subscriptions_disabled",
+            "Webhook subscriptions disabled (see the admin).",
+            value=backlog["disabled"],
+        )
+
+
 stock_registry = CollectorRegistry(auto_describe=False)
 stock_registry.register(LiveStockCollector())
 stock_registry.register(ClaimStatusCollector())
+stock_registry.register(WebhookBacklogCollector())
 
 
 def metrics(request):

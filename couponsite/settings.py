@@ -293,6 +293,40 @@ API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
 # most a hold shorter than it, granted while the worker sleeps, expires late.
 EXPIRE_HOLDS_MAX_SLEEP_MS = env_int("EXPIRE_HOLDS_MAX_SLEEP_MS", 1000)
 
+# Idempotency-Key (coupons/idempotency.py): how long a key's answer is kept
+# and replayed, and how long a request may hold its key before a retry can
+# take it over (longer than a request lasts: its database waits are bounded,
+# connection 5 s, lock 10 s, statement 15 s by default).
+IDEMPOTENCY_TTL = env_int("IDEMPOTENCY_TTL", 24 * 3600)
+IDEMPOTENCY_LEASE = env_int("IDEMPOTENCY_LEASE", 60)
+
+
+# Webhooks (coupons/webhooks.py) -----------------------------------------------
+
+# Off: subscription URLs that are or resolve to loopback, private, link-local
+# or otherwise non-public addresses are refused, at subscription and at every
+# delivery (server-side request forgery). On: for receivers on a private network.
+WEBHOOK_ALLOW_PRIVATE = env_bool("WEBHOOK_ALLOW_PRIVATE", False)
+# Seconds one delivery may take, connecting and answering included.
+WEBHOOK_TIMEOUT = env_int("WEBHOOK_TIMEOUT", 10)
+# Failed deliveries are retried with exponential backoff (from 1 s, doubling,
+# at most WEBHOOK_BACKOFF_MAX seconds apart, with jitter) for WEBHOOK_RETRY_FOR
+# seconds; then the subscription is disabled.
+WEBHOOK_RETRY_FOR = env_int("WEBHOOK_RETRY_FOR", 24 * 3600)
+WEBHOOK_BACKOFF_MAX = env_int("WEBHOOK_BACKOFF_MAX", 3600)
+# How often an idle delivery worker looks for new events, in milliseconds.
+WEBHOOK_POLL_MS = env_int("WEBHOOK_POLL_MS", 200)
+# The delivery worker's Prometheus metrics on this port of WEBHOOK_METRICS_HOST (0: not served).
+WEBHOOK_METRICS_PORT = env_int("WEBHOOK_METRICS_PORT", 0)
+WEBHOOK_METRICS_HOST = os.environ.get("WEBHOOK_METRICS_HOST") or "127.0.0.1"
+# Days events are kept in the outbox (GET /api/events, webhooks not yet delivered).
+EVENT_RETENTION_DAYS = env_int("EVENT_RETENTION_DAYS", 7)
+# Set (e.g. nats://127.0.0.1:4222): deliver_events also publishes every event to this NATS server's
+# JetStream, in the stream EVENTS_NATS_STREAM, on the subject "<EVENTS_NATS_SUBJECT>.<event type>".
+EVENTS_NATS_URL = os.environ.get("EVENTS_NATS_URL", "")
+EVENTS_NATS_STREAM = os.environ.get("EVENTS_NATS_STREAM") or "COUPON_EVENTS"
+EVENTS_NATS_SUBJECT = os.environ.get("EVENTS_NATS_SUBJECT") or "coupons.events"
+
 REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["coupons.api.errors.StrictJSONParser"],
@@ -319,11 +353,13 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "coupons.api.key_access.document_key_errors",
+        "coupons.api.idempotency.document_idempotency_errors",
     ],
     # The error codes' enum under a name that says what it is (not "CodeEnum").
     "ENUM_NAME_OVERRIDES": {
         "ErrorCode": "coupons.api.error_codes.ErrorCode",
         "ClaimStatus": "coupons.models.ClaimStatus",
+        "EventType": "coupons.outbox.EVENT_TYPES",
     },
 }
 

@@ -59,18 +59,27 @@ class GrantClaimsTests(TestCase):
 
         self.assertEqual(self.grant("ann", "bob"), ["CouponNotFound", "CouponNotFound"])
 
-    def test_a_group_is_one_lock_one_insert_one_update_one_commit(self):
+    def test_a_group_is_one_lock_one_insert_one_update_with_its_events_one_commit(self):
         with CaptureQueriesContext(connection) as queries:
             self.grant("ann", "bob", "ann", "cat", "dan")
 
         # Inside the test's transaction atomic() is a savepoint; in a request it is BEGIN ... COMMIT.
         statements = [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
-        lock, holders, insert, update = statements
-        if connection.vendor == "postgresql":
-            self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
+        lock, holders, insert, *update_and_events = statements
         self.assertIn("u.user_id IN", holders)  # after the lock: its own snapshot and clock
         self.assertTrue(insert.startswith("INSERT"))
-        self.assertIn('"remaining_amount" - 3', update)
+        # The F() decrement, relative in the database, under the lock; the event counter moved with it.
+        take_units = "remaining_amount = remaining_amount - 3, last_event_sequence = last_event_sequence + 4"
+        if connection.vendor == "postgresql":
+            self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
+            [update_and_insert] = update_and_events  # one statement: a writable CTE
+            self.assertTrue(update_and_insert.startswith("WITH taken AS (UPDATE coupons_coupon SET"))
+            self.assertIn(take_units, update_and_insert)
+            self.assertIn("INSERT INTO coupons_event", update_and_insert)  # 3 claims, sold out
+        else:
+            update, events = update_and_events
+            self.assertIn(take_units, update)
+            self.assertTrue(events.startswith("INSERT INTO coupons_event"), events)
 
     def test_a_group_without_winners_writes_nothing(self):
         self.grant("ann", "bob", "cat")

@@ -7,6 +7,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import sys
 from unittest import mock, skipUnless
 
 import yaml
@@ -102,8 +103,9 @@ class ComposeTests(SimpleTestCase):
         source, target = prometheus["volumes"][0].split(":")[:2]
         self.assertEqual(target, "/etc/prometheus/prometheus.yml")
         config = yaml.safe_load((ROOT / source).read_text())
-        [job] = config["scrape_configs"]
+        job, deliver_events = config["scrape_configs"]
         self.assertEqual(job["metrics_path"], "/metrics")
+        self.assertEqual(deliver_events["static_configs"][0]["targets"], ["deliver_events:9101"])
         self.assertEqual(job["static_configs"][0]["targets"], ["web:8000"])
 
         # The service answers a scrape addressed to "web:8000" with its compose settings.
@@ -258,8 +260,19 @@ class ClusterComposeTests(SimpleTestCase):
     def test_prometheus_scrapes_every_app_host(self):
         source, target = self.services["prometheus"]["volumes"][0].split(":")[:2]
         self.assertEqual(target, "/etc/prometheus/prometheus.yml")
-        [job] = yaml.safe_load((ROOT / source).read_text())["scrape_configs"]
+        job, deliver_events = yaml.safe_load((ROOT / source).read_text())["scrape_configs"]
         self.assertEqual(sorted(job["static_configs"][0]["targets"]), sorted(f"{n}:8000" for n in self.app_hosts))
+        workers = [name for name, s in self.services.items() if "deliver_events" in s.get("command", [])]
+        self.assertEqual(sorted(deliver_events["static_configs"][0]["targets"]), [f"{n}:9101" for n in workers])
+
+    def test_delivery_workers_run_with_the_app_hosts_settings_and_serve_their_metrics(self):
+        workers = [name for name, s in self.services.items() if "deliver_events" in s.get("command", [])]
+        self.assertEqual(len(workers), 2)  # either may die: they share the subscriptions
+        for name in workers:
+            with self.subTest(worker=name):
+                environment = self.services[name]["environment"]
+                self.assertEqual(environment["DATABASE_URL"], self.services["app1"]["environment"]["DATABASE_URL"])
+                self.assertEqual(environment["WEBHOOK_METRICS_PORT"], "9101")
 
 
 class GrafanaDashboardTests(TestCase):
@@ -297,36 +310,49 @@ class GrafanaDashboardTests(TestCase):
         self.assertIn("coupon-claim", {sample.labels.get("view") for sample in claim_view})
 
 
-class HoldExpiryWorkerTests(SimpleTestCase):
-    """The expire_holds worker runs wherever the web server runs: make run (Procfile), both compose files."""
+class WorkerProcessTests(SimpleTestCase):
+    """The service's processes run wherever the web server runs: make run (the Procfile, under honcho) and both
+    compose files run the hold expiry worker and the webhook delivery worker beside it."""
 
-    WORKER_COMMAND = ["python", "manage.py", "expire_holds"]
+    WORKERS = {
+        "expire_holds": ["python", "manage.py", "expire_holds"],
+        "deliver_events": ["python", "manage.py", "deliver_events"],
+    }
 
-    def test_the_procfile_runs_the_web_server_as_the_image_does_and_the_worker(self):
+    def test_the_procfile_runs_the_web_server_as_the_image_does_and_each_worker_once(self):
         lines = [line for line in (ROOT / "Procfile").read_text().splitlines() if line and not line.startswith("#")]
         processes = dict(line.split(": ", 1) for line in lines)
         # make run puts the venv's commands first on PATH: `python` is the venv's.
-        self.assertEqual(processes["web"], SERVE_COMMAND)
-        self.assertEqual(processes["expire_holds"].split(), self.WORKER_COMMAND)
+        self.assertEqual(
+            processes,
+            {"web": SERVE_COMMAND, **{name: " ".join(command) for name, command in self.WORKERS.items()}},
+        )
 
-    def test_make_run_migrates_then_starts_the_procfile_with_honcho(self):
+    def test_honcho_reads_it_and_make_run_starts_it_after_migrating(self):
+        result = subprocess.run(
+            [sys.executable, "-m", "honcho", "check"], cwd=ROOT, capture_output=True, text=True, timeout=60
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for name in ("web", *self.WORKERS):
+            self.assertIn(name, result.stderr + result.stdout)
         makefile = (ROOT / "Makefile").read_text()
         recipe = makefile.split("\nrun:", 1)[1].split("\n\n", 1)[0]
         self.assertLess(recipe.index("manage.py migrate"), recipe.index("honcho start"))
         self.assertRegex((ROOT / "requirements.txt").read_text(), r"(?m)^honcho==")
 
-    def test_every_compose_file_runs_the_worker_on_the_web_servers_database(self):
+    def test_every_compose_file_runs_each_worker_on_the_web_servers_database(self):
         for path, web_name in (("docker-compose.yml", "web"), ("docker-compose.cluster.yml", "app1")):
-            with self.subTest(path=path):
-                services = yaml.safe_load((ROOT / path).read_text())["services"]
-                workers = [s for s in services.values() if s.get("command") == self.WORKER_COMMAND]
-                self.assertTrue(workers)
-                for worker in workers:
-                    self.assertEqual(worker["build"], ".")
-                    self.assertEqual(
-                        worker["environment"]["DATABASE_URL"], services[web_name]["environment"]["DATABASE_URL"]
-                    )
-                    self.assertTrue(worker["healthcheck"]["disable"])
-                    self.assertEqual(worker["restart"], "unless-stopped")
-                    # After the schema exists: behind the migration (web's, or the migrate service).
-                    self.assertTrue({"web", "migrate"} & set(worker["depends_on"]))
+            services = yaml.safe_load((ROOT / path).read_text())["services"]
+            for name, command in self.WORKERS.items():
+                with self.subTest(path=path, worker=name):
+                    workers = [s for s in services.values() if s.get("command") == command]
+                    self.assertTrue(workers)
+                    for worker in workers:
+                        self.assertEqual(worker["build"], ".")
+                        self.assertEqual(
+                            worker["environment"]["DATABASE_URL"], services[web_name]["environment"]["DATABASE_URL"]
+                        )
+                        self.assertTrue(worker["healthcheck"]["disable"])
+                        self.assertEqual(worker["restart"], "unless-stopped")
+                        # After the schema exists: behind the migration (web's, or the migrate service).
+                        self.assertTrue({"web", "migrate"} & set(worker["depends_on"]))

@@ -159,15 +159,20 @@ class RedeemTests(TestCase):
         Coupon.objects.update(redeem_until=database_now() + timedelta(hours=1))
         redeem_claim(code=self.code)
 
-    def test_a_redemption_locks_its_claim_row_and_never_the_coupon(self):
+    def test_a_redemption_locks_its_claim_then_numbers_its_event_and_leaves_the_stock_alone(self):
         with CaptureQueriesContext(connection) as queries:
             redeem_claim(code=self.code)
         statements = [q["sql"] for q in queries if "SAVEPOINT" not in q["sql"]]
-        lock, update = statements
+        lock, update, *event = statements
         if connection.vendor == "postgresql":
             self.assertTrue(lock.endswith('FOR NO KEY UPDATE OF "coupons_claim"'), lock)
         self.assertTrue(update.startswith('UPDATE "coupons_claim"'))
-        self.assertFalse(any('UPDATE "coupons_coupon"' in sql for sql in statements))
+        # Last, the coupon's event counter (which takes its row lock until the commit) and the event: one statement
+        # on PostgreSQL (a writable CTE), two on SQLite.
+        self.assertEqual(len(event), 1 if connection.vendor == "postgresql" else 2)
+        self.assertIn("UPDATE coupons_coupon SET last_event_sequence = last_event_sequence + 1", event[0])
+        self.assertIn("INSERT INTO coupons_event", event[-1])
+        self.assertFalse(any("remaining_amount" in sql for sql in statements))
 
 
 class UndoTests(TestCase):

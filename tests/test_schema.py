@@ -27,33 +27,47 @@ class SchemaTests(SimpleTestCase):
                 "/api/users/{user_id}/claims",
                 "/api/redemptions",
                 "/api/redemptions/{code}",
+                "/api/webhooks",
+                "/api/webhooks/{subscription_id}",
+                "/api/events",
             },
         )
 
     def test_documents_every_status_code(self):
         self.assertEqual(
-            self.statuses("/api/coupons", "post"), {"201", "400", "401", "403", "409", "411", "413", "415", "503"}
+            self.statuses("/api/coupons", "post"),
+            {"201", "400", "401", "403", "409", "411", "413", "415", "422", "503"},
         )
         self.assertEqual(
             self.statuses("/api/coupons/claim", "post"),
-            {"201", "400", "403", "404", "409", "411", "413", "415", "429", "503"},
+            {"201", "400", "403", "404", "409", "411", "413", "415", "422", "429", "503"},
         )
         self.assertEqual(self.statuses("/api/coupons/{name}", "get"), {"200", "404", "503"})
         self.assertEqual(
             self.statuses("/api/coupons/{name}/claims/{user_id}", "delete"),
-            {"204", "400", "401", "403", "404", "411", "413", "415", "503"},
+            {"204", "400", "401", "403", "404", "409", "411", "413", "415", "422", "503"},
         )
+        self.assertEqual(
+            self.statuses("/api/webhooks", "post"),
+            {"201", "400", "401", "403", "409", "411", "413", "415", "422", "503"},
+        )
+        self.assertEqual(self.statuses("/api/webhooks", "get"), {"200", "401", "403", "503"})
+        self.assertEqual(
+            self.statuses("/api/webhooks/{subscription_id}", "delete"),
+            {"204", "400", "401", "403", "404", "409", "422", "503"},
+        )
+        self.assertEqual(self.statuses("/api/events", "get"), {"200", "400", "401", "403", "503"})
         self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
         self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
         self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
         self.assertEqual(
             self.statuses("/api/redemptions", "post"),
-            {"201", "400", "403", "404", "409", "410", "411", "413", "415", "503"},
+            {"201", "400", "403", "404", "409", "410", "411", "413", "415", "422", "503"},
         )
         self.assertEqual(self.statuses("/api/redemptions/{code}", "get"), {"200", "400", "404", "503"})
         self.assertEqual(
             self.statuses("/api/redemptions/{code}", "delete"),
-            {"204", "400", "401", "403", "404", "409", "410", "411", "413", "415", "503"},
+            {"204", "400", "401", "403", "404", "409", "410", "411", "413", "415", "422", "503"},
         )
 
     def test_redemption_shapes(self):
@@ -71,6 +85,13 @@ class SchemaTests(SimpleTestCase):
             set(schemas["AlreadyRedeemedError"]["properties"]), {"error", "code", "redeemed_at", "order_id"}
         )
         self.assertIn("code", schemas["Claim"]["required"])
+
+    def test_every_write_operation_takes_an_idempotency_key(self):
+        for path, operations in self.schema["paths"].items():
+            for method, operation in operations.items():
+                with self.subTest(path=path, method=method):
+                    headers = {p["name"] for p in operation.get("parameters", ()) if p["in"] == "header"}
+                    self.assertEqual("Idempotency-Key" in headers, method in {"post", "delete"})
 
     def test_error_bodies_are_documented(self):
         error = self.schema["components"]["schemas"]["Error"]

@@ -231,13 +231,19 @@ class ClaimStatementTests(TransactionTestCase):
                 claim_coupon(user_id=user_id, coupon_name="PROMO")
         return [query["sql"] for query in queries.captured_queries]
 
-    def test_success_is_a_read_then_lock_holders_insert_update_commit(self):
+    def test_success_is_a_read_then_lock_holders_insert_update_event_commit(self):
         create_coupon(name="PROMO", amount=5)
 
         sql = self.capture_claim("u1")
 
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
-        read, begin, lock, holders, insert, update, commit = sql
+        read, begin, lock, holders, insert, *update_and_event, commit = sql
+        # The stock's UPDATE and the events' INSERT: one statement on PostgreSQL, two on SQLite.
+        self.assertEqual(len(update_and_event), 1 if connection.vendor == "postgresql" else 2)
+        update = update_and_event[0]
+        if connection.vendor == "postgresql":
+            self.assertTrue(update.startswith("WITH taken AS (UPDATE"), update)
+            update = update.removeprefix("WITH taken AS (")
         self.assertNotIn("FOR", read)  # the eligibility read takes no lock
         self.assertIn("u.user_id IN", holders)
         self.assertTrue(insert.startswith("INSERT"))

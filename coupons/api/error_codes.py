@@ -40,6 +40,10 @@ class ErrorCode(enum.StrEnum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     # HAProxy's 408 (deploy/haproxy-errors): the whole request did not arrive in time.
     REQUEST_TIMEOUT = "request_timeout"
+    INVALID_IDEMPOTENCY_KEY = "invalid_idempotency_key"
+    IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+    IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
+    UNSAFE_WEBHOOK_URL = "unsafe_webhook_url"
     UNAVAILABLE = "unavailable"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"

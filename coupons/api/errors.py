@@ -23,12 +23,17 @@ from coupons.exceptions import (
     CouponAlreadyExists,
     CouponError,
     CouponNotFound,
+    IdempotencyKeyInUse,
+    IdempotencyKeyReused,
+    InvalidIdempotencyKey,
     MalformedCode,
     NotRedeemed,
     OutOfStock,
     RedemptionClosed,
     SaleEnded,
     SaleNotStarted,
+    UnsafeWebhookUrl,
+    WebhookNotFound,
 )
 from coupons.sale_windows import format_utc
 
@@ -47,6 +52,11 @@ DOMAIN_ERRORS = {
     ClaimExpired: (status.HTTP_410_GONE, ErrorCode.CLAIM_EXPIRED),
     RedemptionClosed: (status.HTTP_403_FORBIDDEN, ErrorCode.REDEMPTION_CLOSED),
     NotRedeemed: (status.HTTP_409_CONFLICT, ErrorCode.NOT_REDEEMED),
+    InvalidIdempotencyKey: (status.HTTP_400_BAD_REQUEST, ErrorCode.INVALID_IDEMPOTENCY_KEY),
+    IdempotencyKeyReused: (status.HTTP_422_UNPROCESSABLE_ENTITY, ErrorCode.IDEMPOTENCY_KEY_REUSED),
+    IdempotencyKeyInUse: (status.HTTP_409_CONFLICT, ErrorCode.IDEMPOTENCY_KEY_IN_USE),
+    UnsafeWebhookUrl: (status.HTTP_400_BAD_REQUEST, ErrorCode.UNSAFE_WEBHOOK_URL),
+    WebhookNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.NOT_FOUND),
 }
 
 # DRF's own exceptions (and any raised by authentication or permission
@@ -77,7 +87,7 @@ def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
         status_code, code = DOMAIN_ERRORS[type(exc)]
         headers, details = None, {}
-        if isinstance(exc, SaleNotStarted):
+        if isinstance(exc, (SaleNotStarted, IdempotencyKeyInUse)):
             headers = {"Retry-After": str(exc.retry_after_seconds)}
         if isinstance(exc, AlreadyRedeemed):
             # For programs too: when, and for which order (null: none given).

@@ -18,6 +18,7 @@ from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.permissions import AllowAny, BasePermission
 from rest_framework_api_key.permissions import KeyParser
 
+from coupons.api.schema import add_error_responses
 from coupons.api_keys import VerifiedKey, verify_api_key
 
 KEYWORD = KeyParser.keyword  # "Api-Key"
@@ -123,11 +124,5 @@ def document_key_errors(result, generator, request, public):
     }
     for operations in result["paths"].values():
         for operation in operations.values():
-            for status_code, description in descriptions.items():
-                response = operation["responses"].setdefault(
-                    status_code,
-                    {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}},
-                )
-                # A status the view documents already (staff-only creation) gets both reasons.
-                response["description"] = " Or: ".join(filter(None, [response.get("description"), description]))
+            add_error_responses(operation, descriptions)
     return result

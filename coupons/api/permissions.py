@@ -1,5 +1,6 @@
-"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on),
-and who may release claims and undo redemptions (never anyone: staff, or an API key with the scope)."""
+"""Who may create coupons (anyone, or only authenticated staff when COUPON_CREATE_REQUIRES_STAFF is on), and who
+may release claims, undo redemptions and manage webhook subscriptions (never anyone: staff, or an API key with the
+scope)."""
 
 from django.conf import settings
 from django.contrib.auth.middleware import AuthenticationMiddleware
@@ -67,16 +68,39 @@ class StaffOnlyWhenRestricted:
         return [IsAdminUser()]
 
 
+# A request that is never anonymous: a staff user, by DRF token or by admin
+# session (with its CSRF token), or a client application's API key. The
+# key's scheme first: it is the one a 401 names in WWW-Authenticate.
+STAFF_OR_KEY_AUTHENTICATION_CLASSES = [ApiKeyAuthentication, TokenAuthentication, SessionAuthentication]
+
+
+def staff_or_key_with(scope):
+    """The permission of a request that is never anonymous: staff, or an API key holding `scope`."""
+    return (IsAdminUser | KeyWithScope.of(scope))()
+
+
+class StaffOrKeyWithScope:
+    """An APIView mixin for endpoints that are never anonymous (webhook subscriptions), whether or not
+    API_KEYS_REQUIRED is on: a staff user or an API key holding `required_scope`, for every method."""
+
+    required_scope = None
+
+    def get_authenticators(self):
+        return [authentication() for authentication in STAFF_OR_KEY_AUTHENTICATION_CLASSES]
+
+    def get_permissions(self):
+        return [staff_or_key_with(self.required_scope)]
+
+
 class StaffOrKeyToDelete:
     """An APIView mixin: a DELETE (releasing a claim, undoing a redemption) is never anonymous.
 
-    A staff user, by DRF token or by admin session (with its CSRF token), or
-    a client application's key with the scope `delete_scope`, whether or not
-    API_KEYS_REQUIRED is on. Other methods keep the view's own rules.
+    A staff user or a client application's key with the scope
+    `delete_scope`, whether or not API_KEYS_REQUIRED is on. Other methods
+    keep the view's own rules.
     """
 
     delete_scope = None
-    delete_authentication_classes = [ApiKeyAuthentication, TokenAuthentication, SessionAuthentication]
 
     def initialize_request(self, request, *args, **kwargs):
         # Read here, from the request being wrapped: drf-spectacular builds
@@ -86,19 +110,18 @@ class StaffOrKeyToDelete:
 
     def get_authenticators(self):
         if self.deleting:
-            # The key's scheme first: it is the one a 401 names in WWW-Authenticate.
-            return [authentication() for authentication in self.delete_authentication_classes]
+            return [authentication() for authentication in STAFF_OR_KEY_AUTHENTICATION_CLASSES]
         return super().get_authenticators()
 
     def get_permissions(self):
         if self.deleting:
-            return [(IsAdminUser | KeyWithScope.of(self.delete_scope))()]
+            return [staff_or_key_with(self.delete_scope)]
         return super().get_permissions()
 
 
 def operator_name(request):
-    """Who released a claim or undid a redemption, for the audit trail: the staff user's username, or the API
-    key's prefix."""
+    """Who made a request that is never anonymous, for the record (who released a claim, undid a redemption,
+    created a webhook subscription): the staff user's username, or the API key's prefix."""
     if request.user is not None:
         return request.user.get_username()
     return f"API key {request.auth.prefix}"

@@ -9,29 +9,24 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coupons.api.idempotency import idempotent
 from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOrKeyToDelete, operator_name
 from coupons.api.serializers import (
     CLAIM_CODE,
     AlreadyRedeemedErrorSerializer,
-    ErrorSerializer,
     RedemptionInputSerializer,
     RedemptionSerializer,
     UndoRedemptionInputSerializer,
 )
-from coupons.api.views import BODY_ERRORS, COMMON_ERRORS
+from coupons.api.views import BODY_ERRORS, COMMON_ERRORS, error_response_schema
 from coupons.claim_codes import normalise_code
 from coupons.selectors import get_redemption
 from coupons.services import redeem_claim, undo_redemption
 
-
-def _error(description):
-    return OpenApiResponse(ErrorSerializer, description=description)
-
-
 CODE_PARAMETER = OpenApiParameter("code", str, OpenApiParameter.PATH, description=CLAIM_CODE)
-NOT_FOUND = _error("No claim has this code (code_not_found).")
-MALFORMED = _error("Not a code: another alphabet, the wrong length, a control character (invalid).")
+NOT_FOUND = error_response_schema("No claim has this code (code_not_found).")
+MALFORMED = error_response_schema("Not a code: another alphabet, the wrong length, a control character (invalid).")
 
 
 class RedemptionApi(ApiKeyRequired, APIView):
@@ -45,20 +40,25 @@ class RedemptionApi(ApiKeyRequired, APIView):
         request=RedemptionInputSerializer,
         responses={
             201: RedemptionSerializer,
-            400: _error("Invalid input (code invalid): a malformed code, order_id or coupon_name, or malformed JSON."),
-            403: _error("At or after the coupon's redeem_until, by the database's clock."),
-            404: _error("No claim has this code, or (with coupon_name) no claim of that coupon (code_not_found)."),
+            400: error_response_schema(
+                "Invalid input (code invalid): a malformed code, order_id or coupon_name, or malformed JSON."
+            ),
+            403: error_response_schema("At or after the coupon's redeem_until, by the database's clock."),
+            404: error_response_schema(
+                "No claim has this code, or (with coupon_name) no claim of that coupon (code_not_found)."
+            ),
             409: OpenApiResponse(
                 AlreadyRedeemedErrorSerializer,
                 description="Already redeemed (already_redeemed): the body says when and for which order.",
             ),
-            410: _error(
+            410: error_response_schema(
                 "The claim no longer holds a unit: released by an operator, or its hold expired (claim_expired)."
             ),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def post(self, request):
         serializer = RedemptionInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -93,15 +93,16 @@ class RedemptionDetailApi(StaffOrKeyToDelete, ApiKeyRequired, APIView):
         responses={
             204: OpenApiResponse(description="Undone: the claim is held again."),
             400: MALFORMED,
-            401: _error("No valid token, session or API key was sent."),
-            403: _error("Not staff, the session's CSRF token is missing, or the key lacks `redeem`."),
+            401: error_response_schema("No valid token, session or API key was sent."),
+            403: error_response_schema("Not staff, the session's CSRF token is missing, or the key lacks `redeem`."),
             404: NOT_FOUND,
-            409: _error("The code is not redeemed: nothing to undo (not_redeemed)."),
-            410: _error("The claim was released by an operator (claim_expired)."),
+            409: error_response_schema("The code is not redeemed: nothing to undo (not_redeemed)."),
+            410: error_response_schema("The claim was released by an operator (claim_expired)."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def delete(self, request, code):
         code = normalise_code(code)
         serializer = UndoRedemptionInputSerializer(data=request.data)

@@ -15,6 +15,7 @@ from coupons.api.error_codes import ErrorCode
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import MalformedCode
 from coupons.models import MAX_AMOUNT, MAX_HOLD_SECONDS, ClaimStatus
+from coupons.outbox import EVENT_TYPES
 from coupons.sale_windows import SaleStatus, format_utc
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -314,3 +315,65 @@ class ErrorSerializer(serializers.Serializer):
 class AlreadyRedeemedErrorSerializer(ErrorSerializer):
     redeemed_at = Rfc3339DateTimeField(help_text="UTC: when the code was redeemed.")
     order_id = serializers.CharField(allow_null=True, help_text="The order it was redeemed for; null: none given.")
+
+
+class WebhookCreateInputSerializer(InputSerializer):
+    url = serializers.CharField(
+        max_length=2000,
+        help_text="http:// or https:// URL of a public host (no loopback or private address unless"
+        " WEBHOOK_ALLOW_PRIVATE is on), without credentials.",
+    )
+    event_types = serializers.ListField(
+        child=serializers.ChoiceField(choices=EVENT_TYPES),
+        required=False,
+        default=list,
+        max_length=len(EVENT_TYPES),
+        help_text="The event types to send; absent or empty: all of them.",
+    )
+    description = serializers.CharField(required=False, default="", max_length=255, allow_blank=True)
+
+    def validate_url(self, value):
+        if not isinstance(self.initial_data.get("url"), str):
+            raise serializers.ValidationError("Must be a string.")
+        return value
+
+
+class WebhookSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    url = serializers.CharField()
+    event_types = serializers.ListField(child=serializers.CharField(), help_text="Empty: all event types.")
+    description = serializers.CharField()
+    is_active = serializers.BooleanField(
+        help_text="False once disabled after failing deliveries (see disabled_reason)."
+    )
+    disabled_reason = serializers.CharField()
+    created_at = Rfc3339DateTimeField(help_text="UTC.")
+
+
+class WebhookCreatedSerializer(WebhookSerializer):
+    secret = serializers.CharField(
+        help_text="The signing secret (Standard Webhooks, whsec_...): shown this once, store it now."
+    )
+
+
+class EventsQuerySerializer(serializers.Serializer):
+    after = serializers.UUIDField(
+        required=False, help_text="The id of the last event you have; absent: from the oldest event kept."
+    )
+    limit = serializers.IntegerField(min_value=1, max_value=1000, default=100, help_text="Events per page.")
+
+
+class EventSerializer(serializers.Serializer):
+    id = serializers.UUIDField(help_text="Unique; a webhook's Webhook-Id.")
+    type = serializers.ChoiceField(choices=EVENT_TYPES)
+    occurred_at = Rfc3339DateTimeField(help_text="UTC, the database's clock.")
+    coupon = serializers.CharField(help_text="The coupon's name.")
+    sequence = serializers.IntegerField(help_text="The coupon's events are numbered 1, 2, 3... with no gap.")
+    data = serializers.DictField(help_text="What the event says: depends on its type.")
+
+
+class EventsPageSerializer(serializers.Serializer):
+    events = EventSerializer(many=True, help_text="In commit order; a coupon's events by sequence.")
+    next = serializers.UUIDField(
+        allow_null=True, help_text="Pass it as `after` for the events that follow (null: no event yet)."
+    )

@@ -2,6 +2,7 @@ from django.urls import path, re_path
 
 from coupons.api.redemption_views import RedemptionApi, RedemptionDetailApi
 from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
+from coupons.api.webhook_views import EventsApi, WebhookDetailApi, WebhooksApi
 
 urlpatterns = [
     path("coupons", CouponCreateApi.as_view(), name="coupon-create"),
@@ -19,4 +20,7 @@ urlpatterns = [
     # Any text after the slash reaches the view, which refuses a malformed
     # code with a 400 rather than the catch-all 404 of an unknown path.
     re_path(r"^redemptions/(?P<code>.+)$", RedemptionDetailApi.as_view(), name="redemption-detail"),
+    path("webhooks", WebhooksApi.as_view(), name="webhooks"),
+    path("webhooks/<uuid:subscription_id>", WebhookDetailApi.as_view(), name="webhook-detail"),
+    path("events", EventsApi.as_view(), name="events"),
 ]

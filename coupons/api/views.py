@@ -1,5 +1,7 @@
 """The HTTP API: validate the input, call one service or selector, render."""
 
+import functools
+
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -8,6 +10,7 @@ from rest_framework.views import APIView
 
 from coupons.api.claim_outcomes import record_claim_outcome
 from coupons.api.cursors import decode_cursor, encode_cursor
+from coupons.api.idempotency import answering, idempotent
 from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOnlyWhenRestricted, StaffOrKeyToDelete, operator_name
 from coupons.api.serializers import (
@@ -29,22 +32,22 @@ from coupons.services import claim_coupon, create_coupon, release_claim
 from coupons.validators import is_possible_coupon_name
 
 
-def _error(description):
+def error_response_schema(description):
     return OpenApiResponse(ErrorSerializer, description=description)
 
 
 # Failures any endpoint can answer with.
 COMMON_ERRORS = {
-    503: _error("The database is unreachable; retry after the Retry-After delay."),
+    503: error_response_schema("The database is unreachable; retry after the Retry-After delay."),
 }
 BODY_ERRORS = {
-    411: _error("The body was sent chunked, without a Content-Length."),
-    413: _error("The request body is larger than the limit."),
-    415: _error("The body is not sent as application/json."),
+    411: error_response_schema("The body was sent chunked, without a Content-Length."),
+    413: error_response_schema("The request body is larger than the limit."),
+    415: error_response_schema("The body is not sent as application/json."),
 }
 DETAIL_RESPONSES = {
     200: CouponDetailSerializer,
-    404: _error("No coupon has this name."),
+    404: error_response_schema("No coupon has this name."),
     **COMMON_ERRORS,
 }
 
@@ -66,17 +69,18 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
         request=CouponCreateInputSerializer,
         responses={
             201: CouponSerializer,
-            400: _error(
+            400: error_response_schema(
                 "Invalid input: malformed JSON, wrong types, blank or over-long name, amount out of range,"
                 " a timestamp without an offset, or ends_at not after starts_at."
             ),
-            401: _error("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
-            403: _error("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
-            409: _error("A coupon with this name already exists."),
+            401: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
+            403: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
+            409: error_response_schema("A coupon with this name already exists."),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def post(self, request):
         serializer = CouponCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -103,14 +107,16 @@ class ClaimApi(ApiKeyRequired, APIView):
         ],
         responses={
             201: ClaimSerializer,
-            400: _error("Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."),
-            403: _error(
+            400: error_response_schema(
+                "Invalid input (code invalid), or the coupon has no stock left (code out_of_stock)."
+            ),
+            403: error_response_schema(
                 "Outside the sale window, by the database's clock: sale_not_started (with Retry-After, the whole"
                 " seconds until the start, rounded up) or sale_ended. Checked after 404 and 409, before 400."
             ),
-            404: _error("No coupon has this name."),
-            409: _error("This user has already claimed this coupon."),
-            429: _error(
+            404: error_response_schema("No coupon has this name."),
+            409: error_response_schema("This user has already claimed this coupon."),
+            429: error_response_schema(
                 "Over CLAIM_RATE_LIMIT for this client, or CLAIM_RATE_LIMIT_PER_KEY for this API key;"
                 " retry after the Retry-After delay."
             ),
@@ -118,13 +124,15 @@ class ClaimApi(ApiKeyRequired, APIView):
             **COMMON_ERRORS,
         },
     )
+    @idempotent(answered_in_service=True)
     @record_claim_outcome
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        claim = claim_coupon(**serializer.validated_data)
-        body = {**serializer.validated_data, "code": claim.code, "status": claim.status, "expires_at": claim.expires_at}
-        return Response(ClaimSerializer(body).data, status=status.HTTP_201_CREATED)
+        granted = functools.partial(granted_response, serializer.validated_data)
+        # With an Idempotency-Key, the claim group stores this answer, code and all, in its transaction.
+        claim = claim_coupon(**serializer.validated_data, idempotency=answering(request, granted))
+        return granted(claim)
 
     @extend_schema(
         operation_id="coupons_retrieve_claim",
@@ -134,6 +142,12 @@ class ClaimApi(ApiKeyRequired, APIView):
     )
     def get(self, request):
         return coupon_detail_response("claim")
+
+
+def granted_response(claimed, claim):
+    """The 201 of a granted claim: what was claimed (the validated input), and the claim's code, status and hold."""
+    body = {**claimed, "code": claim.code, "status": claim.status, "expires_at": claim.expires_at}
+    return Response(ClaimSerializer(body).data, status=status.HTTP_201_CREATED)
 
 
 class CouponDetailApi(ApiKeyRequired, APIView):
@@ -168,14 +182,19 @@ class ClaimReleaseApi(StaffOrKeyToDelete, ApiKeyRequired, APIView):
         request=ReleaseInputSerializer,
         responses={
             204: OpenApiResponse(description="Released."),
-            400: _error("Invalid body: the reason must be a string of 1 to 255 characters."),
-            401: _error("No valid token, session or API key was sent."),
-            403: _error("The user is not staff, the session's CSRF token is missing, or the key lacks `release`."),
-            404: _error("No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."),
+            400: error_response_schema("Invalid body: the reason must be a string of 1 to 255 characters."),
+            401: error_response_schema("No valid token, session or API key was sent."),
+            403: error_response_schema(
+                "The user is not staff, the session's CSRF token is missing, or the key lacks `release`."
+            ),
+            404: error_response_schema(
+                "No coupon has this name (not_found), or this user holds no claim of it (claim_not_found)."
+            ),
             **BODY_ERRORS,
             **COMMON_ERRORS,
         },
     )
+    @idempotent
     def delete(self, request, name, user_id):
         serializer = ReleaseInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
@@ -200,7 +219,9 @@ class UserClaimsApi(ApiKeyRequired, APIView):
         parameters=[UserClaimsQuerySerializer],
         responses={
             200: UserClaimsPageSerializer,
-            400: _error("`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."),
+            400: error_response_schema(
+                "`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."
+            ),
             **COMMON_ERRORS,
         },
     )

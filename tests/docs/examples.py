@@ -8,8 +8,8 @@ starting with `> ` as bash's PS2 shows them), and after each command the
 output it prints, until the next command.
 
 Outputs are compared strictly, except for values that differ on every run:
-timestamps of the run, UUIDs, API keys, DRF tokens, pagination cursors, claim
-codes, the wait in DRF's 429 message. Those are matched by kind, and each
+timestamps of the run, UUIDs, API keys, DRF tokens, webhook signing secrets,
+pagination cursors, claim codes, the wait in DRF's 429 message. Those are matched by kind, and each
 value shown in a page must stand for one actual value throughout the page
 (and a value the page itself sends must come back unchanged), so a later
 command that uses a value shown earlier (a cursor, a key, a code) is sent the
@@ -160,6 +160,7 @@ TOKEN_KINDS = (
     TokenKind("uuid", r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"),
     TokenKind("API key", r"\b[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}\b"),  # coupons/api_keys.py KEY_FORMAT
     TokenKind("token", r"\b[0-9a-f]{40}\b"),  # DRF's authtoken
+    TokenKind("webhook secret", r"\bwhsec_[A-Za-z0-9+/]{43}="),  # coupons/webhooks.py: base64 of 32 random bytes
     # Before cursors, whose pattern a grouped code also fits: as the service prints it (XXXX-XXXX-XXXX-XXXX, in
     # Crockford's base32), or as a person may type it back, in lower case or without hyphens.
     TokenKind(

@@ -210,3 +210,10 @@ def test_long_identifiers_are_compared_exactly():
     shown = 'coupon_claims_total{outcome="already_claimed"} 1.0'
     assert differences(shown, shown, Bindings()) == []
     assert differences(shown, shown.replace("already_claimed", "already_claimedx"), Bindings())
+
+
+def test_a_webhook_secret_is_a_value_of_the_run():
+    shown = answer('{"secret":"whsec_YCAa90UD7jwvYm7752Ofjrmxk+Aini5H5YKrj7TzTrs="}')
+    printed = answer('{"secret":"whsec_Jq0/3vWm1xT8bQ2k7Rr9yN4cZp6hLd0eUa5sGf1oKiE="}')
+    assert differences(shown, printed, Bindings()) == []
+    assert differences(shown, answer('{"secret":"whsec_tooshort="}'), Bindings())

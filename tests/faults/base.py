@@ -4,6 +4,7 @@ import logging
 
 from django.test import SimpleTestCase
 
+from coupons.claim_codes import format_code
 from tests.faults.cluster import PrivateCluster
 from tests.helpers import manage
 
@@ -38,6 +39,16 @@ class FaultTestCase(SimpleTestCase):
                 [coupon_name],
             ).fetchall()
         return sorted(user_id for (user_id,) in rows)
+
+    def live_code(self, coupon_name, user_id):
+        """The code of the user's live claim of the coupon, as the API prints it (grouped)."""
+        with self.cluster.connect() as connection:
+            (code,) = connection.execute(
+                "SELECT claim.code FROM coupons_claim claim JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id"
+                " WHERE coupon.name = %s AND claim.user_id = %s AND claim.status IN ('held', 'redeemed')",
+                [coupon_name, user_id],
+            ).fetchone()
+        return format_code(code)
 
     def remaining(self, coupon_name):
         with self.cluster.connect() as connection:

@@ -37,12 +37,12 @@ class Reply:
         return self.headers.get("content-type") == "application/json"
 
 
-def request(host, port, method, path, body=None, timeout=30):
+def request(host, port, method, path, body=None, timeout=30, headers=None):
     """One HTTP exchange on a fresh connection, as a Reply (status None when no answer came)."""
     connection = http.client.HTTPConnection(host, port, timeout=timeout)
     started = time.monotonic()
     try:
-        headers = {"Content-Type": "application/json"} if body is not None else {}
+        headers = {**({"Content-Type": "application/json"} if body is not None else {}), **(headers or {})}
         connection.request(method, path, body=None if body is None else json.dumps(body), headers=headers)
         response = connection.getresponse()
         raw = response.read()
@@ -140,8 +140,8 @@ class Service:
     def workers(self):
         return set(children(self.process.pid))
 
-    def request(self, method, path, body=None, timeout=30):
-        return request(self.host, self.port, method, path, body, timeout)
+    def request(self, method, path, body=None, timeout=30, headers=None):
+        return request(self.host, self.port, method, path, body, timeout, headers)
 
     def claim_groups(self):
         """(claim transactions, claims in them) so far, all workers added up, from /metrics."""
@@ -151,5 +151,7 @@ class Service:
         samples = {s.name: s.value for f in text_string_to_metric_families(metrics.body) for s in f.samples}
         return samples["coupon_claim_group_size_count"], samples["coupon_claim_group_size_sum"]
 
-    def claim(self, user_id, coupon_name, timeout=30):
-        return self.request("POST", "/api/coupons/claim", {"user_id": user_id, "coupon_name": coupon_name}, timeout)
+    def claim(self, user_id, coupon_name, timeout=30, idempotency_key=None):
+        body = {"user_id": user_id, "coupon_name": coupon_name}
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else None
+        return self.request("POST", "/api/coupons/claim", body, timeout, headers)

@@ -34,9 +34,10 @@ WAIT_SECONDS = 60
 class ClaimLoad:
     """CLIENTS threads claiming one coupon back to back, a new user for every claim, until stopped."""
 
-    def __init__(self, service, coupon_name):
+    def __init__(self, service, coupon_name, *, keyed=False):
         self.service = service
         self.coupon_name = coupon_name
+        self.keyed = keyed  # each claim sent with an Idempotency-Key of its own
         self.attempts = []  # (user_id, reply, monotonic time the reply came)
         self._lock = threading.Lock()
         self._next_user = 0
@@ -58,7 +59,12 @@ class ClaimLoad:
             with self._lock:
                 user_id = f"user_{self._next_user}"
                 self._next_user += 1
-            reply = self.service.claim(user_id, self.coupon_name, timeout=LONGEST_ANSWER_SECONDS * 2)
+            reply = self.service.claim(
+                user_id,
+                self.coupon_name,
+                timeout=LONGEST_ANSWER_SECONDS * 2,
+                idempotency_key=idempotency_key(user_id) if self.keyed else None,
+            )
             with self._lock:
                 self.attempts.append((user_id, reply, time.monotonic()))
             if reply.status != 201:
@@ -74,6 +80,10 @@ class ClaimLoad:
             if time.monotonic() > deadline:
                 raise AssertionError(f"timed out waiting for {what}")
             time.sleep(0.02)
+
+
+def idempotency_key(user_id):
+    return f"key-of-{user_id}"
 
 
 def wait_for_status(service, path, status):
@@ -95,14 +105,14 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
         super().setUpClass()
         cls.service = cls.enterClassContext(Service(cls.cluster.url))
 
-    def run_sale_through(self, fault):
+    def run_sale_through(self, fault, *, keyed=False):
         """Claim through `fault(cluster)` and a restart; return the load and the moments that matter."""
-        name = f"FAULT {fault.__name__}"
+        name = f"FAULT {fault.__name__}{' keyed' if keyed else ''}"
         self.create_coupon(self.service, name, STOCK)
         workers = self.service.workers()
         groups_before = self.service.claim_groups()
 
-        with ClaimLoad(self.service, name) as load:
+        with ClaimLoad(self.service, name, keyed=keyed) as load:
             load.wait_until(lambda: len(load.answered_since(0, 201)) >= SUCCESSES_BEFORE_THE_FAULT, "claims to flow")
             fault(self.cluster)
             fault_at = time.monotonic()
@@ -183,6 +193,47 @@ class DatabaseStopsMidSaleTests(FaultTestCase):
             recovery["claims"],
             max(reply.seconds for reply in replies),
             recovery["claims per transaction"],
+        )
+
+    def test_crash_with_idempotency_keys_every_retry_gets_its_own_201(self):
+        def immediate_shutdown(cluster):
+            cluster.stop("immediate")
+
+        name, load, outage, _ = self.run_sale_through(immediate_shutdown, keyed=True)
+
+        succeeded = {user for user, reply, _ in load.attempts if reply.status == 201}
+        unavailable = {user for user, reply, _ in load.attempts if reply.status == 503}
+        self.assertEqual({reply.status for _, reply, _ in load.attempts}, {201, 503})
+        claimers = set(self.claimers(name))
+        committed_unreported = claimers - succeeded
+        # Every 503 retried with its key until it is answered: always the claim's own 201 (replayed where the
+        # commit had gone through), never 409 already_claimed.
+        retried = {}
+        for user in sorted(unavailable):
+            deadline = time.monotonic() + WAIT_SECONDS
+            while True:
+                reply = self.service.claim(user, name, idempotency_key=idempotency_key(user))
+                if reply.status != 503 and reply.body.get("code") != "idempotency_key_in_use":
+                    break
+                self.assertLess(time.monotonic(), deadline, f"{user}'s key never settled: {reply}")
+                time.sleep(0.2)
+            retried[user] = reply
+        self.assertEqual({user: reply.status for user, reply in retried.items()}, dict.fromkeys(unavailable, 201))
+        replayed = {user for user, reply in retried.items() if reply.headers.get("idempotent-replayed") == "true"}
+        self.assertEqual(replayed, committed_unreported, "replayed exactly where the commit had gone through")
+        # Each 201, replayed or not, carries the code of the claim the database holds for its user.
+        self.assertEqual(
+            {user: reply.body["code"] for user, reply in retried.items()},
+            {user: self.live_code(name, user) for user in retried},
+        )
+        self.assertEqual(set(self.claimers(name)), succeeded | unavailable)
+        self.assertEqual(self.remaining(name), STOCK - len(succeeded | unavailable))
+        logger.info(
+            "crash with idempotency keys: %d answered 503, %d of those had committed and were replayed as 201, "
+            "database away %.2f s",
+            len(unavailable),
+            len(committed_unreported),
+            outage,
         )
 
     def test_clean_shutdown(self):

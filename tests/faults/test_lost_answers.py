@@ -3,9 +3,11 @@
 Lost between the database and the service (the database commits, the
 service's connection dies before the answer arrives: the service answers 503)
 or between the service and the client (the client hangs up before reading
-its 201): either way the retry gets 409, never a second unit. (A request
-whose client hung up before the server handed it to the application may
-also never run at all: granian drops it. The retry is then the claim.)
+its 201): either way the retry gets 409, never a second unit; sent with an
+Idempotency-Key, the retry gets the claim's own 201 again. The same holds
+for a redemption sent with a key. (A request whose client hung up before
+the server handed it to the application may also never run at all: granian
+drops it. The retry is then the claim.)
 """
 
 import json
@@ -58,6 +60,65 @@ class LostAnswerTests(FaultTestCase):
                 self.assert_one_claim_each(name, users, 2 * ROUNDS)
         self.assertEqual(self.service.claim("someone_else", name).status, 201)
         logger.info("commit answers lost between the database and the service: %d", self.thief.answers_lost)
+
+    def test_with_an_idempotency_key_the_retry_gets_the_201_the_commit_answered(self):
+        name = "LOST COMMIT ANSWER, KEYED"
+        self.create_coupon(self.service, name, 2 * ROUNDS)
+        users = []
+        for round_number in range(ROUNDS):
+            with self.subTest(round=round_number):
+                user, key = f"user_{round_number}", f"key-{round_number}"
+                self.thief.lose_next_commit_answer()
+
+                reply = self.service.claim(user, name, idempotency_key=key)
+
+                self.assert_unavailable(reply)
+                users.append(user)
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)  # committed, with its answer
+
+                retry = self.service.claim(user, name, idempotency_key=key)
+
+                self.assertEqual(retry.status, 201, retry)
+                granted = {"user_id": user, "coupon_name": name, "code": self.live_code(name, user)}
+                # The claim's own code: its answer was stored with it.
+                self.assertEqual(retry.body, {**granted, "status": "held", "expires_at": None})
+                self.assertEqual(retry.headers.get("idempotent-replayed"), "true")
+                self.assert_one_claim_each(name, users, 2 * ROUNDS)
+
+    def test_with_an_idempotency_key_a_redemption_whose_commit_answer_was_lost_gets_its_201(self):
+        name = "LOST REDEMPTION ANSWER, KEYED"
+        self.create_coupon(self.service, name, ROUNDS)
+        for round_number in range(ROUNDS):
+            with self.subTest(round=round_number):
+                user, key = f"user_{round_number}", f"redeem-key-{round_number}"
+                self.assertEqual(self.service.claim(user, name).status, 201)
+                body = {"code": self.live_code(name, user), "order_id": f"order-{round_number}"}
+                self.thief.lose_next_commit_answer()
+
+                reply = self.service.request("POST", "/api/redemptions", body, headers={"Idempotency-Key": key})
+
+                self.assert_unavailable(reply)
+                self.assertEqual(self.redemption_of(name, user), ("redeemed", body["order_id"]))  # committed
+
+                retry = self.service.request("POST", "/api/redemptions", body, headers={"Idempotency-Key": key})
+
+                self.assertEqual(retry.status, 201, retry)  # its own 201, not a 409 already_redeemed
+                self.assertEqual(retry.headers.get("idempotent-replayed"), "true")
+                self.assertEqual(
+                    {field: retry.body[field] for field in ("coupon_name", "user_id", "code", "status", "order_id")},
+                    {"coupon_name": name, "user_id": user, **body, "status": "redeemed"},
+                )
+                self.assertEqual(self.redemption_of(name, user), ("redeemed", body["order_id"]))
+
+    def redemption_of(self, coupon_name, user_id):
+        """(status, order_id) of the user's claim of the coupon, read straight from the database."""
+        with self.cluster.connect() as connection:
+            return connection.execute(
+                "SELECT claim.status, claim.order_id FROM coupons_claim claim"
+                " JOIN coupons_coupon coupon ON coupon.id = claim.coupon_id"
+                " WHERE coupon.name = %s AND claim.user_id = %s",
+                [coupon_name, user_id],
+            ).fetchone()
 
     def test_the_client_hangs_up_before_reading_its_answer(self):
         name = "LOST HTTP ANSWER"
