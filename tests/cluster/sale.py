@@ -115,3 +115,55 @@ def retry_until_definite(host, method, path, body, definite=(201, 400, 409), tim
         if reply.status not in (503, None) or time.monotonic() > deadline:
             raise AssertionError(f"{method} {path} {body}: {reply}")
         time.sleep(0.2)
+
+
+@dataclass
+class KeyedAttempt:
+    user_id: str
+    status: int | None
+    sent: float
+    answered: float
+    replayed: bool  # Idempotent-Replayed: true
+    code: str | None  # the error body's code
+    claim_code: str | None  # a 201's claim code
+
+
+class KeyedSale(Sale):
+    """`clients` threads, each claiming for one new user at a time with an Idempotency-Key of its own, and resending
+    that very request (same body, same key) after every answer that is not final, until one is, as a careful client
+    does; until stop() or sold out. `attempts` records every answer."""
+
+    FINAL = {201, 400, 409}  # 409 idempotency_key_in_use is not final: the first request is still running
+
+    def __init__(self, host, port, coupon_name, clients=8, give_up_seconds=120):
+        super().__init__(host, port, coupon_name, clients)
+        self.attempts = []
+        self.give_up_seconds = give_up_seconds
+
+    def _claim_until_stopped(self):
+        while not self._stopped.is_set():
+            with self._lock:
+                user_id = f"{self.coupon_name}-user-{next(self._numbers)}"
+            status = self._claim_until_final(user_id)
+            if status == 400:
+                self._stopped.set()  # sold out
+
+    def _claim_until_final(self, user_id):
+        body = {"user_id": user_id, "coupon_name": self.coupon_name}
+        headers = {"Idempotency-Key": f"claim-{user_id}"}
+        give_up = time.monotonic() + self.give_up_seconds
+        while True:
+            sent = time.monotonic()
+            reply = request(self.host, self.port, "POST", "/api/coupons/claim", body, headers=headers)
+            payload = reply.body if reply.is_json and isinstance(reply.body, dict) else {}
+            granted = reply.status == 201
+            attempt = KeyedAttempt(
+                user_id, reply.status, sent, time.monotonic(), reply.headers.get("idempotent-replayed") == "true",
+                None if granted else payload.get("code"), payload.get("code") if granted else None,
+            )  # fmt: skip
+            with self._lock:
+                self.attempts.append(attempt)
+            final = reply.status in self.FINAL and attempt.code != "idempotency_key_in_use"
+            if final or time.monotonic() > give_up:
+                return reply.status
+            time.sleep(float(reply.headers.get("retry-after", 0.2)) if reply.status == 409 else 0.2)

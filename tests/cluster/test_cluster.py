@@ -17,8 +17,16 @@ from unittest import skipUnless
 
 from django.test import SimpleTestCase
 
-from tests.cluster.sale import FIGURES, Sale, claim, claim_at_once, retry_until_answered, retry_until_definite
-from tests.cluster.topology import APP_HOSTS, HTTP_PORT, Topology, wait_for
+from tests.cluster.sale import (
+    FIGURES,
+    KeyedSale,
+    Sale,
+    claim,
+    claim_at_once,
+    retry_until_answered,
+    retry_until_definite,
+)
+from tests.cluster.topology import APP_HOSTS, HTTP_PORT, WORKERS, Topology, wait_for
 from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
 
@@ -273,12 +281,67 @@ class ClusterTests(SimpleTestCase):
             else:
                 self.assertGreaterEqual(returned_at, expires_at)
         self.assertEqual(remaining, amount - len(redeemed), "each expired unit returned once")
-        workers = {host: self.topology.processes[f"{host}-expire_holds"].poll() for host in APP_HOSTS}
-        self.assertEqual(set(workers.values()), {None}, "the expiry workers carried on through the failover")
+        workers = {host: self.topology.processes[f"{host}-{w}"].poll() for host in APP_HOSTS for w in WORKERS}
+        self.assertEqual(set(workers.values()), {None}, "the workers carried on through the failover")
         FIGURES.append(
             f"redemptions through a failover: {users} claims with {hold} s holds, {len(plan)} redemptions asked;"
             f" the primary's PostgreSQL SIGKILLed amid claims and redemptions: {dict(told)}; every acknowledged"
             f" redemption on the new primary, {len(rows) - len(redeemed)} units expired back to stock once each"
+        )
+
+    def test_9_keyed_claims_get_their_own_201_through_a_failover(self):
+        """Every claim sent with an Idempotency-Key and resent with it until a final answer, while the primary's
+        PostgreSQL is SIGKILLed: each claim that committed answers its own 201 (replayed where the first answer was
+        lost), never 409; the outbox holds one claim.granted per row, numbered without a gap."""
+        name, stock = "cluster-keyed", 1500
+        self.create_coupon(name, stock)
+        old_primary = self.topology.primary()
+        with KeyedSale(self.lb, HTTP_PORT, name, SALE_CLIENTS) as sale:
+            wait_for(lambda: sum(a.status == 201 for a in sale.attempts) >= stock // 5, 60, "the sale under way")
+            failed_at = time.monotonic()
+            kill_postmaster_and_backends(self.topology.directory / old_primary / "data")
+            wait_for(sale.sold_out, 180, "the sale to sell out")
+        self.assertNotEqual(self.topology.primary(), old_primary)
+        attempts = {}
+        for attempt in sorted(sale.attempts, key=lambda a: a.sent):
+            attempts.setdefault(attempt.user_id, []).append(attempt)
+        with self.topology.connect_primary() as connection:
+            rows = dict(connection.execute(
+                "SELECT u.user_id, u.code FROM coupons_claim u JOIN coupons_coupon c ON c.id = u.coupon_id"
+                " WHERE c.name = %s AND u.status IN ('held', 'redeemed')", [name],
+            ).fetchall())  # fmt: skip
+            remaining = connection.execute("SELECT remaining_amount FROM coupons_coupon WHERE name = %s", [name])
+            remaining = remaining.fetchone()[0]
+            events = connection.execute(
+                "SELECT type, sequence, data ->> 'user_id' FROM coupons_event WHERE coupon_name = %s ORDER BY sequence",
+                [name],
+            ).fetchall()
+
+        finals = {user: tries[-1] for user, tries in attempts.items()}
+        for user in rows:
+            final = finals[user]
+            self.assertEqual(final.status, 201, f"{user} holds the coupon: its own 201, never 409 ({attempts[user]})")
+            self.assertEqual(final.claim_code.replace("-", ""), rows[user], f"{user}'s 201 carries its row's code")
+        for user, final in finals.items():
+            self.assertIn(final.status, {201, 400}, attempts[user])
+            if final.status == 400:
+                self.assertNotIn(user, rows)
+        replayed = [tries for tries in attempts.values() if tries[-1].replayed]
+        for tries in replayed:  # a replay answers a request whose first answer was lost
+            self.assertTrue(any(a.status not in KeyedSale.FINAL for a in tries[:-1]), tries)
+        self.assertEqual(remaining, stock - len(rows))
+        self.assertEqual(len(rows), stock, "sold out exactly")
+        self.assertEqual([sequence for _, sequence, _ in events], list(range(1, len(events) + 1)), "gap-free")
+        granted = [user for kind, _, user in events if kind == "claim.granted"]
+        self.assertEqual(sorted(granted), sorted(rows), "one claim.granted per claim row")
+        self.assertEqual([kind for kind, _, _ in events].count("coupon.sold_out"), 1)
+        failed = Counter(f"{a.status} {a.code or ''}".strip() for a in sale.attempts if a.status != 201)
+        first = min(a.answered for a in sale.attempts if a.status == 201 and a.sent > failed_at) - failed_at
+        FIGURES.append(
+            f"keyed claims through a failover ({old_primary}'s PostgreSQL SIGKILLed): {len(rows)} claims committed,"
+            f" each answered its own 201 ({len(replayed)} of them replayed after a lost answer), no 409;"
+            f" other answers: {dict(failed)}; {len(events)} events, gap-free, one claim.granted each;"
+            f" first 201 {first:.1f} s after the kill"
         )
 
     def claim_a_code(self, name, user):

@@ -54,6 +54,8 @@ ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")
 DATABASE_HOSTS = ("pg1", "pg2")
 APP_HOSTS = ("app1", "app2")
 START_TIMEOUT_SECONDS = 120
+# The Procfile's processes besides the web server: one of each on every app host.
+WORKERS = ("expire_holds", "deliver_events")
 # Where `make patroni` installs deploy/requirements-patroni.txt (the Makefile passes it on).
 DEFAULT_PATRONI_VENV = "/opt/couponsite-patroni"
 
@@ -262,9 +264,9 @@ class Topology:
             raise TimeoutError(f"{error}: {self.haproxy_servers()}\n{self.log('haproxy')}") from None
 
     def start_app_host(self, name):
-        """Host `name` as `make run` starts it (the Procfile): the web server, and the hold expiry worker beside it.
+        """Host `name` as `make run` starts it (the Procfile): the web server, and the workers beside it.
 
-        Both reach the primary through HAProxy; the worker has the web server's settings.
+        All reach the primary through HAProxy, with the web server's settings.
         """
         metrics = self.directory / f"{name}-metrics"
         service = Service(
@@ -278,11 +280,13 @@ class Topology:
             ALLOWED_HOSTS=f"{self.address('lb')},{self.address(name)},localhost",
             NUM_PROXIES="1",
             PROMETHEUS_MULTIPROC_DIR=str(metrics),
+            # A key whose request died with the primary is taken over this soon (a request here never runs
+            # longer: its database waits are bounded), so that a retry after a failover is not held off a minute.
+            IDEMPOTENCY_LEASE="20",
         )
         self.app_hosts[name] = service.__enter__()
-        self._spawn(
-            f"{name}-expire_holds", name, [sys.executable, "manage.py", "expire_holds"], service.environment, cwd=ROOT
-        )
+        for worker in WORKERS:
+            self._spawn(f"{name}-{worker}", name, [sys.executable, "manage.py", worker], service.environment, cwd=ROOT)
 
     def restart_host(self, name):
         """Start the host's service again, as a rebooted machine would (on the data it kept)."""
@@ -303,7 +307,7 @@ class Topology:
         if service is not None:
             service.kill()
         self.network.signal_processes(name, signal.SIGKILL)
-        for process_name in (name, f"{name}-expire_holds"):
+        for process_name in (name, *(f"{name}-{worker}" for worker in WORKERS)):
             if process_name in self.processes:
                 self.processes[process_name].wait()
 
