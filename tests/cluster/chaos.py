@@ -73,8 +73,8 @@ FAULT_TYPES = [
     *kill_pause_cut("an etcd member", (1, 6)),
     *kill_pause_cut("all etcd", (2, 12)),
     *kill_pause_cut("an app host", (1, 6)),
-    FaultType("partition primary | etcd", "partition_from_etcd", "primary", (2, 26)),
-    FaultType("partition primary | standby", "partition_from_the_standby", "primary", (1, 8)),
+    FaultType("partition primary from etcd", "partition_from_etcd", "primary", (2, 26)),
+    FaultType("partition primary from standby", "partition_from_the_standby", "primary", (1, 8)),
 ]
 
 
