@@ -41,6 +41,7 @@ from prometheus_client import Histogram
 
 from coupons.claim_codes import format_code, new_claim_code
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
+from coupons.extensions import ClaimMember, CouponExtension
 from coupons.idempotency import Attempt, store_answers
 from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.outbox import CLAIM_GRANTED, COUPON_SOLD_OUT, NewEvent, events_insert
@@ -55,7 +56,12 @@ group_sizes = Histogram(
 
 
 def grant_claims(
-    *, coupon_id: int, user_ids: list[str], attempts: Sequence[Attempt | None] | None = None
+    *,
+    coupon_id: int,
+    user_ids: list[str],
+    attempts: Sequence[Attempt | None] | None = None,
+    extensions: Sequence[CouponExtension] = (),
+    prepared: Sequence[tuple] | None = None,
 ) -> list[Claim | Exception]:
     """Grant one unit each to `user_ids`, in order, in one transaction; per user, the new claim or the refusal.
 
@@ -73,13 +79,18 @@ def grant_claims(
     meanwhile (its lease ran out) can no longer store its answer: the
     transaction is rolled back and run again without it (it hears
     IdempotencyKeyInUse).
+
+    `extensions` judge the coupon's claims too (coupons/extensions.py), with
+    what each one's prepare_claim gave per member (`prepared`, one tuple per
+    user, an item per extension).
     """
     attempts = list(attempts) if attempts is not None else [None] * len(user_ids)
+    prepared = list(prepared) if prepared is not None else [()] * len(user_ids)
     members = list(user_ids)  # None: left out, its key taken over by a retry
     outcomes, keyed = [None] * len(members), []
     while any(member is not None for member in members):
         try:
-            outcomes, keyed = _grant(coupon_id, members, attempts)
+            outcomes, keyed = _grant(coupon_id, members, attempts, extensions, prepared)
             break
         except _KeysTakenOver as taken_over:
             for position in taken_over.members:
@@ -97,7 +108,7 @@ class _KeysTakenOver(Exception):
         self.members = members
 
 
-def _grant(coupon_id, user_ids, attempts):
+def _grant(coupon_id, user_ids, attempts, extensions, prepared):
     """One try of grant_claims: (outcome per member, the (attempt, answer) pairs stored). Members None are left out."""
     with transaction.atomic():
         try:
@@ -120,15 +131,20 @@ def _grant(coupon_id, user_ids, attempts):
         now, holders = _read_holders_and_clock(coupon_id, [user_id for user_id in user_ids if user_id is not None])
         window = SaleWindow(starts_at, ends_at)
         expires_at = now + timedelta(seconds=hold_seconds) if hold_seconds is not None else None
-        outcomes, winners = [], []
-        for user_id in user_ids:
+        rules = _start_rules(coupon_id, user_ids, extensions, prepared, now)
+        outcomes, winners, granted = [], [], [[] for _ in rules]
+        for position, user_id in enumerate(user_ids):
             if user_id is None:
                 outcomes.append(None)
             elif user_id in holders:
                 outcomes.append(AlreadyClaimed())  # 409 comes before the window's 403
             elif (refusal := window.refusal(now)) is not None:
                 outcomes.append(refusal)
-            elif len(winners) < remaining_amount:
+            elif len(winners) >= remaining_amount:
+                outcomes.append(OutOfStock())
+            elif (refusal := _rules_refusal(rules, position)) is not None:
+                outcomes.append(refusal)  # an extension's (coupons/extensions.py): after the coupon's own answers
+            else:
                 holders.add(user_id)
                 # Its code is drawn here, inside the transaction: the claim and
                 # its code are committed together, or neither is.
@@ -142,8 +158,8 @@ def _grant(coupon_id, user_ids, attempts):
                     )
                 )
                 outcomes.append(winners[-1])
-            else:
-                outcomes.append(OutOfStock())
+                for (_, members), granted_of_rule in zip(rules, granted, strict=True):
+                    granted_of_rule.append((members[position], winners[-1]))
         keyed = [
             (attempt, attempt.answer_for(outcome))
             for attempt, outcome in zip(attempts, outcomes, strict=True)
@@ -155,10 +171,32 @@ def _grant(coupon_id, user_ids, attempts):
             _insert_claims(winners)
             expires = format_utc(expires_at)
             events = [_granted(claim, expires) for claim in winners]
+            for (rule, _), granted_of_rule in zip(rules, granted, strict=True):
+                events.extend(rule.written(granted_of_rule))
             if len(winners) == remaining_amount:
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
             _take_units(coupon_id, name, len(winners), events, last_sequence, now)
     return outcomes, keyed
+
+
+def _start_rules(coupon_id, user_ids, extensions, prepared, now):
+    """Each extension's judge of the group, with the members as it sees them (position -> ClaimMember)."""
+    rules = []
+    for index, extension in enumerate(extensions):
+        members = {
+            position: ClaimMember(position, user_id, prepared[position][index])
+            for position, user_id in enumerate(user_ids)
+            if user_id is not None
+        }
+        rules.append((extension.start_group(coupon_id=coupon_id, members=list(members.values()), now=now), members))
+    return rules
+
+
+def _rules_refusal(rules, position):
+    for rule, members in rules:
+        if (refusal := rule.refusal(members[position])) is not None:
+            return refusal
+    return None
 
 
 def _granted(claim, expires):
@@ -259,11 +297,13 @@ def _insert_claims(claims):
 
 
 class _PendingClaim:
-    __slots__ = ("user_id", "attempt", "answered", "outcome", "group")
+    __slots__ = ("user_id", "attempt", "extensions", "prepared", "answered", "outcome", "group")
 
-    def __init__(self, user_id, attempt):
+    def __init__(self, user_id, attempt, extensions, prepared):
         self.user_id = user_id
         self.attempt = attempt  # its Idempotency-Key's, or None
+        self.extensions = extensions  # those that judge the coupon's claims, and what each prepared for this one
+        self.prepared = prepared
         self.answered = threading.Event()
         self.outcome = None  # the new Claim, or the exception to raise
         self.group = None  # set when this claim is promoted to lead the next group
@@ -278,12 +318,21 @@ class ClaimGroups:
         # is a key exactly while a group of it is in flight.
         self._waiting: dict[int, list[_PendingClaim]] = {}
 
-    def claim(self, *, coupon_id: int, user_id: str, attempt: Attempt | None = None) -> Claim:
+    def claim(
+        self,
+        *,
+        coupon_id: int,
+        user_id: str,
+        attempt: Attempt | None = None,
+        extensions: Sequence[CouponExtension] = (),
+        prepared: tuple = (),
+    ) -> Claim:
         """Claim one unit for `user_id`, with whatever other claims of the coupon are waiting; raise its refusal.
 
-        With an idempotency `attempt`, its answer is stored in the group's transaction.
+        With an idempotency `attempt`, its answer is stored in the group's transaction. `extensions` (those
+        judging this coupon's claims) and what each one's prepare_claim returned (`prepared`) go to the group.
         """
-        pending = _PendingClaim(user_id, attempt)
+        pending = _PendingClaim(user_id, attempt, extensions, prepared)
         with self._mutex:
             waiting = self._waiting.get(coupon_id)
             if waiting is None:
@@ -313,6 +362,8 @@ class ClaimGroups:
                 coupon_id=coupon_id,
                 user_ids=[claim.user_id for claim in group],
                 attempts=[claim.attempt for claim in group],
+                extensions=group[0].extensions,
+                prepared=[claim.prepared for claim in group],
             )
         except BaseException as exc:  # even a worker's timeout: no member may be left waiting
             # Rolled back: every member hears the failure (each its own copy, raised from the original).

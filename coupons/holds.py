@@ -46,6 +46,7 @@ from django.db import connection, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from coupons import extensions
 from coupons.claim_codes import format_code
 from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.outbox import CLAIM_EXPIRED, NewEvent, record_events
@@ -93,6 +94,8 @@ def _expire_due_holds_of(coupon_id, batch):
                 status=ClaimStatus.EXPIRED, returned_at=now
             )
             Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + len(due))
+            for extension in extensions.registered():
+                extension.units_returned(coupon_id=coupon_id, claims=[(claim_id, user) for claim_id, user, *_ in due])
             events = [
                 NewEvent(
                     CLAIM_EXPIRED,

@@ -7,6 +7,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
+from coupons import extensions
 from coupons.claim_codes import format_code
 from coupons.claim_groups import claim_groups
 from coupons.exceptions import (
@@ -46,13 +47,16 @@ def create_coupon(
     ends_at: datetime | None = None,
     hold_seconds: int | None = None,
     redeem_until: datetime | None = None,
+    options: dict | None = None,
 ) -> Coupon:
     """Create a coupon whose whole amount is still to be claimed, on sale within [starts_at, ends_at), with its
     `coupon.created` event.
 
     With `hold_seconds`, a claim not redeemed that long after it was granted
     expires and gives its unit back (coupons/holds.py); with `redeem_until`,
-    redemptions are refused from that instant on.
+    redemptions are refused from that instant on. `options`: the extensions'
+    create fields (coupons/extensions.py), each extension given its own, in
+    the same transaction.
     """
     try:
         # A savepoint, so that a duplicate name leaves any caller's
@@ -73,7 +77,11 @@ def create_coupon(
                 "hold_seconds": hold_seconds,
                 "redeem_until": format_utc(redeem_until),
             }
-            record_events(coupon_id=coupon.pk, coupon_name=name, events=[NewEvent(COUPON_CREATED, data)])
+            events = [NewEvent(COUPON_CREATED, data)]
+            for extension in extensions.registered():
+                own = {field: value for field, value in (options or {}).items() if field in extension.create_fields}
+                events.extend(extension.coupon_created(coupon=coupon, options=own))
+            record_events(coupon_id=coupon.pk, coupon_name=name, events=events)
             return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
@@ -81,7 +89,9 @@ def create_coupon(
         raise
 
 
-def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None = None) -> Claim:
+def claim_coupon(
+    *, user_id: str, coupon_name: str, idempotency: Attempt | None = None, claim_input: dict | None = None
+) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
     Most requests of a flash sale are refused, so refusals come first, from
@@ -104,6 +114,10 @@ def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None 
     The group's transaction also writes a `claim.granted` event per winner
     (and `coupon.sold_out` when the last unit goes), and the answer of a
     claim sent with an Idempotency-Key (`idempotency`).
+
+    Extensions that judge this coupon's claims (coupons/extensions.py) see
+    the request's optional fields (`claim_input`: admission_token...) first,
+    then judge each member in the group's transaction.
     """
     eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
     if eligibility.already_claimed:
@@ -111,7 +125,15 @@ def claim_coupon(*, user_id: str, coupon_name: str, idempotency: Attempt | None 
     eligibility.window.check_open(eligibility.now)
     if eligibility.remaining_amount <= 0:
         raise OutOfStock()
-    return claim_groups.claim(coupon_id=eligibility.coupon_id, user_id=user_id, attempt=idempotency)
+    coupon_id = eligibility.coupon_id
+    judges = extensions.applying_to(coupon_id)
+    prepared = tuple(
+        extension.prepare_claim(coupon_id=coupon_id, user_id=user_id, claim_input=claim_input or {})
+        for extension in judges
+    )
+    return claim_groups.claim(
+        coupon_id=coupon_id, user_id=user_id, attempt=idempotency, extensions=judges, prepared=prepared
+    )
 
 
 def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
@@ -184,6 +206,8 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
         )
         Claim.objects.filter(pk=claim_id).update(status=ClaimStatus.RELEASED, returned_at=release.released_at)
         Coupon.objects.filter(pk=coupon_id).update(remaining_amount=F("remaining_amount") + 1)
+        for extension in extensions.registered():
+            extension.units_returned(coupon_id=coupon_id, claims=[(claim_id, user_id)])
         event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": format_code(code), "reason": reason})
         record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=[event])
         return release

@@ -12,6 +12,7 @@ from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
+from coupons import extensions
 from coupons.api.error_codes import ErrorCode, error_body
 from coupons.exceptions import (
     AlreadyClaimed,
@@ -85,7 +86,8 @@ def error_response(message, status_code, code, headers=None, **details):
 
 def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
-        status_code, code = DOMAIN_ERRORS[type(exc)]
+        # The coupon service's own errors, or an extension's (coupons/extensions.py).
+        status_code, code = DOMAIN_ERRORS.get(type(exc)) or extensions.http_error(exc)
         headers, details = None, {}
         if isinstance(exc, (SaleNotStarted, IdempotencyKeyInUse)):
             headers = {"Retry-After": str(exc.retry_after_seconds)}

@@ -4,6 +4,7 @@ Input fields are strict about JSON types: a name must be a JSON string and an
 amount a JSON integer (not true, 1.5, "5" or null), where DRF would coerce.
 """
 
+import copy
 import re
 from datetime import UTC, datetime
 
@@ -11,6 +12,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from coupons import extensions
 from coupons.api.error_codes import ErrorCode
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import MalformedCode
@@ -106,7 +108,29 @@ class InputSerializer(SharedFieldsSerializer):
     """An input serializer: its fields validate what was sent and keep nothing of it."""
 
 
-class CouponCreateInputSerializer(InputSerializer):
+class ExtensibleInputSerializer(InputSerializer):
+    """An input serializer that also takes the extensions' optional fields of its kind (coupons/extensions.py).
+
+    `extension_options(validated_data)` splits them off from the coupon's own.
+    """
+
+    extension_kind = ""  # "create" or "claim"
+
+    def get_fields(self):
+        fields = super().get_fields()
+        for name, field in extensions.extra_fields(self.extension_kind).items():
+            fields[name] = copy.deepcopy(field)
+        return fields
+
+    @classmethod
+    def extension_options(cls, validated_data):
+        """(the coupon's own fields, the extensions' fields) of what was validated."""
+        own = {name: value for name, value in validated_data.items() if name in cls._declared_fields}
+        return own, {name: value for name, value in validated_data.items() if name not in own}
+
+
+class CouponCreateInputSerializer(ExtensibleInputSerializer):
+    extension_kind = "create"
     name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
     amount = StrictIntegerField(min_value=1, max_value=MAX_AMOUNT)
     starts_at = Rfc3339DateTimeField(
@@ -136,7 +160,8 @@ class CouponCreateInputSerializer(InputSerializer):
         return attrs
 
 
-class ClaimInputSerializer(InputSerializer):
+class ClaimInputSerializer(ExtensibleInputSerializer):
+    extension_kind = "claim"
     user_id = StrictCharField(validators=[validate_identifier_text], help_text=PRINTABLE_TEXT)
     coupon_name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
 

@@ -8,6 +8,7 @@ from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coupons import extensions
 from coupons.api.claim_outcomes import record_claim_outcome
 from coupons.api.cursors import decode_cursor, encode_cursor
 from coupons.api.idempotency import answering, idempotent
@@ -57,7 +58,7 @@ def coupon_detail_response(name):
     # PostgreSQL cannot even compare) is answered without a query.
     if not is_possible_coupon_name(name):
         raise CouponNotFound()
-    return Response(CouponDetailSerializer(get_coupon_detail(name=name)).data)
+    return Response({**CouponDetailSerializer(get_coupon_detail(name=name)).data, **extensions.details_of(name)})
 
 
 class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
@@ -84,8 +85,10 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
     def post(self, request):
         serializer = CouponCreateInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        coupon = create_coupon(**serializer.validated_data)
-        return Response(CouponSerializer(coupon).data, status=status.HTTP_201_CREATED)
+        fields, options = serializer.extension_options(serializer.validated_data)
+        coupon = create_coupon(**fields, options=options)
+        body = {**CouponSerializer(coupon).data, **extensions.details_of(coupon.name)}
+        return Response(body, status=status.HTTP_201_CREATED)
 
 
 class ClaimApi(ApiKeyRequired, APIView):
@@ -129,9 +132,10 @@ class ClaimApi(ApiKeyRequired, APIView):
     def post(self, request):
         serializer = ClaimInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
-        granted = functools.partial(granted_response, serializer.validated_data)
+        claimed, claim_input = serializer.extension_options(serializer.validated_data)
+        granted = functools.partial(granted_response, claimed)
         # With an Idempotency-Key, the claim group stores this answer, code and all, in its transaction.
-        claim = claim_coupon(**serializer.validated_data, idempotency=answering(request, granted))
+        claim = claim_coupon(**claimed, claim_input=claim_input, idempotency=answering(request, granted))
         return granted(claim)
 
     @extend_schema(
