@@ -40,6 +40,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from statements import SERVER_SETTINGS, StatementCounter  # noqa: E402
+
 from tests.faults.cluster import PrivateCluster  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
@@ -131,11 +133,14 @@ class CpuMeter:
                 self.baseline.setdefault(key, times.user + times.system if created < self.started else 0.0)
                 self.latest[key] = times.user + times.system
 
+    def seconds(self):
+        """CPU seconds used since start()."""
+        self.sample()
+        return sum(self.latest[key] - self.baseline[key] for key in self.latest)
+
     def percent(self):
         """Percent of one core, since start()."""
-        self.sample()
-        used = sum(self.latest[key] - self.baseline[key] for key in self.latest)
-        return 100 * used / (time.time() - self.started)
+        return 100 * self.seconds() / (time.time() - self.started)
 
 
 # Load --------------------------------------------------------------------------
@@ -156,6 +161,16 @@ class Measurement:
     verdict: str = ""
     status_rates: dict = field(default_factory=dict)  # status code -> responses per second
     group_sizes: dict | None = None  # claims per claim transaction: mean, p50, p99, transactions
+    # Per answer (a response; for pgbench rows a claim): CPU in ms of one core, the database's statements
+    # (bench/statements.py: pg_stat_statements deltas, transaction control apart) and their executor time.
+    answers: int = 0
+    app_cpu_ms_per_answer: float | None = None
+    db_cpu_ms_per_answer: float | None = None
+    db_statements_per_answer: float | None = None
+    db_transaction_control_per_answer: float | None = None  # as recorded: under-recorded (bench/statements.py)
+    db_foreign_key_checks_per_answer: float | None = None
+    db_exec_ms_per_answer: float | None = None
+    top_statements: list | None = None  # [(calls, exec ms, normalized text)], most called first
 
     def rate(self, status):
         return self.statuses.get(status, 0) / self.duration_s if self.duration_s else 0.0
@@ -219,7 +234,8 @@ def run_pgbench(url, script, *, clients, duration, tick):
     if process.returncode != 0 or tps is None:
         raise SystemExit(f"pgbench failed:\n{stdout}\n{stderr}\n--- script ---\n{script}")
     latency = re.search(r"latency average = ([\d.]+) ms", stdout)
-    return float(tps.group(1)), float(latency.group(1)) if latency else None
+    transactions = re.search(r"number of transactions actually processed: (\d+)", stdout)
+    return float(tps.group(1)), float(latency.group(1)) if latency else None, int(transactions.group(1))
 
 
 def group_size_histogram(base_url):
@@ -274,10 +290,13 @@ class Benchmark:
         self.server = server
         self.server_cpu = CpuMeter(lambda: process_tree(server))
         self.database_cpu = CpuMeter(lambda: database_processes(database_url))
+        self.statements = StatementCounter(database_url)
         self.tag = secrets.token_hex(3)
 
     def metered(self, tick):
-        """Start both CPU meters; the returned tick also samples them every second."""
+        """Start both CPU meters and snapshot the database's statements; the returned tick also samples the
+        meters every second."""
+        self.statements_before = self.statements.snapshot()
         self.server_cpu.start()
         self.database_cpu.start()
 
@@ -288,16 +307,38 @@ class Benchmark:
 
         return metered_tick
 
-    def measured(self, name, connections, wrk_args, tick):
+    def per_answer(self, measurement, answers, *, app=True):
+        """Close the window metered() opened: CPU (both meters) and the database's statements per answer."""
+        app_seconds, db_seconds = self.server_cpu.seconds() if app else None, self.database_cpu.seconds()
+        delta = StatementCounter.delta(self.statements_before, self.statements.snapshot())
+        measurement.answers = answers
+        if not answers:
+            return measurement
+        if app_seconds is not None:
+            measurement.app_cpu_ms_per_answer = 1000 * app_seconds / answers
+        measurement.db_cpu_ms_per_answer = 1000 * db_seconds / answers
+        if delta is not None:
+            if delta.evicted:
+                print(f"({measurement.name}: pg_stat_statements evicted {delta.evicted} entries: counts too low)")
+            measurement.db_statements_per_answer = delta.statements / answers
+            measurement.db_transaction_control_per_answer = delta.transaction_control / answers
+            measurement.db_foreign_key_checks_per_answer = delta.foreign_key_checks / answers
+            measurement.db_exec_ms_per_answer = delta.exec_ms / answers
+            measurement.top_statements = [
+                (calls / answers, exec_ms / answers, text) for calls, exec_ms, text in delta.top
+            ]
+        return measurement
+
+    def measured(self, name, connections, wrk_args, tick, duration=None):
         result = run_wrk(
             self.base_url,
             connections=connections,
-            duration=self.options.duration,
+            duration=duration or self.options.duration,
             args=wrk_args,
             tick=self.metered(tick),
         )
         latency = result["latency_us"]
-        return Measurement(
+        measurement = Measurement(
             name=name,
             requests_per_second=result["requests"] / (result["duration_us"] / 1e6),
             p50_ms=latency["p50"] / 1000,
@@ -309,16 +350,24 @@ class Benchmark:
             database_cpu=self.database_cpu.percent(),
             duration_s=result["duration_us"] / 1e6,
         )
+        return self.per_answer(measurement, sum(measurement.statuses.values()))
 
     def coupon_names(self, label, run, count=1):
+        label = re.sub(r"[^a-z0-9]+", "-", label.lower()).strip("-")
         return [f"bench-{label}-{self.tag}-{run}-{i}" for i in range(count)]
 
-    def claim_scenario(self, name, run, tick, *, stock, coupons=1, pool=0, connections=CONNECTIONS, allowed):
-        from coupons.services import create_coupon
+    def claim_scenario(
+        self, name, run, tick, *, stock, coupons=1, pool=0, connections=CONNECTIONS, allowed, sold_out_before=False
+    ):
+        """wrk claiming `coupons` new coupons of `stock` units each; with `sold_out_before`, each is sold out
+        (its stock claimed through the service, by this process) before the load starts: every answer a refusal."""
+        from coupons.services import claim_coupon, create_coupon
 
-        names = self.coupon_names(name.split()[0], run, coupons)
+        names = self.coupon_names(name, run, coupons)
         for coupon_name in names:
             create_coupon(name=coupon_name, amount=stock)
+            for i in range(stock if sold_out_before else 0):
+                claim_coupon(user_id=f"bench-seller-{i}", coupon_name=coupon_name)
         groups_before = group_size_histogram(self.base_url)
         measurement = self.measured(name, connections, ["claim", f"{self.tag}{run}", ",".join(names), str(pool)], tick)
         measurement.group_sizes = group_size_figures(groups_before, group_size_histogram(self.base_url))
@@ -343,22 +392,91 @@ class Benchmark:
         measurement.verdict = verify_statuses(measurement, {200})
         return measurement
 
+    def load_history(self, coupons=50, claims=500_000):
+        """A database with history: `coupons` past coupons, sold out by `claims` claims between them (one
+        INSERT ... SELECT generate_series), then ANALYZE: the statistics predate the sale that follows."""
+        from django.db import connection
+
+        from coupons.services import create_coupon
+
+        per_coupon = claims // coupons
+        ids = [create_coupon(name=f"bench-history-{self.tag}-{i}", amount=per_coupon).pk for i in range(coupons)]
+        with connection.cursor() as cursor:
+            # 9 in 10 redeemed, 1 in 10 still held; 200,000 users, each with claims of several coupons.
+            cursor.execute(
+                """
+                INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, redeemed_at, order_id)
+                SELECT 'history-' || (g %% 200000), (%s::bigint[])[g / %s + 1],
+                       now() - interval '60 days' + g * interval '1 second',
+                       upper(substr(md5(%s || g::text), 1, 16)),
+                       CASE WHEN g %% 10 = 0 THEN 'held' ELSE 'redeemed' END,
+                       CASE WHEN g %% 10 = 0 THEN NULL ELSE now() - interval '59 days' + g * interval '1 second' END,
+                       CASE WHEN g %% 10 = 0 THEN '' ELSE 'order-' || g END
+                FROM generate_series(0, %s) AS g
+                """,
+                [ids, per_coupon, self.tag, per_coupon * coupons - 1],
+            )
+            cursor.execute("UPDATE coupons_coupon SET remaining_amount = 0 WHERE id = ANY(%s)", [ids])
+            cursor.execute("ANALYZE")
+
+    def long_sale(self, run, windows, window_seconds, progress):
+        """A new coupon of a large stock claimed by new users (wrk's 64 connections) for `windows` back-to-back
+        windows of `window_seconds` each, on the database load_history() made. Autovacuum (and so autoanalyze) is
+        off for the claims table during the sale, as on a production table at least 10x the sale's size, where
+        it waits for 10% of the rows to change: the plans must hold without fresh statistics."""
+        from django.db import connection
+
+        from coupons.services import create_coupon
+
+        (name,) = self.coupon_names("long sale", run)
+        create_coupon(name=name, amount=HUGE_STOCK)
+        with connection.cursor() as cursor:
+            cursor.execute("ALTER TABLE coupons_claim SET (autovacuum_enabled = false)")
+        try:
+            measurements = []
+            for window in range(windows):
+                tick = progress.step(f"long sale {run + 1} · window {window + 1}/{windows}", window_seconds)
+                measurements.append(
+                    self.measured(
+                        f"long sale, window {window + 1}",
+                        CONNECTIONS,
+                        ["claim", f"{self.tag}{run}w{window}", name, "0"],
+                        tick,
+                        duration=window_seconds,
+                    )
+                )
+        finally:
+            with connection.cursor() as cursor:
+                cursor.execute("ALTER TABLE coupons_claim RESET (autovacuum_enabled)")
+        whole = Measurement(name="long sale", requests_per_second=0, socket_errors=0)
+        for m in measurements:
+            whole.socket_errors += m.socket_errors
+            for code, count in m.statuses.items():
+                whole.statuses[code] = whole.statuses.get(code, 0) + count
+        verdict = verify_claims(
+            whole, [name], connections=CONNECTIONS * windows, allowed={201}, stock=HUGE_STOCK, pool=0
+        )
+        for m in measurements:
+            m.verdict = verdict
+        return measurements
+
     def health(self, run, tick):
         measurement = self.measured("GET /health", CONNECTIONS, ["get", "-", "/health"], tick)
         measurement.verdict = verify_statuses(measurement, {200})
         return measurement
 
     def pgbench(self, name, script, tick, claims_per_transaction=1):
-        tps, latency = run_pgbench(
+        tps, latency, transactions = run_pgbench(
             self.database_url, script, clients=CONNECTIONS, duration=self.options.duration, tick=self.metered(tick)
         )
-        return Measurement(
+        measurement = Measurement(
             name=name,
             requests_per_second=tps * claims_per_transaction,
             p50_ms=latency,
             database_cpu=self.database_cpu.percent(),
             verdict="-",
         )
+        return self.per_answer(measurement, transactions * claims_per_transaction, app=False)
 
 
 def verify_statuses(measurement, allowed):
@@ -471,6 +589,16 @@ def service_transaction(coupon_name, *, group_size=1):
 # Report ------------------------------------------------------------------------
 
 
+PER_ANSWER = [
+    "app_cpu_ms_per_answer",
+    "db_statements_per_answer",
+    "db_transaction_control_per_answer",
+    "db_foreign_key_checks_per_answer",
+    "db_exec_ms_per_answer",
+    "db_cpu_ms_per_answer",
+]
+
+
 def medians(runs):
     """Per scenario, the median of each figure over the runs."""
     by_name = {}
@@ -498,6 +626,7 @@ def medians(runs):
             server_cpu=median("server_cpu"),
             database_cpu=median("database_cpu"),
             verdict="ok" if all(m.verdict.startswith(("ok", "-")) for m in measurements) else "FAIL",
+            **{attribute: median(attribute) for attribute in PER_ANSWER},
         )
         result[name].status_rates = {code: statistics.median(m.rate(code) for m in measurements) for code in statuses}
         grouped = [m.group_sizes for m in measurements if m.group_sizes]
@@ -515,6 +644,10 @@ def cpu_ms_per(measurement, status):
 
 
 def ratios(summary):
+    """The target ratios whose scenarios ran (all of them but with --scenario)."""
+    needed = {"hot claim", "GET /health", "sold-out stampede", "double-dip storm", "overload 512"}
+    if not needed <= set(summary):
+        return []
     hot, classic = summary["hot claim"], summary["pgbench classic"]
     health, soldout, dip = summary["GET /health"], summary["sold-out stampede"], summary["double-dip storm"]
     overload = summary["overload 512"]
@@ -574,6 +707,7 @@ def print_report(summary, ratio_rows):
             g = m.group_sizes
             print(f"  {m.name:<20} mean {g['mean']:6.1f}  p50 {g['p50']:5.0f}  p99 {g['p99']:5.0f}"
                   f"  ({g['transactions']:.0f} transactions)")  # fmt: skip
+    print_per_answer(summary)
     print("\nCPU per response (ms of one core; median rates):")
     for name, status in [
         ("hot claim", 201),
@@ -581,12 +715,67 @@ def print_report(summary, ratio_rows):
         ("double-dip storm", 409),
         ("GET /health", 200),
     ]:
+        if name not in summary:
+            continue
         server, database = cpu_ms_per(summary[name], status)
         if server is not None:
             print(f"  {name:<20} server {server:5.2f}  database {database:5.2f}  (per {status})")
 
 
-def write_results(summary, ratio_rows, all_runs, options, context):
+def print_per_answer(summary):
+    """Per scenario, what one answer (a response; for pgbench rows one claim) costs the app and the database."""
+
+    def figure(value, width=7, digits=2):
+        return f"{value:{width}.{digits}f}" if value is not None else " " * (width - 1) + "-"
+
+    print("\nper answer (medians of runs; for pgbench rows an answer is a claim):")
+    header = f"  {'scenario':<22} {'answers/s':>9} {'p50':>7} {'p99':>7} {'app CPU':>8} {'db stmts':>8}"
+    print(header + f" {'db exec':>8} {'db CPU':>8}")
+    for m in summary.values():
+        print(
+            f"  {m.name:<22} {m.requests_per_second:9.0f} {figure(m.p50_ms, 7, 1)} {figure(m.p99_ms, 7, 1)}"
+            f" {figure(m.app_cpu_ms_per_answer, 8, 3)} {figure(m.db_statements_per_answer, 8)}"
+            f" {figure(m.db_exec_ms_per_answer, 8, 3)}"
+            f" {figure(m.db_cpu_ms_per_answer, 8, 3)}"
+        )
+    print(
+        "  (app CPU, db CPU: ms of one core per answer, from /proc utime+stime of the web server's and of the\n"
+        "  cluster's processes; db stmts: pg_stat_statements calls per answer, without BEGIN/COMMIT/SAVEPOINT/\n"
+        "  RELEASE/ROLLBACK, SET/SHOW/RESET and foreign-key checks (bench/statements.py); db exec: their\n"
+        "  total_exec_time in ms, lock waits included: the database's cost is db CPU)"
+    )
+
+
+def print_statements(runs):
+    """The statements behind the counts: each scenario's most called, from its last run."""
+    last = {m.name: m for m in runs if m.top_statements}
+    if not last:
+        return
+    print("\nmost called statements per answer (last run of each scenario; calls/answer, exec ms/answer):")
+    for name, m in last.items():
+        print(f"  {name}:")
+        for calls, exec_ms, text in m.top_statements[:3]:
+            print(f"    {calls:6.2f} {exec_ms:7.3f}  {text[:110]}")
+
+
+def long_sale_report(sales):
+    """Each sale's windows and its last/first ratio of granted claims/s; returns the ratios."""
+    result = []
+    for number, windows in enumerate(sales, 1):
+        print(f"\na sale that lasts (history: 50 past coupons, 500,000 claims, analyzed; sale {number}):")
+        print(f"  {'window':<8} {'granted/s':>9} {'p50':>7} {'p99':>7} {'app CPU':>8} {'db stmts':>8} {'db CPU':>8}")
+        for i, m in enumerate(windows, 1):
+            print(
+                f"  {i:<8} {m.rate(201):9.0f} {m.p50_ms:7.1f} {m.p99_ms:7.1f} {m.app_cpu_ms_per_answer or 0:8.3f}"
+                f" {m.db_statements_per_answer or 0:8.2f} {m.db_cpu_ms_per_answer or 0:8.3f}  [{m.verdict}]"
+            )
+        ratio = windows[-1].rate(201) / max(windows[0].rate(201), 1e-9)
+        result.append(ratio)
+        print(f"  last window ÷ first (granted claims/s) {ratio:9.2f}   target >= 0.9   {meets(ratio, '>= 0.9')}")
+    return result
+
+
+def write_results(summary, ratio_rows, all_runs, options, context, long_sales=()):
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     document = {
         "context": context,
@@ -595,6 +784,7 @@ def write_results(summary, ratio_rows, all_runs, options, context):
         "ratios": [{"ratio": label, "value": value, "target": target, "result": meets(value, target)}
                    for label, value, target in ratio_rows],
         "runs": [vars(m) for m in all_runs],
+        "long_sales": [[vars(m) for m in windows] for windows in long_sales],
     }  # fmt: skip
     (RESULTS_DIR / "latest.json").write_text(json.dumps(document, indent=2, default=str))
 
@@ -626,7 +816,19 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="runs of every scenario (medians are reported)")
     parser.add_argument("--duration", type=int, default=15, help="seconds per scenario and run")
+    parser.add_argument(
+        "--scenario",
+        action="append",
+        choices=[*SCENARIOS, "long-sale"],
+        help="run only these scenarios (repeatable; pgbench's ceilings always run); default: all but long-sale",
+    )
+    parser.add_argument("--long-sale", action="store_true", help="add the long sale to the scenarios")
+    parser.add_argument("--long-sale-windows", type=int, default=4, help="back-to-back windows of the long sale")
+    parser.add_argument("--long-sale-window", type=int, default=15, help="seconds per window of the long sale")
     options = parser.parse_args()
+    options.scenario = options.scenario or list(SCENARIOS)
+    if options.long_sale and "long-sale" not in options.scenario:
+        options.scenario.append("long-sale")
     for tool in ("wrk", "pgbench", "pg_config"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install wrk postgresql-client (make bench does it)")
@@ -636,7 +838,7 @@ def main():
         private = not os.environ.get("DATABASE_URL")
         # The fault tests' throwaway cluster, with PostgreSQL's default
         # connection limit: pgbench runs 64 clients beside the workers.
-        cluster = PrivateCluster(max_connections=100)
+        cluster = PrivateCluster(max_connections=100, **SERVER_SETTINGS)
         database_url = stack.enter_context(cluster).url if private else os.environ["DATABASE_URL"]
         if not database_url.startswith("postgres"):
             raise SystemExit("the benchmark needs PostgreSQL: unset DATABASE_URL to get a private cluster")
@@ -654,24 +856,30 @@ def main():
         return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL")
 
 
+# --scenario's names: the scenario, and its claim_scenario settings (None: a method of its own).
+SCENARIOS = {
+    "hot-claim": ("hot claim", {"stock": HUGE_STOCK, "allowed": {201}}),
+    "sold-out-stampede": ("sold-out stampede", {"stock": 100, "allowed": {201, 400}}),
+    # Sold out before the load: every answer a 400, what a refusal alone costs (statements, CPU).
+    "sold-out-refusals": ("sold-out refusals", {"stock": 1, "allowed": {400}, "sold_out_before": True}),
+    "double-dip-storm": ("double-dip storm", {"stock": HUGE_STOCK, "pool": 50, "allowed": {201, 409}}),
+    "spread-100-coupons": ("spread 100 coupons", {"stock": HUGE_STOCK, "coupons": 100, "allowed": {201}}),
+    "overload-512": ("overload 512", {"stock": HUGE_STOCK, "connections": OVERLOAD_CONNECTIONS, "allowed": {201}}),
+    "read-10k-claims": ("read 10k claims", None),
+    "health": ("GET /health", None),
+}
+
+
 def run_all(benchmark, options, database):
     from coupons.services import create_coupon
 
-    claim_scenarios = {
-        "hot claim": {"stock": HUGE_STOCK, "allowed": {201}},
-        "sold-out stampede": {"stock": 100, "allowed": {201, 400}},
-        "double-dip storm": {"stock": HUGE_STOCK, "pool": 50, "allowed": {201, 409}},
-        "spread 100 coupons": {"stock": HUGE_STOCK, "coupons": 100, "allowed": {201}},
-        "overload 512": {"stock": HUGE_STOCK, "connections": OVERLOAD_CONNECTIONS, "allowed": {201}},
-    }
+    methods = {"read-10k-claims": benchmark.read_scenario, "health": benchmark.health}
     scenarios = [
-        *(
-            (name, functools.partial(benchmark.claim_scenario, name, **settings))
-            for name, settings in claim_scenarios.items()
-        ),
-        ("read 10k claims", benchmark.read_scenario),
-        ("GET /health", benchmark.health),
+        (name, methods[slug] if settings is None else functools.partial(benchmark.claim_scenario, name, **settings))
+        for slug, (name, settings) in SCENARIOS.items()
+        if slug in options.scenario
     ]
+    load = [os.getloadavg()]
     pgbench_coupon = create_coupon(name=f"bench-pgbench-{benchmark.tag}", amount=HUGE_STOCK)
     service_script = service_transaction(pgbench_coupon.name)
     ceilings = [
@@ -679,8 +887,10 @@ def run_all(benchmark, options, database):
         ("pgbench service SQL", service_script, 1),
         (f"pgbench group of {GROUP_OF}", service_transaction(pgbench_coupon.name, group_size=GROUP_OF), GROUP_OF),
     ]
-    progress = Progress(options.runs * (len(scenarios) + len(ceilings)))
-    all_runs = []
+    long_sale = "long-sale" in options.scenario
+    steps = options.runs * (len(scenarios) + len(ceilings) + long_sale * options.long_sale_windows)
+    progress = Progress(steps)
+    all_runs, long_sales = [], []
     for run_number in range(options.runs):
         label = f"run {run_number + 1}/{options.runs}"
         for name, scenario in scenarios:
@@ -688,22 +898,41 @@ def run_all(benchmark, options, database):
         for name, script, claims_per_transaction in ceilings:
             step = progress.step(f"{label} · {name}", options.duration)
             all_runs.append(benchmark.pgbench(name, script, step, claims_per_transaction))
+    load.append(os.getloadavg())
+    if long_sale:  # last: its history would change the other scenarios' database
+        progress.show("loading the history (50 coupons, 500,000 claims) ...")
+        benchmark.load_history()
+        for run_number in range(options.runs):
+            long_sales.append(
+                benchmark.long_sale(run_number, options.long_sale_windows, options.long_sale_window, progress)
+            )
+        load.append(os.getloadavg())
     progress.finish()
 
     summary = medians(all_runs)
     ratio_rows = ratios(summary)
     print_report(summary, ratio_rows)
-    print("\nthe claim's SQL, as replayed by pgbench:\n" + service_script)
+    print_statements(all_runs + [m for sale in long_sales for m in sale])
+    long_sale_ratios = long_sale_report(long_sales)
+    if long_sale_ratios:
+        median_ratio = statistics.median(long_sale_ratios)
+        ratio_rows.append(("long sale: last window ÷ first (granted/s)", median_ratio, ">= 0.9"))
+    print("\nload average (1, 5, 15 min) at the start, after the scenarios, after the long sale: " + "; ".join(
+        " ".join(f"{x:.2f}" for x in figures) for figures in load))  # fmt: skip
+    if "pgbench service SQL" in summary:
+        print("\nthe claim's SQL, as replayed by pgbench:\n" + service_script)
     context = {
         "cpus": os.cpu_count(),
         "server": " ".join(server_command()[1:]),
         "workers": int(os.environ.get("WEB_CONCURRENCY") or os.cpu_count()),
         "database": database,
         "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "load_average": load,
     }
-    write_results(summary, ratio_rows, all_runs, options, context)
+    write_results(summary, ratio_rows, all_runs, options, context, long_sales)
     print(f"results: {RESULTS_DIR / 'latest.json'}, chart: {RESULTS_DIR / 'latest.png'}")
-    failed = [m for m in all_runs if not m.verdict.startswith(("ok", "-"))]
+    windows = [m for sale in long_sales for m in sale]
+    failed = [m for m in all_runs + windows if not m.verdict.startswith(("ok", "-"))]
     for m in failed:
         print(f"INCORRECT: {m.name}: {m.verdict}", file=sys.stderr)
     return 1 if failed else 0
