@@ -170,7 +170,7 @@ class Measurement:
     db_transaction_control_per_answer: float | None = None  # as recorded: under-recorded (bench/statements.py)
     db_foreign_key_checks_per_answer: float | None = None
     db_exec_ms_per_answer: float | None = None
-    top_statements: list | None = None  # [(calls, exec ms, normalized text)], most called first
+    top_statements: list | None = None  # [(calls, exec ms per answer, normalized text)], all, most called first
 
     def rate(self, status):
         return self.statuses.get(status, 0) / self.duration_s if self.duration_s else 0.0
@@ -760,6 +760,21 @@ def print_statements(runs):
             print(f"    {calls:6.2f} {exec_ms:7.3f}  {text[:110]}")
 
 
+def print_drift(first, last, count=3):
+    """The statements whose mean executor time per call grew most from the first window to the last (a plan
+    that reads more rows as the sale goes; lock waits count too)."""
+
+    def per_call(measurement):
+        return {text: exec_ms / calls for calls, exec_ms, text in measurement.top_statements or [] if calls}
+
+    before, after = per_call(first), per_call(last)
+    grown = sorted(((after[text] - before[text], text) for text in after if text in before), reverse=True)
+    if grown:
+        print("  statements whose exec time per call grew most, first window -> last (ms per call):")
+    for _, text in grown[:count]:
+        print(f"    {before[text]:8.3f} -> {after[text]:8.3f}  {text[:96]}")
+
+
 def long_sale_report(sales):
     """Each sale's windows and its last/first ratio of granted claims/s; returns the ratios."""
     result = []
@@ -777,6 +792,7 @@ def long_sale_report(sales):
         first_cpu, last_cpu = windows[0].db_cpu_ms_per_answer, windows[-1].db_cpu_ms_per_answer
         if first_cpu and last_cpu:  # the plan's drift, less exposed to the machine's other load than the rate
             print(f"  last window ÷ first (db CPU per claim)  {last_cpu / first_cpu:9.2f}   info")
+        print_drift(windows[0], windows[-1])
     return result
 
 

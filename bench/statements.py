@@ -68,7 +68,7 @@ class StatementDelta:
     foreign_key_checks: int = 0
     exec_ms: float = 0.0  # total_exec_time of the statements (transaction control included: it is ~0)
     evicted: int = 0  # entries pg_stat_statements deallocated meanwhile: the counts are then a lower bound
-    top: list = field(default_factory=list)  # [(calls, exec ms, normalized text)], most called first
+    top: list = field(default_factory=list)  # [(calls, exec ms, normalized text)], all, most called first
 
 
 class StatementCounter:
@@ -104,7 +104,7 @@ class StatementCounter:
         return entries, evicted
 
     @staticmethod
-    def delta(before, after, top=5):
+    def delta(before, after):
         if before is None or after is None:
             return None
         (entries_before, evicted_before), (entries_after, evicted_after) = before, after
@@ -126,7 +126,7 @@ class StatementCounter:
                 result.statements += calls
                 changed.append((calls, exec_ms, " ".join(query.split())))
             result.exec_ms += exec_ms
-        result.top = sorted(changed, reverse=True)[:top]
+        result.top = sorted(changed, reverse=True)
         return result
 
     def close(self):
