@@ -392,15 +392,22 @@ class Benchmark:
         measurement.verdict = verify_statuses(measurement, {200})
         return measurement
 
-    def load_history(self, coupons=50, claims=500_000):
-        """A database with history: `coupons` past coupons, sold out by `claims` claims between them (one
-        INSERT ... SELECT generate_series), then ANALYZE: the statistics predate the sale that follows."""
+    def load_history(self, run, coupons=50, claims=500_000):
+        """A database with history and nothing else: the coupons and everything hanging from them (the other
+        scenarios' data) emptied, then `coupons` past coupons, sold out by `claims` claims between them (one
+        INSERT ... SELECT generate_series), then ANALYZE: the statistics predate the sale that follows.
+
+        Only that history: with other scenarios' coupons (hundreds, each with its own count of claims) in the
+        statistics, the planner guesses a new coupon's claims otherwise, and may pick another plan."""
         import psycopg
 
         from coupons.services import create_coupon
 
+        with psycopg.connect(self.database_url, autocommit=True) as connection:
+            connection.execute("TRUNCATE coupons_coupon CASCADE")
         per_coupon = claims // coupons
-        ids = [create_coupon(name=f"bench-history-{self.tag}-{i}", amount=per_coupon).pk for i in range(coupons)]
+        names = self.coupon_names("history", run, coupons)
+        ids = [create_coupon(name=name, amount=per_coupon).pk for name in names]
         # A connection of its own: the service's settings give Django's a statement timeout.
         with psycopg.connect(self.database_url, autocommit=True) as connection:
             connection.execute("SET statement_timeout = 0")
@@ -419,7 +426,7 @@ class Benchmark:
                 [ids, per_coupon, self.tag, per_coupon * coupons - 1],
             )
             connection.execute("UPDATE coupons_coupon SET remaining_amount = 0 WHERE id = ANY(%s)", [ids])
-            connection.execute("ANALYZE")
+            connection.execute("VACUUM ANALYZE")
 
     def long_sale(self, run, windows, window_seconds, progress):
         """A new coupon of a large stock claimed by new users (wrk's 64 connections) for `windows` back-to-back
@@ -438,15 +445,16 @@ class Benchmark:
             measurements = []
             for window in range(windows):
                 tick = progress.step(f"long sale {run + 1} · window {window + 1}/{windows}", window_seconds)
-                measurements.append(
-                    self.measured(
-                        f"long sale, window {window + 1}",
-                        CONNECTIONS,
-                        ["claim", f"{self.tag}{run}w{window}", name, "0"],
-                        tick,
-                        duration=window_seconds,
-                    )
+                groups_before = group_size_histogram(self.base_url)
+                measurement = self.measured(
+                    f"long sale, window {window + 1}",
+                    CONNECTIONS,
+                    ["claim", f"{self.tag}{run}w{window}", name, "0"],
+                    tick,
+                    duration=window_seconds,
                 )
+                measurement.group_sizes = group_size_figures(groups_before, group_size_histogram(self.base_url))
+                measurements.append(measurement)
         finally:
             with connection.cursor() as cursor:
                 cursor.execute("ALTER TABLE coupons_claim RESET (autovacuum_enabled)")
@@ -780,11 +788,13 @@ def long_sale_report(sales):
     result = []
     for number, windows in enumerate(sales, 1):
         print(f"\na sale that lasts (history: 50 past coupons, 500,000 claims, analyzed; sale {number}):")
-        print(f"  {'window':<8} {'granted/s':>9} {'p50':>7} {'p99':>7} {'app CPU':>8} {'db stmts':>8} {'db CPU':>8}")
+        header = f"  {'window':<8} {'granted/s':>9} {'p50':>7} {'p99':>7} {'app CPU':>8} {'db stmts':>8} {'db CPU':>8}"
+        print(header + f" {'group':>6}")
         for i, m in enumerate(windows, 1):
+            group = f"{m.group_sizes['mean']:6.1f}" if m.group_sizes else "     -"
             print(
                 f"  {i:<8} {m.rate(201):9.0f} {m.p50_ms:7.1f} {m.p99_ms:7.1f} {m.app_cpu_ms_per_answer or 0:8.3f}"
-                f" {m.db_statements_per_answer or 0:8.2f} {m.db_cpu_ms_per_answer or 0:8.3f}  [{m.verdict}]"
+                f" {m.db_statements_per_answer or 0:8.2f} {m.db_cpu_ms_per_answer or 0:8.3f} {group}  [{m.verdict}]"
             )
         ratio = windows[-1].rate(201) / max(windows[0].rate(201), 1e-9)
         result.append(ratio)
@@ -850,6 +860,8 @@ def main():
     options.scenario = options.scenario or list(SCENARIOS)
     if options.long_sale and "long-sale" not in options.scenario:
         options.scenario.append("long-sale")
+    if "long-sale" in options.scenario and os.environ.get("DATABASE_URL"):
+        raise SystemExit("the long sale empties the coupons' tables: it runs on the private cluster only")
     for tool in ("wrk", "pgbench", "pg_config"):
         if shutil.which(tool) is None:
             raise SystemExit(f"{tool} is missing: apt-get install wrk postgresql-client (make bench does it)")
@@ -920,10 +932,10 @@ def run_all(benchmark, options, database):
             step = progress.step(f"{label} · {name}", options.duration)
             all_runs.append(benchmark.pgbench(name, script, step, claims_per_transaction))
     load.append(os.getloadavg())
-    if long_sale:  # last: its history would change the other scenarios' database
-        progress.show("loading the history (50 coupons, 500,000 claims) ...")
-        benchmark.load_history()
+    if long_sale:  # last: it empties the database the other scenarios filled
         for run_number in range(options.runs):
+            progress.show(f"long sale {run_number + 1}: loading the history (50 coupons, 500,000 claims) ...")
+            benchmark.load_history(run_number)
             long_sales.append(
                 benchmark.long_sale(run_number, options.long_sale_windows, options.long_sale_window, progress)
             )
