@@ -42,6 +42,7 @@ from flashsale import (  # noqa: E402
     service_transaction,
     web_server,
 )
+from statements import SERVER_SETTINGS  # noqa: E402
 
 from tests.faults.cluster import PrivateCluster  # noqa: E402
 
@@ -71,6 +72,7 @@ def measure(benchmark, options):
     progress = Progress(options.runs * 5)
     group_label = f"pgbench 1 coupon, groups of {GROUP_OF}"
     rows = {"claims": [], "refusals": [], "pgbench 1 coupon": [], group_label: [], "pgbench 100 coupons": []}
+    statements = {"claims": [], "refusals": []}  # database statements per answer (bench/statements.py)
     for run in range(options.runs):
         hot = benchmark.claim_scenario(
             "capacity-hot claim", run, progress.step("hot claims", options.duration), stock=HUGE_STOCK, allowed={201}
@@ -83,6 +85,8 @@ def measure(benchmark, options):
                 raise SystemExit(f"INCORRECT: {measurement.name}: {measurement.verdict}")
         rows["claims"].append((hot.rate(201), hot.server_cpu, hot.database_cpu))
         rows["refusals"].append((soldout.rate(400), soldout.server_cpu, soldout.database_cpu))
+        statements["claims"].append(hot.db_statements_per_answer)
+        statements["refusals"].append(soldout.db_statements_per_answer)
         for label, script, claims_per_transaction in (
             ("pgbench 1 coupon", classic_transaction(ids[0]), 1),
             (group_label, group_script, GROUP_OF),
@@ -90,7 +94,11 @@ def measure(benchmark, options):
         ):
             m = benchmark.pgbench(label, script, progress.step(label, options.duration), claims_per_transaction)
             rows[label].append((m.requests_per_second, None, m.database_cpu))
+            statements.setdefault(label, []).append(m.db_statements_per_answer)
     progress.finish()
+    for label, values in statements.items():
+        if None not in values:
+            print(f"database statements per answer, {label}: {statistics.median(values):.2f} (median)")
     return {label: tuple(statistics.median(v[i] for v in values) if values[0][i] is not None else None
                          for i in range(3)) for label, values in rows.items()}  # fmt: skip
 
@@ -146,7 +154,7 @@ def main():
     options = parser.parse_args()
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        cluster = stack.enter_context(PrivateCluster(max_connections=100))
+        cluster = stack.enter_context(PrivateCluster(max_connections=100, **SERVER_SETTINGS))
         env = {**os.environ, "DATABASE_URL": cluster.url, "DEBUG": "0", "SECRET_KEY": secrets.token_urlsafe(50)}
         os.environ.update(env, DJANGO_SETTINGS_MODULE="couponsite.settings")
         import django
