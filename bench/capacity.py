@@ -42,8 +42,8 @@ from flashsale import (  # noqa: E402
     service_transaction,
     web_server,
 )
-from statements import SERVER_SETTINGS  # noqa: E402
 
+from bench.statements import SERVER_SETTINGS  # noqa: E402
 from tests.faults.cluster import PrivateCluster  # noqa: E402
 
 # The worked example.

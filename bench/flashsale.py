@@ -40,8 +40,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from statements import SERVER_SETTINGS, StatementCounter  # noqa: E402
-
+from bench.statements import SERVER_SETTINGS, StatementCounter  # noqa: E402
 from tests.faults.cluster import PrivateCluster  # noqa: E402
 from tests.helpers import free_port  # noqa: E402
 
