@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,7 +77,7 @@ def server_command():
 
 
 @contextlib.contextmanager
-def web_server(env):
+def web_server(env, log_name="server.log"):
     port = free_port()
     server_env = {**env, "WEB_BIND": f"127.0.0.1:{port}", "GUNICORN_BIND": f"127.0.0.1:{port}"}
     process = subprocess.Popen(
@@ -84,7 +85,7 @@ def web_server(env):
         cwd=ROOT,
         env=server_env,
         stdout=subprocess.DEVNULL,
-        stderr=open(RESULTS_DIR / "server.log", "w"),  # noqa: SIM115 - closed with the process
+        stderr=open(RESULTS_DIR / log_name, "w"),  # noqa: SIM115 - closed with the process
     )
     base_url = f"http://127.0.0.1:{port}"
     try:
@@ -96,7 +97,7 @@ def web_server(env):
                         break
             except OSError:
                 if process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit("the server did not come up: see bench/results/server.log") from None
+                    raise SystemExit(f"the server did not come up: see bench/results/{log_name}") from None
                 time.sleep(0.2)
         yield base_url, process
     finally:
@@ -244,8 +245,11 @@ def group_size_histogram(base_url):
     """
     from prometheus_client.parser import text_string_to_metric_families
 
-    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
-        text = response.read().decode()
+    try:
+        with urllib.request.urlopen(base_url + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+    except urllib.error.HTTPError:  # the straightforward claim (bench/straightforward.py) has no metrics
+        return None
     buckets, total = {}, None
     for family in text_string_to_metric_families(text):
         if family.name != "coupon_claim_group_size":
@@ -673,10 +677,22 @@ def ratios(summary):
         ("sold-out rejections/s ÷ hot claims/s", rejections / max(claims, 1e-9), "info"),
         (f"pgbench group of {GROUP_OF} ÷ classic (claims/s)",
          summary[f"pgbench group of {GROUP_OF}"].requests_per_second / classic.requests_per_second, "info"),
+        *straightforward_ratios(summary),
         ("hot claim p99 (ms)", hot.p99_ms, "<= 100"),
         ("overload: 5xx responses", overload_5xx, "== 0"),
         ("overload: socket errors", overload.socket_errors, "== 0"),
     ]  # fmt: skip
+
+
+def straightforward_ratios(summary):
+    """The service's rates over the straightforward claim's, where both ran."""
+    rows = []
+    for name, status, target in (("hot claim", 201, "info"), ("sold-out refusals", 400, ">= 4.0")):
+        straight = summary.get(f"{STRAIGHTFORWARD} {name}")
+        if straight is not None and name in summary:
+            rate = summary[name].status_rates.get(status, 0) / max(straight.status_rates.get(status, 0), 1e-9)
+            rows.append((f"{name} ÷ a straightforward Django + DRF claim", rate, target))
+    return rows
 
 
 def meets(value, target):
@@ -868,9 +884,9 @@ def main():
 
     with contextlib.ExitStack() as stack:
         private = not os.environ.get("DATABASE_URL")
-        # The fault tests' throwaway cluster, with PostgreSQL's default
-        # connection limit: pgbench runs 64 clients beside the workers.
-        cluster = PrivateCluster(max_connections=100, **SERVER_SETTINGS)
+        # The fault tests' throwaway cluster: pgbench runs 64 clients beside two servers' workers (the
+        # service's and the straightforward claim's).
+        cluster = PrivateCluster(max_connections=200, **SERVER_SETTINGS)
         database_url = stack.enter_context(cluster).url if private else os.environ["DATABASE_URL"]
         if not database_url.startswith("postgres"):
             raise SystemExit("the benchmark needs PostgreSQL: unset DATABASE_URL to get a private cluster")
@@ -885,7 +901,12 @@ def main():
         call_command("migrate", verbosity=0)
         base_url, server = stack.enter_context(web_server(env))
         benchmark = Benchmark(options, database_url, base_url, server)
-        return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL")
+        # The yardstick: a straightforward Django + DRF claim, served the same way on the same database.
+        straight_env = {**env, "DJANGO_SETTINGS_MODULE": "bench.straightforward_settings"}
+        straight_url, straight_server = stack.enter_context(web_server(straight_env, "straightforward.log"))
+        straightforward = Benchmark(options, database_url, straight_url, straight_server)
+        return run_all(benchmark, options, database="private cluster" if private else "DATABASE_URL",
+                       straightforward=straightforward)  # fmt: skip
 
 
 # --scenario's names: the scenario, and its claim_scenario settings (None: a method of its own).
@@ -902,7 +923,12 @@ SCENARIOS = {
 }
 
 
-def run_all(benchmark, options, database):
+# The scenarios also run against the straightforward claim (bench/straightforward.py), named with this prefix.
+STRAIGHTFORWARD = "straightforward:"
+STRAIGHTFORWARD_SCENARIOS = ("hot-claim", "sold-out-refusals")
+
+
+def run_all(benchmark, options, database, straightforward=None):
     from coupons.services import create_coupon
 
     methods = {"read-10k-claims": benchmark.read_scenario, "health": benchmark.health}
@@ -911,6 +937,13 @@ def run_all(benchmark, options, database):
         for slug, (name, settings) in SCENARIOS.items()
         if slug in options.scenario
     ]
+    if straightforward is not None:
+        scenarios += [
+            (f"{STRAIGHTFORWARD} {name}", functools.partial(straightforward.claim_scenario, f"{STRAIGHTFORWARD} {name}",
+                                                            **settings))
+            for slug, (name, settings) in SCENARIOS.items()
+            if slug in STRAIGHTFORWARD_SCENARIOS and slug in options.scenario
+        ]  # fmt: skip
     load = [os.getloadavg()]
     pgbench_coupon = create_coupon(name=f"bench-pgbench-{benchmark.tag}", amount=HUGE_STOCK)
     service_script = service_transaction(pgbench_coupon.name)

@@ -33,13 +33,14 @@ that error: no claim of the group is half-done.
 import copy
 import functools
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from django.db import connection, transaction
 from prometheus_client import Histogram
 
 from coupons.claim_codes import format_code, new_claim_code
+from coupons.coupon_states import coupon_states
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
 from coupons.extensions import ClaimMember, CouponExtension
 from coupons.idempotency import Attempt, store_answers
@@ -62,6 +63,7 @@ def grant_claims(
     attempts: Sequence[Attempt | None] | None = None,
     extensions: Sequence[CouponExtension] = (),
     prepared: Sequence[tuple] | None = None,
+    on_sold_out: Callable[[], None] | None = None,
 ) -> list[Claim | Exception]:
     """Grant one unit each to `user_ids`, in order, in one transaction; per user, the new claim or the refusal.
 
@@ -82,21 +84,24 @@ def grant_claims(
 
     `extensions` judge the coupon's claims too (coupons/extensions.py), with
     what each one's prepare_claim gave per member (`prepared`, one tuple per
-    user, an item per extension).
+    user, an item per extension). `on_sold_out` is called after the commit
+    of a transaction that left the coupon without stock (coupons/coupon_states.py).
     """
     attempts = list(attempts) if attempts is not None else [None] * len(user_ids)
     prepared = list(prepared) if prepared is not None else [()] * len(user_ids)
     members = list(user_ids)  # None: left out, its key taken over by a retry
-    outcomes, keyed = [None] * len(members), []
+    outcomes, keyed, sold_out = [None] * len(members), [], False
     while any(member is not None for member in members):
         try:
-            outcomes, keyed = _grant(coupon_id, members, attempts, extensions, prepared)
+            outcomes, keyed, sold_out = _grant(coupon_id, members, attempts, extensions, prepared)
             break
         except _KeysTakenOver as taken_over:
             for position in taken_over.members:
                 members[position] = attempts[position] = None
     for attempt, answer in keyed:
         attempt.stored = answer  # committed with the group
+    if sold_out and on_sold_out is not None:
+        on_sold_out()
     return [
         IdempotencyKeyInUse() if member is None else outcome for member, outcome in zip(members, outcomes, strict=True)
     ]
@@ -120,7 +125,7 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
                 .get(pk=coupon_id)
             )
         except Coupon.DoesNotExist:
-            return [CouponNotFound() for _ in user_ids], []  # deleted since the eligibility read
+            return [CouponNotFound() for _ in user_ids], [], False  # deleted since this process read its state
         # A statement of its own, after the lock, for two reasons. Its
         # snapshot includes the claims committed by whoever held the lock
         # before (joined into the locking statement, they would be read from
@@ -176,7 +181,7 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
             if len(winners) == remaining_amount:
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
             _take_units(coupon_id, name, len(winners), events, last_sequence, now)
-    return outcomes, keyed
+    return outcomes, keyed, len(winners) == remaining_amount
 
 
 def _start_rules(coupon_id, user_ids, extensions, prepared, now):
@@ -239,6 +244,17 @@ def _take_units(coupon_id, coupon_name, taken, events, last_sequence, now):
 # by the ORM (a FilteredRelation join, bulk_create), they cost 0.8 ms of CPU
 # each for a group of 8, against 0.04 ms for a database round trip
 # (docs/performance.md).
+#
+# The holders read finds each member through the (user_id, ...) index: one
+# short probe per user, whatever the statistics say. Written with
+# `coupon_id = c.id`, it let the planner pick the (coupon, status) index
+# whenever the statistics predated the sale (a new coupon looks empty
+# until autoanalyze runs, at 10% of the table changed) and read every claim
+# of the coupon once per group, under the lock: a sale in a database with
+# history slowed as it went (docs/performance.md, "A sale that lasts").
+# `coupon_id + 0` is not indexable, so no index on the coupon can be chosen
+# for it; a user's claims are few, and are all the probe reads
+# (tests/test_query_plans.py checks the plan).
 
 
 @functools.lru_cache(maxsize=256)
@@ -248,7 +264,7 @@ def _holders_sql(group_size):
     users = ", ".join(["%s"] * group_size)
     return (
         f"SELECT {now}, u.user_id FROM {quote(Coupon._meta.db_table)} c"  # noqa: S608 - only model table names
-        f" LEFT JOIN {quote(Claim._meta.db_table)} u ON u.coupon_id = c.id AND u.user_id IN ({users})"
+        f" LEFT JOIN {quote(Claim._meta.db_table)} u ON u.user_id IN ({users}) AND u.coupon_id + 0 = c.id"
         f" AND u.status IN ({LIVE_STATUSES_SQL})"
         " WHERE c.id = %s"
     )
@@ -357,6 +373,8 @@ class ClaimGroups:
         return len(self._waiting.get(coupon_id, ()))
 
     def _run(self, coupon_id, group):
+        # Taken before the transaction: a change notified since makes its "sold out" worthless.
+        generation = coupon_states.generation()
         try:
             outcomes = grant_claims(
                 coupon_id=coupon_id,
@@ -364,10 +382,13 @@ class ClaimGroups:
                 attempts=[claim.attempt for claim in group],
                 extensions=group[0].extensions,
                 prepared=[claim.prepared for claim in group],
+                on_sold_out=functools.partial(coupon_states.learned_sold_out, coupon_id, generation),
             )
         except BaseException as exc:  # even a worker's timeout: no member may be left waiting
             # Rolled back: every member hears the failure (each its own copy, raised from the original).
             outcomes = [exc, *(_copy_of(exc) for _ in group[1:])]
+        if isinstance(outcomes[0], CouponNotFound):
+            coupon_states.forget(coupon_id=coupon_id)  # deleted: what this process kept of it is wrong
         next_group = self._next_group(coupon_id)
         if next_group:
             next_group[0].answered.set()  # first: the next group's transaction starts while this one's are told

@@ -15,7 +15,8 @@ its detail is read (extra fields), and in the claim path:
    when a process loads a coupon's state (coupons/coupon_states.py), not
    per claim: a coupon no extension applies to pays nothing. An extension
    that changes its answer for a coupon calls
-   `coupon_states.coupon_changed(coupon_id)` in the same transaction.
+   `coupons.coupon_states.coupon_changed(coupon_id=..., name=...)` in the same
+   transaction.
 2. `prepare_claim` runs before any query, once per claim request (CPU only:
    checking a token's signature, say) and returns what the extension needs
    in the transaction: anything, a refusal (a CouponError) included, which

@@ -48,6 +48,7 @@ from django.db.models.functions import Now
 
 from coupons import extensions
 from coupons.claim_codes import format_code
+from coupons.coupon_states import coupon_changed
 from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.outbox import CLAIM_EXPIRED, NewEvent, record_events
 from coupons.sale_windows import as_utc_datetime, format_utc
@@ -104,6 +105,7 @@ def _expire_due_holds_of(coupon_id, batch):
                 for _, user_id, code, expires_at in due
             ]
             record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=events)
+            coupon_changed(coupon_id=coupon_id, name=coupon_name)  # units back: no process may go on refusing
     return len(due)
 
 

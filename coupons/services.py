@@ -10,8 +10,8 @@ from django.db.models.functions import Now
 from coupons import extensions
 from coupons.claim_codes import format_code
 from coupons.claim_groups import claim_groups
+from coupons.coupon_states import coupon_changed, coupon_states
 from coupons.exceptions import (
-    AlreadyClaimed,
     AlreadyRedeemed,
     AmountBelowClaimed,
     ClaimExpired,
@@ -20,7 +20,6 @@ from coupons.exceptions import (
     CouponAlreadyExists,
     CouponNotFound,
     NotRedeemed,
-    OutOfStock,
     RedemptionClosed,
 )
 from coupons.idempotency import Attempt
@@ -36,7 +35,7 @@ from coupons.outbox import (
     record_events,
 )
 from coupons.sale_windows import format_utc
-from coupons.selectors import REDEMPTION_COLUMNS, Redemption, get_claim_eligibility
+from coupons.selectors import REDEMPTION_COLUMNS, Redemption
 
 
 def create_coupon(
@@ -82,6 +81,7 @@ def create_coupon(
                 own = {field: value for field, value in (options or {}).items() if field in extension.create_fields}
                 events.extend(extension.coupon_created(coupon=coupon, options=own))
             record_events(coupon_id=coupon.pk, coupon_name=name, events=events)
+            coupon_changed(coupon_id=coupon.pk, name=name)  # processes that answered 404 for the name forget it
             return coupon
     except IntegrityError as exc:
         if Coupon.objects.filter(name=name).exists():
@@ -94,45 +94,42 @@ def claim_coupon(
 ) -> Claim:
     """Give `user_id` one unit of the coupon, at most once per user.
 
-    Most requests of a flash sale are refused, so refusals come first, from
-    one lock-free read: a user who already holds the coupon (409, checked
-    before stock, so that a repeat click after the sell-out still hears
-    "already claimed"), a sale window closed at the database's clock (403),
-    or an empty stock (400). The read sees committed state, so the refusal
-    is true of a moment within the request: a claim shown was committed, an
-    empty stock was empty then, a window closed then (a release or restock
-    after that moment is a later event).
+    Most requests of a flash sale are refused, so a claim this process can
+    only refuse is refused from what it already knows of the coupon
+    (coupons/coupon_states.py): no such coupon (404), a holder's repeat
+    (409, checked before the window and the stock, so that a repeat click
+    after the sell-out still hears "already claimed"), a sale window closed
+    by the database's clock (403), or a stock the database has said is
+    empty (400). That knowledge is stale only in the refusing direction: it
+    can refuse a claim a returned unit would have served (for a bounded
+    time), never grant one.
 
-    The rest is granted under the coupon row lock, together with the other
-    claims of the coupon waiting in this process (coupons/claim_groups.py):
-    `select_for_update()`, the holders, the window (on the database's clock)
-    and the stock re-checked, the winners inserted, a relative decrement
-    (`remaining_amount - n`, as F() writes it), one commit. Claims of one
-    coupon pass the lock one group at a time, each seeing the previous one's
-    result: stock is never oversold, and the unique (coupon, user_id) index
-    of live claims backs the one-claim-per-user rule in the database itself.
-    The group's transaction also writes a `claim.granted` event per winner
-    (and `coupon.sold_out` when the last unit goes), and the answer of a
-    claim sent with an Idempotency-Key (`idempotency`).
+    Every other claim is judged by the database, under the coupon row lock,
+    together with the other claims of the coupon waiting in this process
+    (coupons/claim_groups.py): `select_for_update()`, the holders, the
+    window (on the database's clock) and the stock checked, the winners
+    inserted, a relative decrement (`remaining_amount - n`, as F() writes
+    it), one commit. Claims of one coupon pass the lock one group at a
+    time, each seeing the previous one's result: stock is never oversold,
+    and the unique (coupon, user_id) index of live claims backs the
+    one-claim-per-user rule in the database itself. The group's transaction
+    also writes a `claim.granted` event per winner (and `coupon.sold_out`
+    when the last unit goes), and the answer of a claim sent with an
+    Idempotency-Key (`idempotency`).
 
     Extensions that judge this coupon's claims (coupons/extensions.py) see
     the request's optional fields (`claim_input`: admission_token...) first,
     then judge each member in the group's transaction.
     """
-    eligibility = get_claim_eligibility(coupon_name=coupon_name, user_id=user_id)
-    if eligibility.already_claimed:
-        raise AlreadyClaimed()
-    eligibility.window.check_open(eligibility.now)
-    if eligibility.remaining_amount <= 0:
-        raise OutOfStock()
-    coupon_id = eligibility.coupon_id
-    judges = extensions.applying_to(coupon_id)
+    state = coupon_states.lookup(coupon_name, user_id)
+    if (refusal := coupon_states.refusal(state, user_id)) is not None:
+        raise refusal
     prepared = tuple(
-        extension.prepare_claim(coupon_id=coupon_id, user_id=user_id, claim_input=claim_input or {})
-        for extension in judges
+        extension.prepare_claim(coupon_id=state.coupon_id, user_id=user_id, claim_input=claim_input or {})
+        for extension in state.extensions
     )
     return claim_groups.claim(
-        coupon_id=coupon_id, user_id=user_id, attempt=idempotency, extensions=judges, prepared=prepared
+        coupon_id=state.coupon_id, user_id=user_id, attempt=idempotency, extensions=state.extensions, prepared=prepared
     )
 
 
@@ -168,6 +165,7 @@ def restock_coupon(*, coupon_name: str, amount: int) -> Coupon:
         if remaining_before > 0 and coupon.remaining_amount == 0:
             events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
         record_events(coupon_id=coupon.pk, coupon_name=coupon.name, events=events)
+        coupon_changed(coupon_id=coupon.pk, name=coupon.name)
     return coupon
 
 
@@ -210,6 +208,7 @@ def release_claim(*, coupon_name: str, user_id: str, released_by: str, reason: s
             extension.units_returned(coupon_id=coupon_id, claims=[(claim_id, user_id)])
         event = NewEvent(CLAIM_RELEASED, {"user_id": user_id, "code": format_code(code), "reason": reason})
         record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=[event])
+        coupon_changed(coupon_id=coupon_id, name=coupon_name)  # a unit back: no process may go on refusing
         return release
 
 
@@ -228,6 +227,7 @@ def schedule_sale(*, coupon_name: str, starts_at: datetime | None, ends_at: date
             raise CouponNotFound() from None
         coupon.starts_at, coupon.ends_at = starts_at, ends_at
         coupon.save(update_fields=["starts_at", "ends_at"])
+        coupon_changed(coupon_id=coupon.pk, name=coupon.name)
     return coupon
 
 

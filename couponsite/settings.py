@@ -191,6 +191,17 @@ def database_settings(url):
 
 
 DATABASES = {"default": database_settings(os.environ.get("DATABASE_URL") or DEFAULT_DATABASE_URL)}
+
+# What each process knows of coupons, to refuse claims without a query
+# (coupons/coupon_states.py). On PostgreSQL it is kept while a connection of
+# the process's own LISTENs for changes: DATABASE_LISTEN_URL, by default the
+# database's own settings. Behind PgBouncer in transaction mode (where LISTEN
+# does not work) point it at PostgreSQL itself (or a session-mode pool).
+# On SQLite a state is kept COUPON_STATE_TTL_SQLITE_MS. Off: every claim goes
+# to the database (as before), for comparison.
+COUPON_STATE_CACHE = env_bool("COUPON_STATE_CACHE", True)
+DATABASE_LISTEN_URL = os.environ.get("DATABASE_LISTEN_URL", "")
+COUPON_STATE_TTL_SQLITE = env_int("COUPON_STATE_TTL_SQLITE_MS", 100) / 1000
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 

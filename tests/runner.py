@@ -17,3 +17,9 @@ class CouponTestRunner(DiscoverRunner):
         if package and (TESTS_DIR / package).is_dir():
             label = f"tests.{label}"
         return super().load_tests_for_label(label, discover_kwargs)
+
+    def teardown_databases(self, old_config, **kwargs):
+        from coupons.coupon_states import coupon_states
+
+        coupon_states.stop_listening()  # its connection would keep the test database from being dropped
+        super().teardown_databases(old_config, **kwargs)

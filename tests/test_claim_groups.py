@@ -12,6 +12,7 @@ from prometheus_client import REGISTRY
 
 from coupons.claim_codes import new_claim_code
 from coupons.claim_groups import claim_groups, grant_claims
+from coupons.coupon_states import coupon_states
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, OutOfStock
 from coupons.models import Claim, Coupon
 from coupons.services import claim_coupon, create_coupon
@@ -247,15 +248,18 @@ class ClaimGroupsTests(TransactionTestCase):
         self.assertEqual(group_size_totals(), (groups_before + 1, claims_before + 1))
         self.assertFalse(claim_groups.in_flight(self.coupon.pk))
 
-    def test_refusals_never_reach_a_group(self):
-        claim_coupon(user_id="ann", coupon_name="PROMO")
+    def test_refusals_the_process_can_prove_never_reach_a_group(self):
+        coupon_states.wait_until_listening()
+        Coupon.objects.filter(pk=self.coupon.pk).update(remaining_amount=1)
+        claim_coupon(user_id="ann", coupon_name="PROMO")  # the last unit: the process learns it is sold out
+        with self.assertRaises(CouponNotFound):
+            claim_coupon(user_id="ann", coupon_name="NOPE")  # the process learns the name is unknown
         before = group_size_totals()
 
         with self.assertRaises(AlreadyClaimed):
             claim_coupon(user_id="ann", coupon_name="PROMO")
         with self.assertRaises(CouponNotFound):
             claim_coupon(user_id="ann", coupon_name="NOPE")
-        Coupon.objects.filter(pk=self.coupon.pk).update(remaining_amount=0)
         with self.assertRaises(OutOfStock):
             claim_coupon(user_id="bob", coupon_name="PROMO")
 

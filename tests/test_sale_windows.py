@@ -12,7 +12,7 @@ from django.test import SimpleTestCase, TestCase
 from coupons.models import Claim, Coupon
 from coupons.sale_windows import SaleStatus, SaleWindow, format_utc, whole_seconds_until
 from coupons.selectors import database_now
-from coupons.services import claim_coupon, create_coupon
+from coupons.services import claim_coupon, create_coupon, schedule_sale
 from tests.helpers import JsonApiAssertions
 
 
@@ -143,14 +143,12 @@ class ClaimWindowTests(JsonApiAssertions, TestCase):
         create_coupon(name="SALE", amount=1)
         claim_coupon(user_id="holder", coupon_name="SALE")
         # The holder's claim stays after the window closes and the stock is gone.
-        Coupon.objects.filter(name="SALE").update(
-            ends_at=now - timedelta(seconds=1), starts_at=now - timedelta(hours=1)
-        )
+        schedule_sale(coupon_name="SALE", ends_at=now - timedelta(seconds=1), starts_at=now - timedelta(hours=1))
 
         self.assert_error(self.claim("holder", "NOPE"), 404, "not_found")
         self.assert_error(self.claim("holder"), 409, "already_claimed")
         self.assert_error(self.claim("someone else"), 403, "sale_ended")
-        Coupon.objects.filter(name="SALE").update(ends_at=None)
+        schedule_sale(coupon_name="SALE", starts_at=None, ends_at=None)
         self.assert_error(self.claim("someone else"), 400, "out_of_stock")
 
 

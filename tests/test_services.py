@@ -1,4 +1,5 @@
 import contextlib
+import copy
 from unittest import mock
 
 from django.db import IntegrityError, connection, transaction
@@ -7,6 +8,7 @@ from django.test import TestCase, TransactionTestCase
 from django.test.utils import CaptureQueriesContext
 
 from coupons import services
+from coupons.coupon_states import coupon_states
 from coupons.exceptions import (
     AlreadyClaimed,
     AmountBelowClaimed,
@@ -16,7 +18,7 @@ from coupons.exceptions import (
     SaleEnded,
 )
 from coupons.models import Claim, Coupon
-from coupons.selectors import database_now, get_claim_eligibility, get_coupon_detail
+from coupons.selectors import database_now, get_coupon_detail
 from coupons.services import claim_coupon, create_coupon, restock_coupon
 from tests.stress.base import run_simultaneously
 
@@ -99,21 +101,25 @@ class ClaimCouponTests(TestCase):
 
 
 class StaleReadTests(TransactionTestCase):
-    """Races lost between the lock-free eligibility read and the locked write.
+    """Races lost between what the process knows of a coupon and the locked write.
 
-    Each test takes a real eligibility read, lets the world move on, then
-    claims with that stale read, exactly as a request that lost the race.
+    Each test takes the process's real state of the coupon (coupons/coupon_states.py), lets the world move on,
+    then claims with that stale state, exactly as a request that lost the race to the notification.
     """
 
     def setUp(self):
         self.coupon = create_coupon(name="PROMO", amount=2)
+        coupon_states.wait_until_listening()
+
+    def stale_state(self):
+        return copy.copy(coupon_states.lookup("PROMO", "someone"))
 
     def claim_with(self, stale, user_id):
-        with mock.patch.object(services, "get_claim_eligibility", return_value=stale):
+        with mock.patch.object(services.coupon_states, "lookup", return_value=stale):
             return claim_coupon(user_id=user_id, coupon_name="PROMO")
 
     def test_duplicate_is_stopped_under_the_lock(self):
-        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
+        stale = self.stale_state()
         claim_coupon(user_id="user_1", coupon_name="PROMO")
 
         with self.assertRaises(AlreadyClaimed):
@@ -126,7 +132,7 @@ class StaleReadTests(TransactionTestCase):
         claim_coupon(user_id="user_2", coupon_name="PROMO")
 
     def test_sold_out_since_the_read_is_rechecked_under_the_lock(self):
-        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_3")
+        stale = self.stale_state()
         claim_coupon(user_id="user_1", coupon_name="PROMO")
         claim_coupon(user_id="user_2", coupon_name="PROMO")
 
@@ -138,7 +144,7 @@ class StaleReadTests(TransactionTestCase):
         self.assertEqual(self.coupon.remaining_amount, 0)
 
     def test_sale_ended_since_the_read_is_rechecked_under_the_lock(self):
-        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
+        stale = self.stale_state()
         Coupon.objects.filter(pk=self.coupon.pk).update(ends_at=database_now())
 
         with self.assertRaises(SaleEnded):
@@ -149,7 +155,7 @@ class StaleReadTests(TransactionTestCase):
         self.assertEqual(self.coupon.remaining_amount, 2)
 
     def test_coupon_deleted_since_the_read(self):
-        stale = get_claim_eligibility(coupon_name="PROMO", user_id="user_1")
+        stale = self.stale_state()
         self.coupon.delete()
 
         with self.assertRaises(CouponNotFound):
@@ -231,21 +237,27 @@ class ClaimStatementTests(TransactionTestCase):
                 claim_coupon(user_id=user_id, coupon_name="PROMO")
         return [query["sql"] for query in queries.captured_queries]
 
-    def test_success_is_a_read_then_lock_holders_insert_update_event_commit(self):
+    def setUp(self):
+        coupon_states.wait_until_listening()
+
+    def test_success_is_lock_holders_insert_update_event_commit_once_the_coupon_is_known(self):
         create_coupon(name="PROMO", amount=5)
+        coupon_states.wait_for_notifications()  # the creation's, which makes the process forget the name
+        state_read, *_ = self.capture_claim("u1")  # the process reads what it knows of the coupon once
 
-        sql = self.capture_claim("u1")
+        sql = self.capture_claim("u2")
 
+        self.assertNotIn("FOR", state_read)  # that read takes no lock
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
-        read, begin, lock, holders, insert, *update_and_event, commit = sql
+        begin, lock, holders, insert, *update_and_event, commit = sql
         # The stock's UPDATE and the events' INSERT: one statement on PostgreSQL, two on SQLite.
         self.assertEqual(len(update_and_event), 1 if connection.vendor == "postgresql" else 2)
         update = update_and_event[0]
         if connection.vendor == "postgresql":
             self.assertTrue(update.startswith("WITH taken AS (UPDATE"), update)
             update = update.removeprefix("WITH taken AS (")
-        self.assertNotIn("FOR", read)  # the eligibility read takes no lock
         self.assertIn("u.user_id IN", holders)
+        self.assertIn("u.coupon_id + 0 =", holders)  # through the users' index only: tests/test_query_plans.py
         self.assertTrue(insert.startswith("INSERT"))
         self.assertTrue(update.startswith("UPDATE"))
         self.assertEqual(commit, "COMMIT")
@@ -256,15 +268,20 @@ class ClaimStatementTests(TransactionTestCase):
             self.assertEqual(begin, "BEGIN")
             self.assertTrue(lock.endswith("FOR NO KEY UPDATE"), lock)
 
-    def test_refusals_are_one_read_without_a_transaction(self):
+    def test_refusals_of_a_sold_out_coupon_cost_nothing_but_a_holders_probe(self):
         create_coupon(name="PROMO", amount=1)
-        claim_coupon(user_id="u1", coupon_name="PROMO")
+        coupon_states.wait_for_notifications()
+        claim_coupon(user_id="u1", coupon_name="PROMO")  # the last unit: the process learns it is sold out
+        # The first refusal from memory reads the coupon's holders, once.
+        self.assertEqual(len(self.capture_claim("u2")), 1)
 
-        for user_id in ["u1", "u2"]:  # already claimed, then sold out
-            with self.subTest(user_id=user_id):
-                sql = self.capture_claim(user_id)
-                self.assertEqual(len(sql), 1, sql)
-                self.assertTrue(sql[0].startswith("SELECT"))
+        self.assertEqual(self.capture_claim("u3"), [])  # nobody's claim: no statement at all
+        holder = self.capture_claim("u1")  # a holder: one probe, then 409 rather than 400
+        self.assertEqual(len(holder), 1, holder)
+        self.assertTrue(holder[0].startswith("SELECT 1"))
+        with self.assertRaises(AlreadyClaimed):
+            claim_coupon(user_id="u1", coupon_name="PROMO")
+        self.assertEqual(self.capture_claim("NOPE-user"), [])
 
 
 class RestockCouponTests(TestCase):

@@ -109,11 +109,11 @@ class InputSerializer(SharedFieldsSerializer):
 
 
 class ExtensibleInputSerializer(InputSerializer):
-    """An input serializer that also takes the extensions' optional fields of its kind (coupons/extensions.py).
+    """An input serializer: its fields validate what was sent and keep nothing of it."""
 
-    `extension_options(validated_data)` splits them off from the coupon's own.
-    """
-
+    # It also takes the extensions' optional fields of its kind (coupons/extensions.py);
+    # extension_options(validated_data) splits them off from the coupon's own. (The docstring above is
+    # InputSerializer's: the schema shows it as the body's description.)
     extension_kind = ""  # "create" or "claim"
 
     def get_fields(self):

@@ -17,6 +17,7 @@ from django.db import connection
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from coupons.coupon_states import coupon_states
 from coupons.models import LIVE_STATUSES, Claim, ClaimRelease, Coupon
 from coupons.selectors import database_now
 from coupons.services import claim_coupon, create_coupon
@@ -127,6 +128,12 @@ class OneStressClassAtATime:
         cls._lock_file = open(_LOCK_PATH, "w")  # noqa: SIM115 - held until tearDownClass
         fcntl.flock(cls._lock_file, fcntl.LOCK_EX)
         super().setUpClass()
+
+    def setUp(self):
+        # The process's coupon states (coupons/coupon_states.py) start empty: the previous test's coupons were
+        # flushed without the notifications a real change sends (pytest's conftest does the same).
+        coupon_states.forget_all()
+        super().setUp()
 
     @classmethod
     def tearDownClass(cls):
