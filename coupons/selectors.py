@@ -103,54 +103,11 @@ def _detail_sql():
     )
 
 
-@dataclass(frozen=True)
-class ClaimEligibility:
-    coupon_id: int
-    remaining_amount: int
-    already_claimed: bool
-    window: SaleWindow
-    now: datetime  # the database's clock at the read
-
-
 def database_now() -> datetime:
     """The database's clock: the one every sale window is checked against."""
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT {DATABASE_NOW_SQL[connection.vendor]}")
         return as_utc_datetime(cursor.fetchone()[0])
-
-
-@functools.cache
-def _eligibility_sql():
-    quote = connection.ops.quote_name
-    now = database_now_sql()
-    return (
-        "SELECT c.id, c.remaining_amount, c.starts_at, c.ends_at, "  # noqa: S608 - only model table names are interpolated
-        f"{now}, EXISTS ("
-        f"SELECT 1 FROM {quote(Claim._meta.db_table)} u WHERE u.coupon_id = c.id AND u.user_id = %s"
-        f" AND u.status IN ({LIVE_STATUSES_SQL})) FROM {quote(Coupon._meta.db_table)} c WHERE c.name = %s"
-    )
-
-
-def get_claim_eligibility(*, coupon_name: str, user_id: str) -> ClaimEligibility:
-    """The coupon's stock, whether the user holds a live claim of it, its sale window and the database's clock,
-    in one lock-free read.
-
-    It sees committed state: a claim shown was held at that moment, an
-    empty stock was empty then, and a window closed at the database's "now"
-    was closed then, so each proves a refusal without the row lock.
-
-    Every claim request makes this read, so it is written in SQL (portable
-    to PostgreSQL and SQLite): building the same query with the ORM's
-    Exists(OuterRef) costs several times the database round trip itself.
-    """
-    with connection.cursor() as cursor:
-        cursor.execute(_eligibility_sql(), [user_id, coupon_name])
-        row = cursor.fetchone()
-    if row is None:
-        raise CouponNotFound()
-    coupon_id, remaining_amount, starts_at, ends_at, now, already_claimed = row
-    window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
-    return ClaimEligibility(coupon_id, remaining_amount, bool(already_claimed), window, as_utc_datetime(now))
 
 
 @dataclass(frozen=True)

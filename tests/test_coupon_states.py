@@ -13,6 +13,7 @@ import threading
 import time
 import unittest
 from collections import Counter
+from datetime import timedelta
 
 import psycopg
 from django.db import connection
@@ -53,6 +54,9 @@ def transactions_of_the_database():
 class RefusalsFromMemoryTests(TransactionTestCase):
     def setUp(self):
         self.hosts = [self.enterContext(Service(subprocess_database_url(), WEB_CONCURRENCY="1")) for _ in range(2)]
+        for host in self.hosts:  # a process starts listening at its first claim
+            self.assertEqual(host.claim("nobody", "NO SUCH COUPON").status, 404)
+        wait_for(lambda: self.listeners() >= 2, "the two servers' listeners are not there")
 
     def listeners(self):
         with connection.cursor() as cursor:
@@ -148,6 +152,29 @@ class RefusalsFromMemoryTests(TransactionTestCase):
         # A statement per refusal would be 200 more. What is counted besides: this test's own reads of the
         # counter, and each listener's check (a probe and the clock, every 10 s: 3 statements a listener).
         self.assertLess(transactions_of_the_database() - before, 20)
+
+    def test_a_window_opens_and_closes_at_the_databases_instant(self):
+        opens, closes = database_now() + timedelta(seconds=2), database_now() + timedelta(seconds=4)
+        create_coupon(name="WINDOW", amount=1000, starts_at=opens, ends_at=closes)
+        host = self.hosts[1]
+        answers = []
+        while database_now() < closes + timedelta(seconds=1):
+            reply = host.claim(f"window-{len(answers)}", "WINDOW")
+            answers.append((database_now(), reply.status, reply.body.get("code")))
+
+        granted = [at for at, status, _ in answers if status == 201]
+        # Refused from memory before the opening and after the closing, granted in between by the database:
+        # the first grant follows the opening, and the last precedes the closing, by no more than the margin
+        # the process allows its clock (WINDOW_MARGIN plus the measured error) and a request's time here.
+        self.assertTrue(granted, answers)
+        self.assertLess(granted[0] - opens, timedelta(milliseconds=500), answers)
+        self.assertLess(closes - granted[-1], timedelta(milliseconds=500), answers)
+        self.assertEqual(
+            {code for at, status, code in answers if status == 403},
+            {"sale_not_started", "sale_ended"},
+        )
+        self.assertFalse(Claim.objects.filter(coupon__name="WINDOW", created_at__lt=opens).exists())
+        self.assertFalse(Claim.objects.filter(coupon__name="WINDOW", created_at__gte=closes).exists())
 
     def test_a_listener_that_drops_forgets_and_listens_again(self):
         self.sell_out("DROPPED")
