@@ -163,6 +163,7 @@ class CouponStates:
         self._listener = None
         self._listener_backend_pid = None
         self._probes_received = set()
+        self._outage_logged = False
         self._markers_seen = collections.deque(maxlen=100)
         self._stopping = False
         self._pid = None
@@ -399,14 +400,16 @@ class CouponStates:
                     self._check(listener)
                     self.forget_all()  # anything kept may predate the LISTEN
                     self._listening = True
+                    self._outage_logged = False
                     logger.info("coupon states: listening")
                     while True:
                         for notification in listener.notifies(timeout=CLOCK_CHECK_SECONDS):
                             self._notified(notification)
                         self._check(listener)
             except Exception as exc:  # noqa: BLE001 - any failure: forget, and listen again
-                if self._listening and not self._stopping:  # once per outage, not per reconnection attempt
-                    logger.warning("coupon states: listener lost (%s); refusing nothing from memory", exc)
+                if not (self._stopping or self._outage_logged):  # once per outage, not per reconnection attempt
+                    logger.warning("coupon states: not listening (%s); refusing nothing from memory", exc)
+                    self._outage_logged = True
             self._listening = False
             self._listener_backend_pid = None
             self.forget_all()
@@ -427,14 +430,19 @@ class CouponStates:
             self.forget_all()
 
     def _check(self, listener):
-        """Prove the connection listens, and measure the clock. A notification this connection sends itself
-        must come back: through PgBouncer's transaction mode (or anything else that breaks LISTEN) it does not,
-        and the process then refuses nothing from memory rather than miss the changes it was told of."""
+        """Prove the connection listens, and measure the clock. A notification sent from another connection must
+        come back: through PgBouncer's transaction mode (or anything else that breaks LISTEN) it does not, and
+        the process then refuses nothing from memory rather than miss the changes it was told of. (Sent on the
+        listener's own connection, it could come back there even so: PostgreSQL hands a session its own
+        notifications, on whichever server connection PgBouncer gave it.)"""
         probe = str(time.monotonic_ns())
         # A channel of this connection's own, so that no other process hears its probes.
         channel = f"{PROBE_CHANNEL}_{listener.info.backend_pid}_{os.getpid()}"
         listener.execute(f"LISTEN {channel}")
-        listener.execute("SELECT pg_notify(%s, %s)", [channel, probe])
+        with psycopg.connect(
+            listen_conninfo(), autocommit=True, connect_timeout=5, application_name=f"{LISTENER_NAME} probe"
+        ) as sender:
+            sender.execute("SELECT pg_notify(%s, %s)", [channel, probe])
         for notification in listener.notifies(timeout=PROBE_SECONDS, stop_after=None):
             self._notified(notification)
             if probe in self._probes_received:

@@ -99,6 +99,18 @@ class PgBouncerTests(SimpleTestCase):
         self.assertEqual(remaining, 0)
         self.assertLessEqual(servers, SERVER_CONNECTIONS)
 
+    def test_the_servers_see_that_listen_does_not_work_here_and_refuse_nothing_from_memory(self):
+        # coupons/coupon_states.py: a notification sent from another connection never reaches a listener
+        # whose server connection PgBouncer hands around; each worker says so, and asks the database instead.
+        reply = self.service.request("POST", "/api/coupons", {"name": "UNHEARD", "amount": 1})
+        self.assertEqual(reply.status, 201, reply)
+        deadline, attempt = time.monotonic() + 30, 0
+        while "LISTEN does not work through it" not in self.service.output():
+            self.assertIn(self.service.claim(f"someone-{attempt}", "UNHEARD").status, (201, 400))
+            self.assertLess(time.monotonic(), deadline, self.service.output())
+            attempt += 1
+            time.sleep(0.5)
+
     def test_the_statement_lock_and_idle_timeouts_hold_on_every_server_connection(self):
         names = ("statement_timeout", "lock_timeout", "idle_in_transaction_session_timeout")
         with self.connect() as connection:
