@@ -31,6 +31,10 @@ GROUP = 4
 # as digits, and hyphens or spaces between groups. ASCII only, before any
 # case mapping: "ß".upper() is "SS", and the Kelvin sign lower-cases to "k".
 _TYPED = re.compile(r"[0-9A-HJKMNP-TV-Z IOL-]+", re.ASCII | re.IGNORECASE)
+# What normalise_code accepts, as the OpenAPI schema states it (with a maxLength of 2 * CLAIM_CODE_LENGTH):
+# 16 symbols of the alphabet or its aliases (A-Z but U), in either case, hyphens or spaces anywhere.
+# tests/test_schema.py checks that the two agree.
+CODE_PATTERN = r"^[ -]*(?:[0-9A-TV-Za-tv-z][ -]*){16}$"
 _READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0", "-": None, " ": None})
 
 

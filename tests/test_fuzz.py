@@ -144,10 +144,6 @@ class SchemathesisTests(TransactionTestCase):
 
         self.assertTrue({200, 404} <= set(statuses), statuses)
 
-    def test_read_the_coupon_named_claim(self):
-        statuses = self.fuzz("GET", "/api/coupons/claim", GenerationMode.POSITIVE)
-        self.assertEqual(set(statuses), {404})
-
     def test_events(self):
         # Positive only: an empty `?limit=` reads as absent (DRF's rule for query parameters, as for a user's
         # claims), which Schemathesis counts as accepting a string; tests/test_outbox.py has the refusals.

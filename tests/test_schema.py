@@ -1,10 +1,15 @@
 import io
 import json
+import re
 
 from django.core.management import call_command
 from django.test import SimpleTestCase, TestCase
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from coupons.api.error_codes import ErrorCode
+from coupons.claim_codes import normalise_code
+from coupons.exceptions import InvalidIdempotencyKey, MalformedCode
 
 
 class SchemaTests(SimpleTestCase):
@@ -21,7 +26,7 @@ class SchemaTests(SimpleTestCase):
             set(self.schema["paths"]),
             {
                 "/api/coupons",
-                "/api/coupons/claim",
+                "/api/coupons/claim",  # POST only: a GET there reads the coupon named "claim", as {name} says
                 "/api/coupons/{name}",
                 "/api/coupons/{name}/claims/{user_id}",
                 "/api/users/{user_id}/claims",
@@ -59,7 +64,7 @@ class SchemaTests(SimpleTestCase):
         self.assertEqual(self.statuses("/api/events", "get"), {"200", "400", "401", "403", "503"})
         self.assertEqual(set(self.schema["paths"]["/api/coupons/{name}/claims/{user_id}"]), {"delete"})
         self.assertEqual(self.statuses("/api/users/{user_id}/claims", "get"), {"200", "400", "503"})
-        self.assertEqual(self.statuses("/api/coupons/claim", "get"), {"200", "404", "503"})
+        self.assertEqual(set(self.schema["paths"]["/api/coupons/claim"]), {"post"})
         self.assertEqual(
             self.statuses("/api/redemptions", "post"),
             {"201", "400", "403", "404", "409", "410", "411", "413", "415", "422", "503"},
@@ -126,6 +131,50 @@ class SchemaTests(SimpleTestCase):
         html = response.content.decode()
         self.assertIn("drf_spectacular_sidecar", html)
         self.assertNotIn("cdn.jsdelivr", html)
+
+
+def accepted(parse, text):
+    try:
+        parse(text)
+    except (InvalidIdempotencyKey, MalformedCode):
+        return False
+    return True
+
+
+# Text near the patterns' edges: visible ASCII, quotes, a space, a control character, non-ASCII.
+KEY_TEXT = st.builds(
+    lambda quote_first, body, quote_last: '"' * quote_first + body + '"' * quote_last,
+    st.booleans(),
+    st.one_of(st.text(alphabet='ab"~! \té', max_size=6), st.integers(250, 258).map(lambda n: "k" * n)),
+    st.booleans(),
+)
+CODE_TEXT = st.text(alphabet="0189AZUIOLilo- \n", min_size=14, max_size=34)
+
+
+class SchemaPatternTests(SimpleTestCase):
+    """The patterns the schema states are exactly what the API's parsers accept: a client that follows the schema
+    is never refused for them, and what the schema forbids the API refuses."""
+
+    def setUp(self):
+        schema = json.loads(self.client.get("/api/schema/", {"format": "json"}).content)
+        operation = schema["paths"]["/api/redemptions/{code}"]["delete"]
+        parameters = {parameter["name"]: parameter["schema"] for parameter in operation["parameters"]}
+        self.key, self.code = parameters["Idempotency-Key"], parameters["code"]
+
+    @given(KEY_TEXT)
+    @example('""')
+    @example('"' + "k" * 255 + '"')
+    def test_the_idempotency_key_pattern_is_what_the_api_accepts(self, text):
+        from coupons.api.idempotency import parse_key  # here: at collection, DRF's settings would import it back
+
+        self.assertEqual(bool(re.fullmatch(self.key["pattern"], text)), accepted(parse_key, text), repr(text))
+
+    @given(CODE_TEXT)
+    @example("7K3M-Q9TD-X2HB-R4WN")
+    @example("7k3m q9td x2hb r4wn--")
+    def test_the_claim_code_pattern_is_what_the_api_accepts(self, text):
+        in_schema = bool(re.fullmatch(self.code["pattern"], text)) and len(text) <= self.code["maxLength"]
+        self.assertEqual(in_schema, accepted(normalise_code, text), repr(text))
 
 
 class StaticFilesTests(TestCase):
