@@ -196,7 +196,7 @@ CLAIM_CODE = (
 CLAIM_CODE_SCHEMA = {
     "type": "string",
     "minLength": CLAIM_CODE_LENGTH,
-    "maxLength": 2 * CLAIM_CODE_LENGTH,
+    "maxLength": 2 * CLAIM_CODE_LENGTH - 1,
     "pattern": CODE_PATTERN,
     "example": "7K3M-Q9TD-X2HB-R4WN",
 }
@@ -348,6 +348,7 @@ class AlreadyRedeemedErrorSerializer(ErrorSerializer):
 
 class WebhookCreateInputSerializer(InputSerializer):
     url = serializers.CharField(
+        min_length=1,
         max_length=2000,
         help_text="http:// or https:// URL of a public host (no loopback or private address unless"
         " WEBHOOK_ALLOW_PRIVATE is on), without credentials.",

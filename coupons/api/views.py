@@ -223,6 +223,8 @@ class UserClaimsApi(ApiKeyRequired, APIView):
         parameters=[UserClaimsQuerySerializer],
         responses={
             200: UserClaimsPageSerializer,
+            # The URL pattern's "." stops at a line break, as Django's own converters do: such a path is no route.
+            404: error_response_schema("A user id holding a line break, which no user id can (not_found)."),
             400: error_response_schema(
                 "`limit` is not an integer from 1 to 100, `cursor` is not one this API gave out, `status` is no"
                 " claim status, or a parameter is sent empty (`?cursor=`): leave it out instead."
