@@ -100,8 +100,10 @@ class SchemaTests(SimpleTestCase):
         )
         self.assertEqual(schemas["ClaimStatus"]["enum"], ["held", "redeemed", "released", "expired"])
         conflict = self.schema["paths"]["/api/redemptions"]["post"]["responses"]["409"]
+        # already_redeemed with its details, or (a keyed request) idempotency_key_in_use's plain Error.
         self.assertEqual(
-            conflict["content"]["application/json"]["schema"]["$ref"], "#/components/schemas/AlreadyRedeemedError"
+            conflict["content"]["application/json"]["schema"]["anyOf"],
+            [{"$ref": "#/components/schemas/AlreadyRedeemedError"}, {"$ref": "#/components/schemas/Error"}],
         )
         self.assertEqual(
             set(schemas["AlreadyRedeemedError"]["properties"]), {"error", "code", "redeemed_at", "order_id"}
