@@ -72,7 +72,9 @@ def schemathesis_command(base_url, key):
 class SchemathesisServedTests(TransactionTestCase):
     def test_every_check_passes_against_the_served_app(self):
         _, key = create_api_key(name="schemathesis", scopes=set(API_KEY_SCOPES))
-        with Service(subprocess_database_url(), WEB_CONCURRENCY="2") as service:
+        # Schemathesis sends one request at a time: one worker of four threads serves it, and holds few of the
+        # database server's connections (a PostgreSQL shared with other test runs refused one once: a 503).
+        with Service(subprocess_database_url(), WEB_CONCURRENCY="1", WEB_THREADS="4") as service:
             started = time.monotonic()
             run = subprocess.run(
                 schemathesis_command(f"http://127.0.0.1:{service.port}", key),
