@@ -12,6 +12,7 @@ examples per operation (about a minute here). Run with `-o log_cli=true
 import logging
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -78,7 +79,9 @@ class SchemathesisServedTests(TransactionTestCase):
             started = time.monotonic()
             run = subprocess.run(
                 schemathesis_command(f"http://127.0.0.1:{service.port}", key),
-                cwd=ROOT,
+                # Not the checkout: Schemathesis keeps state between runs (.schemathesis/) in its directory, which
+                # would replay an earlier run's failures; each run starts afresh, from the seed alone.
+                cwd=self.enterContext(tempfile.TemporaryDirectory()),
                 capture_output=True,
                 text=True,
                 timeout=TIMEOUT_SECONDS,
