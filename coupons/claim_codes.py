@@ -31,6 +31,12 @@ GROUP = 4
 # as digits, and hyphens or spaces between groups. ASCII only, before any
 # case mapping: "ß".upper() is "SS", and the Kelvin sign lower-cases to "k".
 _TYPED = re.compile(r"[0-9A-HJKMNP-TV-Z IOL-]+", re.ASCII | re.IGNORECASE)
+# The codes the OpenAPI schema describes: the 16 symbols (or their aliases, in either case), with at most one
+# hyphen or space between two of them. normalise_code reads a little more (separators at either end or
+# doubled, up to 32 characters in all), but that length cap is no regular expression a client generator or a
+# fuzzer can use, so the schema states the forms people type and print. tests/test_schema.py checks that
+# every code of the pattern is accepted.
+CODE_PATTERN = r"^(?:[0-9A-TV-Za-tv-z][ -]?){15}[0-9A-TV-Za-tv-z]$"
 _READ_AS = str.maketrans({"I": "1", "L": "1", "O": "0", "-": None, " ": None})
 
 

@@ -195,7 +195,15 @@ class FlashSaleEventsTests(JsonApiAssertions, TransactionTestCase):
         return response.json()["events"]
 
     def test_bad_queries_are_400(self):
-        for query in [{"limit": 0}, {"limit": 1001}, {"limit": "x"}, {"after": "not-a-uuid"}]:
+        # Sent empty (`?after=`): the schema says a uuid and an integer, so a 400 too, not the defaults.
+        for query in [
+            {"limit": 0},
+            {"limit": 1001},
+            {"limit": "x"},
+            {"after": "not-a-uuid"},
+            {"after": ""},
+            {"limit": ""},
+        ]:
             with self.subTest(query=query):
                 self.assert_error(self.client.get("/api/events", query, **self.reader), 400, "invalid")
         unknown = self.client.get("/api/events", {"after": "00000000-0000-0000-0000-000000000000"}, **self.reader)

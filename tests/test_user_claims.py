@@ -103,8 +103,11 @@ class UserClaimsApiTests(JsonApiAssertions, TestCase):
         ]:
             with self.subTest(query=query):
                 self.assert_error(self.claims_of("alice", **query), 400, "invalid")
-        # Present but empty: as if absent (the defaults).
-        self.assertEqual(self.claims_of("alice", limit="", cursor="").status_code, 200)
+        # Present but empty: refused, as the schema says (a cursor of one character or more, an integer), where
+        # DRF would read it as absent.
+        for query in [{"cursor": ""}, {"limit": ""}, {"status": ""}, {"limit": "", "cursor": ""}]:
+            with self.subTest(query=query):
+                self.assertIn("Must not be empty", self.assert_error(self.claims_of("alice", **query), 400, "invalid"))
 
     def test_user_ids_with_slashes_and_spaces(self):
         self.give("a/b c", 1)

@@ -31,7 +31,6 @@ import re
 import structlog
 from django.db import DatabaseError, transaction
 from django.http import HttpResponse
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from prometheus_client import Counter
 from rest_framework.renderers import JSONRenderer
@@ -46,6 +45,11 @@ HEADER = "Idempotency-Key"
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Visible ASCII, no spaces: UUIDs, random tokens, "order-1234:retry" all fit.
 KEY_FORMAT = re.compile(r"[\x21-\x7e]{1,255}")
+# What parse_key accepts, as the OpenAPI schema's pattern (ECMA-262 without lookahead, so that client generators
+# and fuzzers can read it): a bare key of KEY_FORMAT but `""` (the quoted form of an empty key), or a key of
+# KEY_FORMAT in the structured-field quotes, which take it to 256 or 257 characters. tests/test_schema.py
+# checks that the two agree.
+SCHEMA_KEY_PATTERN = r'^(?:[!-~]|[!#-~][!-~]|"[!#-~]|[!-~]{3,255}|"[!-~]{254,255}")$'
 # The refusals a retry would hear again (410: a claim whose hold expired or that was released stays so).
 STORED_STATUSES = frozenset({400, 403, 404, 409, 410})
 
@@ -59,11 +63,12 @@ _renderer = JSONRenderer()
 
 SCHEMA_PARAMETER = OpenApiParameter(
     HEADER,
-    OpenApiTypes.STR,
+    {"type": "string", "pattern": SCHEMA_KEY_PATTERN},
     OpenApiParameter.HEADER,
-    description="Makes the request safe to retry: 1 to 255 visible ASCII characters (a UUID, say), new for each"
-    " new request. Sent again with the same request (method, path, body) within IDEMPOTENCY_TTL, the first answer"
-    " is replayed byte for byte with `Idempotent-Replayed: true`, and the request has its effect only once.",
+    description="Makes the request safe to retry: 1 to 255 visible ASCII characters (a UUID, say; no spaces), new"
+    ' for each new request, optionally in double quotes (a structured-field string; `""` is no key). Sent again'
+    " with the same request (method, path, body) within IDEMPOTENCY_TTL, the first answer is replayed byte for"
+    " byte with `Idempotent-Replayed: true`, and the request has its effect only once.",
 )
 
 

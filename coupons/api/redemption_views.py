@@ -14,6 +14,7 @@ from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOrKeyToDelete, operator_name
 from coupons.api.serializers import (
     CLAIM_CODE,
+    CLAIM_CODE_SCHEMA,
     AlreadyRedeemedErrorSerializer,
     RedemptionInputSerializer,
     RedemptionSerializer,
@@ -24,7 +25,7 @@ from coupons.claim_codes import normalise_code
 from coupons.selectors import get_redemption
 from coupons.services import redeem_claim, undo_redemption
 
-CODE_PARAMETER = OpenApiParameter("code", str, OpenApiParameter.PATH, description=CLAIM_CODE)
+CODE_PARAMETER = OpenApiParameter("code", CLAIM_CODE_SCHEMA, OpenApiParameter.PATH, description=CLAIM_CODE)
 NOT_FOUND = error_response_schema("No claim has this code (code_not_found).")
 MALFORMED = error_response_schema("Not a code: another alphabet, the wrong length, a control character (invalid).")
 
@@ -87,6 +88,8 @@ class RedemptionDetailApi(StaffOrKeyToDelete, ApiKeyRequired, APIView):
         summary="Undo a redemption (its order was cancelled)",
         description="Staff (a DRF token, or an admin session with its CSRF token) or an API key with the `redeem`"
         " scope, never anonymous. The claim is held again: its unit stays taken, its hold keeps its deadline."
+        " The undo deletes the redemption, not the claim: the code is still there, and GET"
+        " /api/redemptions/{code} then answers 200 with `status: held`."
         " The redemption undone is recorded (order, when it was redeemed, when undone, by whom, reason).",
         parameters=[CODE_PARAMETER],
         request=UndoRedemptionInputSerializer,

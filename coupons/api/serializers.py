@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from coupons import extensions
 from coupons.api.error_codes import ErrorCode
-from coupons.claim_codes import format_code, normalise_code
+from coupons.claim_codes import CLAIM_CODE_LENGTH, CODE_PATTERN, format_code, normalise_code
 from coupons.exceptions import MalformedCode
 from coupons.models import MAX_AMOUNT, MAX_HOLD_SECONDS, ClaimStatus
 from coupons.outbox import EVENT_TYPES
@@ -217,7 +217,17 @@ CLAIM_CODE = (
 )
 
 
-@extend_schema_field({"type": "string", "minLength": 16, "maxLength": 32, "example": "7K3M-Q9TD-X2HB-R4WN"})
+# A code as the API reads it, in a body or a path (coupons/claim_codes.py): anything else is a 400.
+CLAIM_CODE_SCHEMA = {
+    "type": "string",
+    "minLength": CLAIM_CODE_LENGTH,
+    "maxLength": 2 * CLAIM_CODE_LENGTH - 1,
+    "pattern": CODE_PATTERN,
+    "example": "7K3M-Q9TD-X2HB-R4WN",
+}
+
+
+@extend_schema_field(CLAIM_CODE_SCHEMA)
 class ClaimCodeField(serializers.Field):
     """In: a code as a person may type it (normalised). Out: grouped, XXXX-XXXX-XXXX-XXXX."""
 
@@ -252,7 +262,26 @@ USER_CLAIMS_PAGE_SIZE = 50
 USER_CLAIMS_MAX_PAGE_SIZE = 100
 
 
-class UserClaimsQuerySerializer(serializers.Serializer):
+class QuerySerializer(serializers.Serializer):
+    """A query string's parameters, none of which may be sent empty.
+
+    DRF reads `?after=` as if `after` were absent, where the schema says a
+    uuid, an integer or a string of at least one character: the API refuses it
+    (400 invalid), as the schema says, rather than answer as if it were not sent.
+    """
+
+    def to_internal_value(self, data):
+        sent_empty = {
+            name: "Must not be empty: leave the parameter out instead."
+            for name in self.fields
+            if "" in data.getlist(name)
+        }
+        if sent_empty:
+            raise serializers.ValidationError(sent_empty)
+        return super().to_internal_value(data)
+
+
+class UserClaimsQuerySerializer(QuerySerializer):
     limit = serializers.IntegerField(
         min_value=1, max_value=USER_CLAIMS_MAX_PAGE_SIZE, default=USER_CLAIMS_PAGE_SIZE, help_text="Claims per page."
     )
@@ -344,6 +373,7 @@ class AlreadyRedeemedErrorSerializer(ErrorSerializer):
 
 class WebhookCreateInputSerializer(InputSerializer):
     url = serializers.CharField(
+        min_length=1,
         max_length=2000,
         help_text="http:// or https:// URL of a public host (no loopback or private address unless"
         " WEBHOOK_ALLOW_PRIVATE is on), without credentials.",
@@ -381,7 +411,7 @@ class WebhookCreatedSerializer(WebhookSerializer):
     )
 
 
-class EventsQuerySerializer(serializers.Serializer):
+class EventsQuerySerializer(QuerySerializer):
     after = serializers.UUIDField(
         required=False, help_text="The id of the last event you have; absent: from the oldest event kept."
     )

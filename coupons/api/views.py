@@ -67,6 +67,9 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
     @extend_schema(
         operation_id="coupons_create",
         summary="Create a coupon",
+        # Explicit: without it the schema shows the permission mixin's docstring, which speaks to maintainers.
+        description="Anyone, unless COUPON_CREATE_REQUIRES_STAFF is on: then a staff user only (a DRF token, or an"
+        " admin session with its CSRF token).",
         request=CouponCreateInputSerializer,
         responses={
             201: CouponSerializer,
@@ -98,6 +101,8 @@ class ClaimApi(ApiKeyRequired, APIView):
     @extend_schema(
         operation_id="coupons_claim",
         summary="Claim a coupon for a user",
+        description="One unit of the coupon's stock for the user: at most one claim per user and coupon, never more"
+        " claims than the stock. The 201 carries the claim's code, which the shop's checkout redeems.",
         request=ClaimInputSerializer,
         parameters=[
             OpenApiParameter(
@@ -138,12 +143,10 @@ class ClaimApi(ApiKeyRequired, APIView):
         claim = claim_coupon(**claimed, claim_input=claim_input, idempotency=answering(request, granted))
         return granted(claim)
 
-    @extend_schema(
-        operation_id="coupons_retrieve_claim",
-        summary='Read the coupon named "claim"',
-        description="This path is also the claim endpoint; a GET reads the coupon whose name is `claim`.",
-        responses=DETAIL_RESPONSES,
-    )
+    # Out of the schema: GET /api/coupons/{name} with the name `claim` is this very request, and documents it. As
+    # an operation of its own it had no parameter to vary, and its 404 misled clients and fuzzers into
+    # taking it for an endpoint.
+    @extend_schema(exclude=True)
     def get(self, request):
         return coupon_detail_response("claim")
 
@@ -160,7 +163,8 @@ class CouponDetailApi(ApiKeyRequired, APIView):
     @extend_schema(
         operation_id="coupons_retrieve",
         summary="Read a coupon and its claimers",
-        description="The name is percent-encoded in the path (spaces, `/`, `?`, `#`, `%`, non-ASCII).",
+        description="The name is percent-encoded in the path (spaces, `/`, `?`, `#`, `%`, non-ASCII). The coupon"
+        " named `claim` is read here too (`GET /api/coupons/claim`; a POST there claims).",
         responses=DETAIL_RESPONSES,
     )
     def get(self, request, name):
@@ -223,8 +227,11 @@ class UserClaimsApi(ApiKeyRequired, APIView):
         parameters=[UserClaimsQuerySerializer],
         responses={
             200: UserClaimsPageSerializer,
+            # The URL pattern's "." stops at a line break, as Django's own converters do: such a path is no route.
+            404: error_response_schema("A user id holding a line break, which no user id can (not_found)."),
             400: error_response_schema(
-                "`limit` is not an integer from 1 to 100, or `cursor` is not one this API gave out."
+                "`limit` is not an integer from 1 to 100, `cursor` is not one this API gave out, `status` is no"
+                " claim status, or a parameter is sent empty (`?cursor=`): leave it out instead."
             ),
             **COMMON_ERRORS,
         },

@@ -30,6 +30,8 @@ def never_anonymous(scope):
 
 
 NEVER_ANONYMOUS = never_anonymous("webhooks")
+# Explicit on each operation: without it the schema shows the permission mixin's docstring (for maintainers).
+NEVER_ANONYMOUS_DESCRIPTION = "Staff, or an API key with the `webhooks` scope: never anonymous."
 
 
 class WebhooksApi(StaffOrKeyWithScope, APIView):
@@ -37,6 +39,7 @@ class WebhooksApi(StaffOrKeyWithScope, APIView):
 
     @extend_schema(
         operation_id="webhooks_list",
+        description=NEVER_ANONYMOUS_DESCRIPTION,
         summary="List the webhook subscriptions",
         responses={200: WebhookSerializer(many=True), **NEVER_ANONYMOUS, **COMMON_ERRORS},
     )
@@ -73,6 +76,7 @@ class WebhookDetailApi(StaffOrKeyWithScope, APIView):
 
     @extend_schema(
         operation_id="webhooks_delete",
+        description=NEVER_ANONYMOUS_DESCRIPTION,
         summary="Delete a webhook subscription",
         responses={
             204: OpenApiResponse(description="Deleted: nothing more is sent to it."),
@@ -103,7 +107,10 @@ class EventsApi(StaffOrKeyWithScope, APIView):
         parameters=[EventsQuerySerializer],
         responses={
             200: EventsPageSerializer,
-            400: error_response_schema("`limit` is not an integer from 1 to 1000, or `after` is no event's id."),
+            400: error_response_schema(
+                "`limit` is not an integer from 1 to 1000, `after` is no event's id (events are kept"
+                " EVENT_RETENTION_DAYS), or a parameter is sent empty (`?after=`): leave it out instead."
+            ),
             **never_anonymous("read"),
             **COMMON_ERRORS,
         },
