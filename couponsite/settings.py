@@ -73,6 +73,8 @@ INSTALLED_APPS = [
     # Before coupons, whose admin unregisters the library's own key model.
     "rest_framework_api_key",
     "coupons",
+    # After coupons: it adds its rules to coupons through coupons/extensions.py.
+    "campaigns",
 ]
 
 MIDDLEWARE = [
