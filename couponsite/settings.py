@@ -226,6 +226,8 @@ warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarn
 
 # Coupon and claim bodies are tiny; anything larger is refused with a 413.
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 16 * 1024)
+# POST /api/coupons/{name}/codes streams its body (1,000,000 codes are ~20 MB): its own limit.
+MAX_CODE_IMPORT_BODY_BYTES = env_int("MAX_CODE_IMPORT_BODY_BYTES", 1024 * 1024 * 1024)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 APPEND_SLASH = False
 

@@ -44,6 +44,7 @@ class ErrorCode(enum.StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
     UNSAFE_WEBHOOK_URL = "unsafe_webhook_url"
+    IMPORT_REJECTED = "import_rejected"
     UNAVAILABLE = "unavailable"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"

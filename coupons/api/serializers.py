@@ -213,11 +213,12 @@ class UndoRedemptionInputSerializer(serializers.Serializer):
 
 CLAIM_CODE = (
     "16 characters of Crockford's base32, shown as XXXX-XXXX-XXXX-XXXX. Read in either case, with or without"
-    " hyphens or spaces, I and L as 1, O as 0."
+    " hyphens or spaces, I and L as 1, O as 0. Or an imported code (the shop's own): 4 to 64 ASCII letters and"
+    " digits, read in either case, hyphens and spaces ignored; shown as imported, upper case."
 )
 
 
-@extend_schema_field({"type": "string", "minLength": 16, "maxLength": 32, "example": "7K3M-Q9TD-X2HB-R4WN"})
+@extend_schema_field({"type": "string", "minLength": 4, "maxLength": 128, "example": "7K3M-Q9TD-X2HB-R4WN"})
 class ClaimCodeField(serializers.Field):
     """In: a code as a person may type it (normalised). Out: grouped, XXXX-XXXX-XXXX-XXXX."""
 
