@@ -1,0 +1,42 @@
+"""The campaigns' admin: live counts, caps set once."""
+
+from django.contrib.auth import get_user_model
+from django.test import TestCase
+
+from campaigns.models import Campaign
+from campaigns.services import create_campaign
+from coupons.services import claim_coupon, create_coupon
+
+
+class CampaignAdminTests(TestCase):
+    def setUp(self):
+        staff = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
+        self.client.force_login(staff)
+
+    def test_the_list_shows_live_counts(self):
+        create_campaign(name="BF", max_claims=10)
+        create_coupon(name="TV", amount=5, options={"campaign": "BF"})
+        claim_coupon(user_id="ann", coupon_name="TV")
+
+        page = self.client.get("/admin/campaigns/campaign/").content.decode()
+
+        self.assertIn("BF", page)
+        self.assertInHTML('<td class="field-taken">1</td>', page)
+        self.assertInHTML('<td class="field-remaining">9</td>', page)
+
+    def test_created_in_the_admin_then_caps_read_only(self):
+        answer = self.client.post(
+            "/admin/campaigns/campaign/add/",
+            {
+                "name": "CM",
+                "max_claims": "5",
+                "max_claims_per_user": "1",
+                "memberships-TOTAL_FORMS": "0",
+                "memberships-INITIAL_FORMS": "0",
+            },
+        )
+        self.assertEqual(answer.status_code, 302)
+        campaign = Campaign.objects.get(name="CM")
+
+        page = self.client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
+        self.assertNotIn('name="max_claims"', page)
