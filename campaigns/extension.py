@@ -28,6 +28,7 @@ a coupon with no campaign is never judged (`applies_to`), so it pays none.
 
 import functools
 
+from django import forms
 from django.db import connection
 from rest_framework import serializers, status
 
@@ -59,6 +60,13 @@ class CampaignExtension(CouponExtension):
             trim_whitespace=False,
             validators=[validate_coupon_name],
             help_text="The name of the campaign the coupon joins (at most one, only when it is created).",
+        )
+    }
+    admin_create_fields = {
+        "campaign": forms.ChoiceField(
+            required=False,
+            choices=lambda: [("", "(none)"), *((n, n) for n in Campaign.objects.values_list("name", flat=True))],
+            help_text="The campaign the coupon joins (only when it is created).",
         )
     }
     http_errors = {

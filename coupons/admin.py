@@ -5,6 +5,8 @@ reads stock from the coupon row (no join with claims), and a coupon's page
 reads one page of its claims.
 """
 
+import copy
+
 import structlog
 from django import forms
 from django.contrib import admin, messages
@@ -23,6 +25,7 @@ from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
+from coupons import extensions
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import CouponError, MalformedCode
 from coupons.exports import claims_csv_response
@@ -173,8 +176,16 @@ class CouponAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            # remaining_amount starts at amount
-            return ("name", "amount", "starts_at", "ends_at", "hold_seconds", "redeem_until")
+            # remaining_amount starts at amount; the extensions' own fields (a campaign...) after the coupon's
+            return (
+                "name",
+                "amount",
+                "starts_at",
+                "ends_at",
+                "hold_seconds",
+                "redeem_until",
+                *extensions.extra_fields("admin_create"),
+            )
         return (
             "name",
             "status",
@@ -214,10 +225,23 @@ class CouponAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)
         return actions
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            # The add form also shows the extensions' fields (coupons/extensions.py: admin_create_fields).
+            extra = {name: copy.deepcopy(field) for name, field in extensions.extra_fields("admin_create").items()}
+            kwargs["form"] = type("CouponAddForm", (self.form,), extra)
+        return super().get_form(request, obj, change, **kwargs)
+
     def save_model(self, request, obj, form, change):
         # Only the add form saves (a coupon's page is read-only): create the
         # coupon the way the API does.
+        options = {
+            name: form.cleaned_data[name]
+            for name in extensions.extra_fields("admin_create")
+            if form.cleaned_data.get(name) not in (None, "")
+        }
         coupon = create_coupon(
+            options=options,
             name=obj.name,
             amount=obj.amount,
             starts_at=obj.starts_at,

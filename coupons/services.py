@@ -81,7 +81,8 @@ def create_coupon(
             }
             events = [NewEvent(COUPON_CREATED, data)]
             for extension in extensions.registered():
-                own = {field: value for field, value in (options or {}).items() if field in extension.create_fields}
+                fields = extension.create_fields.keys() | extension.admin_create_fields.keys()
+                own = {field: value for field, value in (options or {}).items() if field in fields}
                 events.extend(extension.coupon_created(coupon=coupon, options=own))
             record_events(coupon_id=coupon.pk, coupon_name=name, events=events)
             return coupon

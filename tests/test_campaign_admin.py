@@ -3,8 +3,9 @@
 from django.contrib.auth import get_user_model
 from django.test import TestCase
 
-from campaigns.models import Campaign
+from campaigns.models import Campaign, CampaignCoupon
 from campaigns.services import create_campaign
+from coupons.models import Coupon
 from coupons.services import claim_coupon, create_coupon
 
 
@@ -40,3 +41,23 @@ class CampaignAdminTests(TestCase):
 
         page = self.client.get(f"/admin/campaigns/campaign/{campaign.pk}/change/").content.decode()
         self.assertNotIn('name="max_claims"', page)
+
+
+class CouponAddWithCampaignTests(TestCase):
+    def setUp(self):
+        staff = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
+        self.client.force_login(staff)
+
+    def test_the_add_form_offers_the_campaigns_and_the_coupon_joins_one(self):
+        create_campaign(name="BF", max_claims=10)
+        form = {"name": "TV", "amount": "5", "releases-TOTAL_FORMS": "0", "releases-INITIAL_FORMS": "0"}
+
+        self.assertIn('<option value="BF">BF</option>', self.client.get("/admin/coupons/coupon/add/").content.decode())
+        answer = self.client.post("/admin/coupons/coupon/add/", {**form, "campaign": "BF"})
+        self.assertEqual(answer.status_code, 302, answer.content.decode()[-2000:])
+        self.assertEqual(CampaignCoupon.objects.get().coupon.name, "TV")
+
+        # An unknown campaign is a form error: nothing created.
+        answer = self.client.post("/admin/coupons/coupon/add/", {**form, "name": "PC", "campaign": "nope"})
+        self.assertEqual(answer.status_code, 200)
+        self.assertFalse(Coupon.objects.filter(name="PC").exists())
