@@ -27,8 +27,9 @@ from rest_framework_api_key.models import APIKey
 
 from coupons import extensions
 from coupons.claim_codes import format_code, normalise_code
-from coupons.exceptions import CouponError, MalformedCode
+from coupons.exceptions import CouponError, ImportRejected, MalformedCode
 from coupons.exports import claims_csv_response
+from coupons.imported_codes import read_csv, read_json_lines
 from coupons.models import (
     API_KEY_SCOPES,
     LIVE_STATUSES,
@@ -45,7 +46,7 @@ from coupons.models import (
 from coupons.outbox import EVENT_TYPES
 from coupons.sale_windows import SaleStatus, format_utc
 from coupons.selectors import count_claims_by_status, coupon_claims, filter_by_sale_status
-from coupons.services import create_coupon, release_claim, restock_coupon, schedule_sale
+from coupons.services import create_coupon, import_codes, release_claim, restock_coupon, schedule_sale
 from coupons.webhooks import check_url, create_subscription
 
 CLAIMS_PER_PAGE = 50
@@ -101,6 +102,16 @@ class ScheduleForm(forms.ModelForm):
         fields = ("starts_at", "ends_at")
         widgets = {"starts_at": AdminSplitDateTime, "ends_at": AdminSplitDateTime}
         field_classes = {"starts_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+
+
+class ImportCodesForm(forms.Form):
+    file = forms.FileField(
+        help_text="CSV (the code in the first column, an optional header `code`) or JSON lines (a .jsonl or .ndjson"
+        ' file: {"code": "..."} per line). All or nothing.'
+    )
+    amount = forms.IntegerField(
+        required=False, min_value=1, help_text="The stock, if lower than what the codes can serve; empty: all of it."
+    )
 
 
 class RestockForm(forms.Form):
@@ -260,6 +271,11 @@ class CouponAdmin(admin.ModelAdmin):
                 name=f"{prefix}_restock",
             ),
             path(
+                "<path:object_id>/import-codes/",
+                self.admin_site.admin_view(self.import_codes_view),
+                name=f"{prefix}_import_codes",
+            ),
+            path(
                 "<path:object_id>/schedule/",
                 self.admin_site.admin_view(self.schedule_view),
                 name=f"{prefix}_schedule",
@@ -320,7 +336,8 @@ class CouponAdmin(admin.ModelAdmin):
             "form": form,
             "media": self.media + form.media,
         }
-        return TemplateResponse(request, f"admin/coupons/coupon/{operation.lower()}.html", context)
+        template = operation.lower().replace(" ", "_")
+        return TemplateResponse(request, f"admin/coupons/coupon/{template}.html", context)
 
     def restock_view(self, request, object_id):
         coupon = self.get_changeable_coupon(request, object_id)
@@ -342,6 +359,30 @@ class CouponAdmin(admin.ModelAdmin):
                 change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
                 return self.coupon_changed(request, restocked, change)
         return self.coupon_form_page(request, coupon, form, "Restock")
+
+    def import_codes_view(self, request, object_id):
+        """The shop's codes for the coupon's claims, from a CSV or JSON lines file (coupons/imported_codes.py)."""
+        coupon = self.get_changeable_coupon(request, object_id)
+        form = ImportCodesForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            reader = read_json_lines if upload.name.lower().endswith((".jsonl", ".ndjson")) else read_csv
+            try:
+                # The upload is read from Django's temporary file as it goes: never held whole.
+                done = import_codes(coupon_name=coupon.name, rows=reader(upload), amount=form.cleaned_data["amount"])
+            except ImportRejected as exc:
+                form.add_error("file", str(exc))
+                for error in exc.errors[:20]:
+                    form.add_error("file", f"line {error['line']}: {error['reason']} ({error['code']!r})")
+            except CouponError as exc:
+                form.add_error(None, str(exc))
+            else:
+                logger.info(
+                    "codes_imported", coupon=coupon.name, imported=done.imported, operator=request.user.get_username()
+                )
+                change = f"Imported {done.imported} codes: amount {done.amount}, {done.remaining_amount} left."
+                return self.coupon_changed(request, Coupon.objects.get(pk=coupon.pk), change)
+        return self.coupon_form_page(request, coupon, form, "Import codes")
 
     def schedule_view(self, request, object_id):
         coupon = self.get_changeable_coupon(request, object_id)

@@ -1,11 +1,12 @@
 """The campaigns' admin: live counts, caps set once."""
 
 from django.contrib.auth import get_user_model
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.test import TestCase
 
 from campaigns.models import Campaign, CampaignCoupon
 from campaigns.services import create_campaign
-from coupons.models import Coupon
+from coupons.models import Coupon, ImportedCode
 from coupons.services import claim_coupon, create_coupon
 
 
@@ -61,3 +62,25 @@ class CouponAddWithCampaignTests(TestCase):
         answer = self.client.post("/admin/coupons/coupon/add/", {**form, "name": "PC", "campaign": "nope"})
         self.assertEqual(answer.status_code, 200)
         self.assertFalse(Coupon.objects.filter(name="PC").exists())
+
+
+class ImportCodesAdminTests(TestCase):
+    def setUp(self):
+        staff = get_user_model().objects.create_superuser("admin", "a@example.com", "pw")
+        self.client.force_login(staff)
+        self.coupon = create_coupon(name="POS", amount=1)
+        self.url = f"/admin/coupons/coupon/{self.coupon.pk}/import-codes/"
+
+    def test_a_file_is_imported_and_a_bad_one_reported_by_line(self):
+        self.assertEqual(self.client.get(self.url).status_code, 200)
+
+        bad = SimpleUploadedFile("codes.csv", b"code\nGOOD-0001\nab\n", content_type="text/csv")
+        page = self.client.post(self.url, {"file": bad}).content.decode()
+        self.assertIn("line 3: malformed", page)
+        self.assertFalse(ImportedCode.objects.exists())
+
+        good = SimpleUploadedFile("codes.jsonl", b'{"code": "GOOD-0001"}\n"GOOD-0002"\n')
+        answer = self.client.post(self.url, {"file": good})
+        self.assertEqual(answer.status_code, 302)
+        self.assertEqual(Coupon.objects.get(pk=self.coupon.pk).amount, 2)
+        self.assertEqual(claim_coupon(user_id="ann", coupon_name="POS").code, "GOOD0001")
