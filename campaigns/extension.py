@@ -34,6 +34,7 @@ from rest_framework import serializers, status
 
 from campaigns.exceptions import CampaignAlreadyExists, CampaignExhausted, CampaignLimitReached, CampaignNotFound
 from campaigns.models import Campaign, CampaignCoupon
+from coupons.api.error_codes import ErrorCode
 from coupons.extensions import ClaimGroupRule, CouponExtension
 from coupons.models import Claim
 from coupons.outbox import CAMPAIGN_EXHAUSTED, NewEvent
@@ -70,10 +71,10 @@ class CampaignExtension(CouponExtension):
         )
     }
     http_errors = {
-        CampaignExhausted: (status.HTTP_400_BAD_REQUEST, "campaign_exhausted"),
-        CampaignLimitReached: (status.HTTP_409_CONFLICT, "campaign_limit_reached"),
-        CampaignNotFound: (status.HTTP_404_NOT_FOUND, "campaign_not_found"),
-        CampaignAlreadyExists: (status.HTTP_409_CONFLICT, "campaign_exists"),
+        CampaignExhausted: (status.HTTP_400_BAD_REQUEST, ErrorCode.CAMPAIGN_EXHAUSTED),
+        CampaignLimitReached: (status.HTTP_409_CONFLICT, ErrorCode.CAMPAIGN_LIMIT_REACHED),
+        CampaignNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.CAMPAIGN_NOT_FOUND),
+        CampaignAlreadyExists: (status.HTTP_409_CONFLICT, ErrorCode.CAMPAIGN_EXISTS),
     }
 
     def coupon_created(self, *, coupon, options):

@@ -39,7 +39,7 @@ class SchemaTests(SimpleTestCase):
     def test_documents_every_status_code(self):
         self.assertEqual(
             self.statuses("/api/coupons", "post"),
-            {"201", "400", "401", "403", "409", "411", "413", "415", "422", "503"},
+            {"201", "400", "401", "403", "404", "409", "411", "413", "415", "422", "503"},
         )
         self.assertEqual(
             self.statuses("/api/coupons/claim", "post"),

@@ -237,7 +237,10 @@ class ClaimStatementTests(TransactionTestCase):
         sql = self.capture_claim("u1")
 
         self.assertFalse([s for s in sql if "SAVEPOINT" in s.upper()])
-        read, begin, lock, holders, insert, *update_and_event, commit = sql
+        read, applies, begin, lock, holders, insert, *update_and_event, commit = sql
+        # The campaigns app's applies_to (coupons/extensions.py), before the transaction: read per claim until
+        # issue 22's coupon states read it once per state load.
+        self.assertIn("campaigns_campaigncoupon", applies)
         # The stock's UPDATE and the events' INSERT: one statement on PostgreSQL, two on SQLite.
         self.assertEqual(len(update_and_event), 1 if connection.vendor == "postgresql" else 2)
         update = update_and_event[0]
