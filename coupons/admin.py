@@ -5,6 +5,8 @@ reads stock from the coupon row (no join with claims), and a coupon's page
 reads one page of its claims.
 """
 
+import copy
+
 import structlog
 from django import forms
 from django.contrib import admin, messages
@@ -23,9 +25,11 @@ from django.utils.html import format_html
 from rest_framework_api_key.admin import APIKeyModelAdmin
 from rest_framework_api_key.models import APIKey
 
+from coupons import extensions
 from coupons.claim_codes import format_code, normalise_code
-from coupons.exceptions import CouponError, MalformedCode
+from coupons.exceptions import CouponError, ImportRejected, MalformedCode
 from coupons.exports import claims_csv_response
+from coupons.imported_codes import read_csv, read_json_lines
 from coupons.models import (
     API_KEY_SCOPES,
     LIVE_STATUSES,
@@ -42,7 +46,7 @@ from coupons.models import (
 from coupons.outbox import EVENT_TYPES
 from coupons.sale_windows import SaleStatus, format_utc
 from coupons.selectors import count_claims_by_status, coupon_claims, filter_by_sale_status
-from coupons.services import create_coupon, release_claim, restock_coupon, schedule_sale
+from coupons.services import create_coupon, import_codes, release_claim, restock_coupon, schedule_sale
 from coupons.webhooks import check_url, create_subscription
 
 CLAIMS_PER_PAGE = 50
@@ -98,6 +102,16 @@ class ScheduleForm(forms.ModelForm):
         fields = ("starts_at", "ends_at")
         widgets = {"starts_at": AdminSplitDateTime, "ends_at": AdminSplitDateTime}
         field_classes = {"starts_at": forms.SplitDateTimeField, "ends_at": forms.SplitDateTimeField}
+
+
+class ImportCodesForm(forms.Form):
+    file = forms.FileField(
+        help_text="CSV (the code in the first column, an optional header `code`) or JSON lines (a .jsonl or .ndjson"
+        ' file: {"code": "..."} per line). All or nothing.'
+    )
+    amount = forms.IntegerField(
+        required=False, min_value=1, help_text="The stock, if lower than what the codes can serve; empty: all of it."
+    )
 
 
 class RestockForm(forms.Form):
@@ -173,8 +187,16 @@ class CouponAdmin(admin.ModelAdmin):
 
     def get_fields(self, request, obj=None):
         if obj is None:
-            # remaining_amount starts at amount
-            return ("name", "amount", "starts_at", "ends_at", "hold_seconds", "redeem_until")
+            # remaining_amount starts at amount; the extensions' own fields (a campaign...) after the coupon's
+            return (
+                "name",
+                "amount",
+                "starts_at",
+                "ends_at",
+                "hold_seconds",
+                "redeem_until",
+                *extensions.extra_fields("admin_create"),
+            )
         return (
             "name",
             "status",
@@ -214,10 +236,23 @@ class CouponAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)
         return actions
 
+    def get_form(self, request, obj=None, change=False, **kwargs):
+        if obj is None:
+            # The add form also shows the extensions' fields (coupons/extensions.py: admin_create_fields).
+            extra = {name: copy.deepcopy(field) for name, field in extensions.extra_fields("admin_create").items()}
+            kwargs["form"] = type("CouponAddForm", (self.form,), extra)
+        return super().get_form(request, obj, change, **kwargs)
+
     def save_model(self, request, obj, form, change):
         # Only the add form saves (a coupon's page is read-only): create the
         # coupon the way the API does.
+        options = {
+            name: form.cleaned_data[name]
+            for name in extensions.extra_fields("admin_create")
+            if form.cleaned_data.get(name) not in (None, "")
+        }
         coupon = create_coupon(
+            options=options,
             name=obj.name,
             amount=obj.amount,
             starts_at=obj.starts_at,
@@ -234,6 +269,11 @@ class CouponAdmin(admin.ModelAdmin):
                 "<path:object_id>/restock/",
                 self.admin_site.admin_view(self.restock_view),
                 name=f"{prefix}_restock",
+            ),
+            path(
+                "<path:object_id>/import-codes/",
+                self.admin_site.admin_view(self.import_codes_view),
+                name=f"{prefix}_import_codes",
             ),
             path(
                 "<path:object_id>/schedule/",
@@ -296,7 +336,8 @@ class CouponAdmin(admin.ModelAdmin):
             "form": form,
             "media": self.media + form.media,
         }
-        return TemplateResponse(request, f"admin/coupons/coupon/{operation.lower()}.html", context)
+        template = operation.lower().replace(" ", "_")
+        return TemplateResponse(request, f"admin/coupons/coupon/{template}.html", context)
 
     def restock_view(self, request, object_id):
         coupon = self.get_changeable_coupon(request, object_id)
@@ -318,6 +359,30 @@ class CouponAdmin(admin.ModelAdmin):
                 change = f"Restocked: amount {coupon.amount} → {restocked.amount}, {restocked.remaining_amount} left."
                 return self.coupon_changed(request, restocked, change)
         return self.coupon_form_page(request, coupon, form, "Restock")
+
+    def import_codes_view(self, request, object_id):
+        """The shop's codes for the coupon's claims, from a CSV or JSON lines file (coupons/imported_codes.py)."""
+        coupon = self.get_changeable_coupon(request, object_id)
+        form = ImportCodesForm(request.POST or None, request.FILES or None)
+        if request.method == "POST" and form.is_valid():
+            upload = form.cleaned_data["file"]
+            reader = read_json_lines if upload.name.lower().endswith((".jsonl", ".ndjson")) else read_csv
+            try:
+                # The upload is read from Django's temporary file as it goes: never held whole.
+                done = import_codes(coupon_name=coupon.name, rows=reader(upload), amount=form.cleaned_data["amount"])
+            except ImportRejected as exc:
+                form.add_error("file", str(exc))
+                for error in exc.errors[:20]:
+                    form.add_error("file", f"line {error['line']}: {error['reason']} ({error['code']!r})")
+            except CouponError as exc:
+                form.add_error(None, str(exc))
+            else:
+                logger.info(
+                    "codes_imported", coupon=coupon.name, imported=done.imported, operator=request.user.get_username()
+                )
+                change = f"Imported {done.imported} codes: amount {done.amount}, {done.remaining_amount} left."
+                return self.coupon_changed(request, Coupon.objects.get(pk=coupon.pk), change)
+        return self.coupon_form_page(request, coupon, form, "Import codes")
 
     def schedule_view(self, request, object_id):
         coupon = self.get_changeable_coupon(request, object_id)

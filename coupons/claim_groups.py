@@ -44,6 +44,7 @@ from coupons.coupon_states import coupon_states
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
 from coupons.extensions import ClaimMember, CouponExtension
 from coupons.idempotency import Attempt, store_answers
+from coupons.imported_codes import draw_codes, mark_handed_out
 from coupons.models import Claim, ClaimStatus, Coupon
 from coupons.outbox import CLAIM_GRANTED, COUPON_SOLD_OUT, NewEvent, events_insert
 from coupons.sale_windows import SaleWindow, as_utc_datetime, format_utc
@@ -117,10 +118,17 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
     """One try of grant_claims: (outcome per member, the (attempt, answer) pairs stored). Members None are left out."""
     with transaction.atomic():
         try:
-            name, amount, remaining_amount, starts_at, ends_at, hold_seconds, last_sequence = (
+            name, amount, remaining_amount, starts_at, ends_at, hold_seconds, last_sequence, imported = (
                 Coupon.objects.select_for_update(no_key=True)
                 .values_list(
-                    "name", "amount", "remaining_amount", "starts_at", "ends_at", "hold_seconds", "last_event_sequence"
+                    "name",
+                    "amount",
+                    "remaining_amount",
+                    "starts_at",
+                    "ends_at",
+                    "hold_seconds",
+                    "last_event_sequence",
+                    "imported_codes",
                 )
                 .get(pk=coupon_id)
             )
@@ -137,6 +145,8 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
         window = SaleWindow(starts_at, ends_at)
         expires_at = now + timedelta(seconds=hold_seconds) if hold_seconds is not None else None
         rules = _start_rules(coupon_id, user_ids, extensions, prepared, now)
+        # Imported codes (coupons/imported_codes.py): the next unused ones, read under the coupon row lock.
+        codes = draw_codes(coupon_id=coupon_id, count=len(user_ids)) if imported else None
         outcomes, winners, granted = [], [], [[] for _ in rules]
         for position, user_id in enumerate(user_ids):
             if user_id is None:
@@ -145,7 +155,7 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
                 outcomes.append(AlreadyClaimed())  # 409 comes before the window's 403
             elif (refusal := window.refusal(now)) is not None:
                 outcomes.append(refusal)
-            elif len(winners) >= remaining_amount:
+            elif len(winners) >= remaining_amount or (codes is not None and len(winners) >= len(codes)):
                 outcomes.append(OutOfStock())
             elif (refusal := _rules_refusal(rules, position)) is not None:
                 outcomes.append(refusal)  # an extension's (coupons/extensions.py): after the coupon's own answers
@@ -158,7 +168,7 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
                         coupon_id=coupon_id,
                         user_id=user_id,
                         created_at=now,
-                        code=new_claim_code(),
+                        code=new_claim_code() if codes is None else codes[len(winners)][1],
                         expires_at=expires_at,
                     )
                 )
@@ -173,6 +183,8 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
         if keyed and (lost := store_answers(keyed)):
             raise _KeysTakenOver({i for i, a in enumerate(attempts) if a is not None and a.key_id in lost})
         if winners:
+            if codes is not None:
+                mark_handed_out(code_ids=[code_id for code_id, _ in codes[: len(winners)]])
             _insert_claims(winners)
             expires = format_utc(expires_at)
             events = [_granted(claim, expires) for claim in winners]

@@ -104,3 +104,15 @@ class UnsafeWebhookUrl(CouponError):
 
 class WebhookNotFound(CouponError):
     default_message = "No webhook subscription has this id."
+
+
+class ImportRejected(CouponError):
+    """An import of codes refused as a whole (coupons/imported_codes.py): nothing of it was kept."""
+
+    default_message = "The import was refused: nothing of it was kept."
+
+    def __init__(self, message=None, *, errors=(), error_count=0):
+        super().__init__(message)
+        # The first rows refused, by line: {"line", "reason", "code"}; and how many were refused in all.
+        self.errors = list(errors)
+        self.error_count = error_count

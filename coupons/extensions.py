@@ -68,13 +68,17 @@ class CouponExtension:
 
     #: Fields POST /api/coupons accepts for this extension: name -> DRF field (optional fields only).
     create_fields: dict = {}
+    #: Fields of the admin's add-coupon form for this extension: name -> Django form field (optional fields only);
+    #: their cleaned values (empty ones left out) reach coupon_created as create_fields' do.
+    admin_create_fields: dict = {}
     #: Fields POST /api/coupons/claim accepts for this extension (optional): given to prepare_claim.
     claim_fields: dict = {}
     #: Its own CouponError subclasses -> (HTTP status, error `code` string), for coupons/api/errors.py.
     http_errors: dict = {}
 
     def coupon_created(self, *, coupon, options: dict) -> list:
-        """In create_coupon's transaction: `options` holds the create_fields sent. Returns extra events."""
+        """In create_coupon's transaction: `options` holds the create_fields (or admin_create_fields) sent. Returns
+        extra events."""
         return []
 
     def coupon_details(self, *, coupon_name: str) -> dict:
@@ -111,7 +115,8 @@ def registered() -> tuple[CouponExtension, ...]:
 
 
 def extra_fields(kind: str) -> dict:
-    """Every extension's `create_fields` or `claim_fields` (kind: "create" or "claim"), by name."""
+    """Every extension's `create_fields`, `claim_fields` or `admin_create_fields` (kind: "create", "claim" or
+    "admin_create"), by name."""
     return {name: field for extension in _registered for name, field in getattr(extension, f"{kind}_fields").items()}
 
 

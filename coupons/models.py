@@ -3,10 +3,10 @@ import uuid
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models.functions import Length
-from django.db.models.lookups import Exact
+from django.db.models.lookups import GreaterThanOrEqual, LessThanOrEqual
 from rest_framework_api_key.models import AbstractAPIKey
 
-from coupons.claim_codes import CLAIM_CODE_LENGTH, new_claim_code
+from coupons.claim_codes import MAX_CODE_LENGTH, MIN_CODE_LENGTH, new_claim_code
 from coupons.sale_windows import SaleWindow
 from coupons.validators import validate_coupon_name, validate_identifier_text
 
@@ -47,6 +47,10 @@ class Coupon(models.Model):
     # The `sequence` of the coupon's latest event (coupons/outbox.py), moved
     # under the coupon row lock: its events are numbered 1, 2, 3... with no gap.
     last_event_sequence = models.PositiveIntegerField(default=0, editable=False)
+    # Its claims get imported codes (ImportedCode), drawn in the claim's
+    # transaction, rather than generated ones. Read with the coupon row lock
+    # the claim group takes anyway: a coupon without imported codes pays nothing.
+    imported_codes = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -109,9 +113,10 @@ class Claim(models.Model):
     coupon = models.ForeignKey(Coupon, on_delete=models.PROTECT, related_name="claims", db_index=False)
     created_at = models.DateTimeField(auto_now_add=True)
     # Stored without its hyphens, upper case; shown grouped (XXXX-XXXX-XXXX-XXXX).
-    # The claim path draws it itself (coupons/claim_groups.py); the default
+    # The claim path draws it itself (coupons/claim_groups.py): generated (16
+    # characters), or one of the coupon's imported codes (4 to 64); the default
     # serves rows made through the ORM (scripts, the benchmarks' bulk inserts).
-    code = models.CharField(max_length=CLAIM_CODE_LENGTH, default=new_claim_code, editable=False)
+    code = models.CharField(max_length=MAX_CODE_LENGTH, default=new_claim_code, editable=False)
     status = models.CharField(max_length=8, choices=ClaimStatus.choices, default=ClaimStatus.HELD)
     # created_at + the coupon's hold_seconds at the time of the claim; None: held for ever.
     expires_at = models.DateTimeField(null=True, blank=True)
@@ -133,7 +138,9 @@ class Claim(models.Model):
             ),
             models.UniqueConstraint(fields=["code"], name="claim_code_unique"),
             models.CheckConstraint(
-                condition=Exact(Length("code"), CLAIM_CODE_LENGTH), name="claim_code_has_its_length"
+                condition=models.Q(GreaterThanOrEqual(Length("code"), MIN_CODE_LENGTH))
+                & models.Q(LessThanOrEqual(Length("code"), MAX_CODE_LENGTH)),
+                name="claim_code_has_a_code_length",
             ),
             models.CheckConstraint(condition=models.Q(status__in=ClaimStatus.values), name="claim_status_known"),
             # Redeemed: when (and maybe for which order). Held or expired: never
@@ -183,6 +190,35 @@ class Claim(models.Model):
     @property
     def is_live(self):
         return self.status in LIVE_STATUSES
+
+
+class ImportedCode(models.Model):
+    """A code the shop already holds (a point-of-sale run, a partner's), imported for a coupon's claims
+    (coupons/imported_codes.py): handed out once, to one granted claim, in the claim's transaction."""
+
+    coupon = models.ForeignKey(Coupon, on_delete=models.CASCADE, related_name="imported_code_set", db_index=False)
+    # Normalised as lookups normalise (coupons/claim_codes.py): upper case, no hyphens or spaces.
+    code = models.CharField(max_length=MAX_CODE_LENGTH)
+    # Given to a claim (whose `code` it now is): never handed out again, even once that claim is released.
+    handed_out = models.BooleanField(default=False)
+
+    class Meta:
+        constraints = [
+            # Unique across the service's imports; the claims' own unique index covers generated codes.
+            models.UniqueConstraint(fields=["code"], name="imported_code_unique"),
+            models.CheckConstraint(
+                condition=models.Q(GreaterThanOrEqual(Length("code"), MIN_CODE_LENGTH))
+                & models.Q(LessThanOrEqual(Length("code"), MAX_CODE_LENGTH)),
+                name="imported_code_has_a_code_length",
+            ),
+        ]
+        indexes = [
+            # The next codes to hand out, in import order (coupons/claim_groups.py).
+            models.Index(fields=["coupon", "id"], condition=models.Q(handed_out=False), name="imported_code_unused"),
+        ]
+
+    def __str__(self):
+        return self.code
 
 
 class ClientApiKey(AbstractAPIKey):

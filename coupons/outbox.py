@@ -48,6 +48,9 @@ COUPON_RESTOCKED = "coupon.restocked"
 CLAIM_EXPIRED = "claim.expired"
 REDEMPTION_REDEEMED = "redemption.redeemed"
 REDEMPTION_UNDONE = "redemption.undone"
+# Written by the campaigns app (campaigns/extension.py) in a claim group's transaction; named here so that
+# webhook subscriptions and GET /api/events may filter on it.
+CAMPAIGN_EXHAUSTED = "campaign.exhausted"
 EVENT_TYPES = (
     COUPON_CREATED,
     CLAIM_GRANTED,
@@ -57,6 +60,7 @@ EVENT_TYPES = (
     CLAIM_EXPIRED,
     REDEMPTION_REDEEMED,
     REDEMPTION_UNDONE,
+    CAMPAIGN_EXHAUSTED,
 )
 
 # The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).

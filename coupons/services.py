@@ -1,13 +1,14 @@
 """Writes: every change to coupons and claims goes through these functions."""
 
 import dataclasses
+from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
 from django.db.models import F
 from django.db.models.functions import Now
 
-from coupons import extensions
+from coupons import extensions, imported_codes
 from coupons.claim_codes import format_code
 from coupons.claim_groups import claim_groups
 from coupons.coupon_states import coupon_changed, coupon_states
@@ -19,6 +20,7 @@ from coupons.exceptions import (
     CodeNotFound,
     CouponAlreadyExists,
     CouponNotFound,
+    ImportRejected,
     NotRedeemed,
     RedemptionClosed,
 )
@@ -78,7 +80,8 @@ def create_coupon(
             }
             events = [NewEvent(COUPON_CREATED, data)]
             for extension in extensions.registered():
-                own = {field: value for field, value in (options or {}).items() if field in extension.create_fields}
+                fields = extension.create_fields.keys() | extension.admin_create_fields.keys()
+                own = {field: value for field, value in (options or {}).items() if field in fields}
                 events.extend(extension.coupon_created(coupon=coupon, options=own))
             record_events(coupon_id=coupon.pk, coupon_name=name, events=events)
             coupon_changed(coupon_id=coupon.pk, name=name)  # processes that answered 404 for the name forget it
@@ -324,3 +327,76 @@ def _check_holds_its_unit(claim, now):
         now is not None and claim.expires_at is not None and now >= claim.expires_at
     ):
         raise ClaimExpired(f"This claim's hold expired at {format_utc(claim.expires_at)}: its unit goes back to stock.")
+
+
+@dataclasses.dataclass(frozen=True)
+class CodeImport:
+    coupon_name: str
+    imported: int  # codes this import added
+    unused_codes: int  # the coupon's imported codes not handed out yet
+    amount: int
+    remaining_amount: int
+
+
+def import_codes(*, coupon_name: str, rows: Iterable[tuple[int, str | None]], amount: int | None = None) -> CodeImport:
+    """Import the shop's codes for the coupon's claims: all of them, or none (ImportRejected says which rows, by line).
+
+    `rows` are (line number, the code's text, None if the row has none), read
+    as they come (coupons/imported_codes.py: streamed into a staging table,
+    then checked and inserted set-wise). Refused: malformed codes, a code
+    twice in the rows, a code already in use (imported before, by any
+    coupon, or a claim's). Then, under the coupon row lock, its claims draw
+    imported codes, and its stock is what its codes can serve: `amount` =
+    the units its live claims hold + its unused codes, or the operator's
+    `amount` if lower (never below what is claimed); `remaining_amount`
+    moves with it, with a `coupon.restocked` event.
+    """
+    if not Coupon.objects.filter(name=coupon_name).exists():
+        raise CouponNotFound()  # before a byte of the body is read
+    with transaction.atomic():
+        imported_codes.lock_imports()
+        reported = []
+        staged, malformed = imported_codes.stage(rows, reported)
+        if staged + malformed == 0:
+            raise ImportRejected("No codes were sent.")
+        coupon_id = Coupon.objects.filter(name=coupon_name).values_list("pk", flat=True).first()
+        if coupon_id is None:
+            raise CouponNotFound()  # deleted while the codes were read
+        savepoint = transaction.savepoint()
+        inserted = 0 if malformed else imported_codes.insert_staged(coupon_id=coupon_id)
+        if malformed or inserted != staged or imported_codes.any_generated_in_use():
+            # Our rows out again, so that the report sees the codes in use as they were before this import.
+            transaction.savepoint_rollback(savepoint)
+            found, total = imported_codes.staged_errors(room=imported_codes.MAX_REPORTED_ERRORS)
+            errors = sorted(reported + found, key=lambda error: error["line"])[: imported_codes.MAX_REPORTED_ERRORS]
+            raise ImportRejected(
+                f"{malformed + total} rows were refused (the first {len(errors)} are listed by line):"
+                " nothing was imported.",
+                errors=errors,
+                error_count=malformed + total,
+            )
+        transaction.savepoint_commit(savepoint)
+        # Last, and briefly: claims of the coupon went on while the codes were read.
+        coupon = Coupon.objects.select_for_update(no_key=True).get(pk=coupon_id)
+        claimed = coupon.claimed_amount
+        unused = imported_codes.unused_count(coupon_id=coupon_id)
+        most = claimed + unused
+        if amount is not None and amount > most:
+            raise ImportRejected(f"The amount cannot be more than the {most} units the coupon's codes can serve.")
+        if amount is not None and amount < claimed:
+            raise AmountBelowClaimed(f"The amount cannot be lower than the {claimed} units already claimed.")
+        amount_before, remaining_before = coupon.amount, coupon.remaining_amount
+        coupon.amount = most if amount is None else amount
+        coupon.remaining_amount = coupon.amount - claimed
+        coupon.imported_codes = True
+        coupon.save(update_fields=["amount", "remaining_amount", "imported_codes"])
+        events = [
+            NewEvent(
+                COUPON_RESTOCKED,
+                {"amount_before": amount_before, "amount": coupon.amount, "remaining_amount": coupon.remaining_amount},
+            )
+        ]
+        if remaining_before > 0 and coupon.remaining_amount == 0:
+            events.append(NewEvent(COUPON_SOLD_OUT, {"amount": coupon.amount}))
+        record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=events)
+    return CodeImport(coupon_name, inserted, unused, coupon.amount, coupon.remaining_amount)

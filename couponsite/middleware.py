@@ -29,6 +29,13 @@ class RequestBodyLimitMiddleware:
                 "Send the body with a Content-Length: chunked bodies are refused.", 411, ErrorCode.LENGTH_REQUIRED
             )
         limit = settings.MAX_REQUEST_BODY_BYTES
+        if request.method == "POST" and (
+            (request.path.startswith("/api/coupons/") and request.path.endswith("/codes"))
+            or (request.path.startswith(settings.ADMIN_PATH) and request.path.endswith("/import-codes/"))
+        ):
+            # A code import is streamed by its view (the admin's from Django's temporary upload file), never held
+            # in memory (coupons/imported_codes.py).
+            limit = settings.MAX_CODE_IMPORT_BODY_BYTES
         if content_length > limit:
             return json_error(f"Request body too large: the limit is {limit} bytes.", 413, ErrorCode.PAYLOAD_TOO_LARGE)
         return self.get_response(request)

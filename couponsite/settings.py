@@ -73,6 +73,8 @@ INSTALLED_APPS = [
     # Before coupons, whose admin unregisters the library's own key model.
     "rest_framework_api_key",
     "coupons",
+    # After coupons: it adds its rules to coupons through coupons/extensions.py.
+    "campaigns",
 ]
 
 MIDDLEWARE = [
@@ -235,6 +237,12 @@ warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarn
 
 # Coupon and claim bodies are tiny; anything larger is refused with a 413.
 MAX_REQUEST_BODY_BYTES = env_int("MAX_REQUEST_BODY_BYTES", 16 * 1024)
+# POST /api/coupons/{name}/codes streams its body (1,000,000 codes are ~20 MB): its own limit.
+MAX_CODE_IMPORT_BODY_BYTES = env_int("MAX_CODE_IMPORT_BODY_BYTES", 1024 * 1024 * 1024)
+# Seconds an import may run its statements and wait for locks, and its client pause its upload
+# (coupons/imported_codes.py).
+CODE_IMPORT_TIMEOUT = env_int("CODE_IMPORT_TIMEOUT", 600)
+CODE_IMPORT_IDLE_TIMEOUT = env_int("CODE_IMPORT_IDLE_TIMEOUT", 30)
 DATA_UPLOAD_MAX_MEMORY_SIZE = MAX_REQUEST_BODY_BYTES
 APPEND_SLASH = False
 

@@ -12,6 +12,7 @@ urlpatterns = [
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api/", include("coupons.api.urls")),
+    path("api/", include("campaigns.api.urls")),
     # GET /metrics: Prometheus text format, every server worker added up,
     # and the stock of live coupons (read at scrape time).
     path("metrics", stock_metrics.metrics, name="prometheus-django-metrics"),

@@ -30,6 +30,7 @@ class CreateCouponApiTests(ApiTestCase):
                 "ends_at": None,
                 "hold_seconds": None,
                 "redeem_until": None,
+                "campaign": None,  # the campaigns app's (campaigns/extension.py): in none
             },
         )
         self.assertEqual(Coupon.objects.get().remaining_amount, 100)
@@ -292,6 +293,7 @@ class CouponDetailApiTests(ApiTestCase):
                 "claimed_by": ["user_2", "user_1", "user_3"],
                 "held_amount": 3,
                 "redeemed_amount": 0,
+                "campaign": None,  # the campaigns app's (campaigns/extension.py): in none
             },
         )
 

@@ -44,6 +44,12 @@ class ErrorCode(enum.StrEnum):
     IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
     IDEMPOTENCY_KEY_IN_USE = "idempotency_key_in_use"
     UNSAFE_WEBHOOK_URL = "unsafe_webhook_url"
+    IMPORT_REJECTED = "import_rejected"
+    # The campaigns app's (campaigns/extension.py: its http_errors), named here so that the schema lists them.
+    CAMPAIGN_LIMIT_REACHED = "campaign_limit_reached"
+    CAMPAIGN_EXHAUSTED = "campaign_exhausted"
+    CAMPAIGN_NOT_FOUND = "campaign_not_found"
+    CAMPAIGN_EXISTS = "campaign_exists"
     UNAVAILABLE = "unavailable"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"

@@ -26,6 +26,7 @@ from coupons.exceptions import (
     CouponNotFound,
     IdempotencyKeyInUse,
     IdempotencyKeyReused,
+    ImportRejected,
     InvalidIdempotencyKey,
     MalformedCode,
     NotRedeemed,
@@ -58,6 +59,7 @@ DOMAIN_ERRORS = {
     IdempotencyKeyInUse: (status.HTTP_409_CONFLICT, ErrorCode.IDEMPOTENCY_KEY_IN_USE),
     UnsafeWebhookUrl: (status.HTTP_400_BAD_REQUEST, ErrorCode.UNSAFE_WEBHOOK_URL),
     WebhookNotFound: (status.HTTP_404_NOT_FOUND, ErrorCode.NOT_FOUND),
+    ImportRejected: (status.HTTP_400_BAD_REQUEST, ErrorCode.IMPORT_REJECTED),
 }
 
 # DRF's own exceptions (and any raised by authentication or permission
@@ -94,6 +96,9 @@ def api_exception_handler(exc, context):
         if isinstance(exc, AlreadyRedeemed):
             # For programs too: when, and for which order (null: none given).
             details = {"redeemed_at": format_utc(exc.redeemed_at), "order_id": exc.order_id or None}
+        if isinstance(exc, ImportRejected):
+            # The rows refused, by line, so that the file can be fixed.
+            details = {"errors": exc.errors, "error_count": exc.error_count}
         return error_response(str(exc), status_code, code, headers=headers, **details)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is down or restarting, a lock or statement timed out,

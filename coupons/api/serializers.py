@@ -14,7 +14,7 @@ from rest_framework import serializers
 
 from coupons import extensions
 from coupons.api.error_codes import ErrorCode
-from coupons.claim_codes import CLAIM_CODE_LENGTH, CODE_PATTERN, format_code, normalise_code
+from coupons.claim_codes import CODE_PATTERN, MAX_CODE_LENGTH, MIN_CODE_LENGTH, format_code, normalise_code
 from coupons.exceptions import MalformedCode
 from coupons.models import MAX_AMOUNT, MAX_HOLD_SECONDS, ClaimStatus
 from coupons.outbox import EVENT_TYPES
@@ -213,15 +213,16 @@ class UndoRedemptionInputSerializer(serializers.Serializer):
 
 CLAIM_CODE = (
     "16 characters of Crockford's base32, shown as XXXX-XXXX-XXXX-XXXX. Read in either case, with or without"
-    " hyphens or spaces, I and L as 1, O as 0."
+    " hyphens or spaces, I and L as 1, O as 0. Or an imported code (the shop's own): 4 to 64 ASCII letters and"
+    " digits, read in either case, hyphens and spaces ignored; shown as imported, upper case."
 )
 
 
 # A code as the API reads it, in a body or a path (coupons/claim_codes.py): anything else is a 400.
 CLAIM_CODE_SCHEMA = {
     "type": "string",
-    "minLength": CLAIM_CODE_LENGTH,
-    "maxLength": 2 * CLAIM_CODE_LENGTH - 1,
+    "minLength": MIN_CODE_LENGTH,
+    "maxLength": 2 * MAX_CODE_LENGTH - 1,
     "pattern": CODE_PATTERN,
     "example": "7K3M-Q9TD-X2HB-R4WN",
 }

@@ -1,5 +1,6 @@
 from django.urls import path, re_path
 
+from coupons.api.code_import_views import CodeImportApi
 from coupons.api.redemption_views import RedemptionApi, RedemptionDetailApi
 from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
 from coupons.api.webhook_views import EventsApi, WebhookDetailApi, WebhooksApi
@@ -13,6 +14,9 @@ urlpatterns = [
     # reads the coupon whose name happens to contain "/claims/". The name is
     # what comes before the first "/claims/"; a user id may hold "/".
     re_path(r"^coupons/(?P<name>.+?)/claims/(?P<user_id>.+)$", ClaimReleaseApi.as_view(), name="claim-release"),
+    # Before the catch-all too: POST imports codes (coupons/imported_codes.py), GET reads the coupon whose name
+    # ends with "/codes".
+    re_path(r"^coupons/(?P<name>.+)/codes$", CodeImportApi.as_view(), name="coupon-codes"),
     # `path` accepts "/" inside a name (sent percent-encoded as %2F).
     path("coupons/<path:name>", CouponDetailApi.as_view(), name="coupon-detail"),
     re_path(r"^users/(?P<user_id>.+)/claims$", UserClaimsApi.as_view(), name="user-claims"),

@@ -79,6 +79,8 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
             ),
             401: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and no valid token or session was sent."),
             403: error_response_schema("COUPON_CREATE_REQUIRES_STAFF is on and the user is not staff."),
+            # An extension's field (coupons/extensions.py) naming something that is not there: nothing is created.
+            404: error_response_schema("The campaign named by `campaign` does not exist (campaign_not_found)."),
             409: error_response_schema("A coupon with this name already exists."),
             **BODY_ERRORS,
             **COMMON_ERRORS,

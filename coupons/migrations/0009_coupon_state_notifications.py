@@ -50,6 +50,6 @@ def on_postgresql(sql):
 
 
 class Migration(migrations.Migration):
-    dependencies = [("coupons", "0007_events_idempotency_keys_webhooks")]
+    dependencies = [("coupons", "0008_imported_codes")]
 
     operations = [migrations.RunPython(on_postgresql(FUNCTION), on_postgresql(DROP))]
