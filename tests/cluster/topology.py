@@ -3,8 +3,9 @@
     etcd1 10.231.0.10   } etcd (v3 API), three members: the store Patroni keeps
     etcd2 10.231.0.13   } its leader key in, which survives losing one member
     etcd3 10.231.0.14   }
-    pg1   10.231.0.11   Patroni + PostgreSQL  } a primary and its synchronous
-    pg2   10.231.0.12   Patroni + PostgreSQL  } standby, whichever is which
+    pg1   10.231.0.11   Patroni + PostgreSQL  } a primary and two standbys
+    pg2   10.231.0.12   Patroni + PostgreSQL  } under quorum commit (a commit
+    pg3   10.231.0.15   Patroni + PostgreSQL  } on two of the three), any order
     app1  10.231.0.21   the service, as `make run` serves it (tests/faults/service.py)
     app2  10.231.0.22   the same
     lb    10.231.0.30   HAProxy: HTTP on :80 to the app hosts, :5000 to the
@@ -49,9 +50,11 @@ HTTP_PORT = 80
 POSTGRES_PORT = 5000
 STATS_PORT = 8404
 APP_PORT = 8000
-HOSTS = {"etcd1": 10, "etcd2": 13, "etcd3": 14, "pg1": 11, "pg2": 12, "app1": 21, "app2": 22, "lb": 30}
+HOSTS = {"etcd1": 10, "etcd2": 13, "etcd3": 14, "pg1": 11, "pg2": 12, "pg3": 15, "app1": 21, "app2": 22, "lb": 30}
 ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")
-DATABASE_HOSTS = ("pg1", "pg2")
+DATABASE_HOSTS = ("pg1", "pg2", "pg3")
+# Patroni's role of a standby that takes part in the quorum (synchronous_mode: quorum).
+STANDBY_ROLE = "quorum_standby"
 APP_HOSTS = ("app1", "app2")
 START_TIMEOUT_SECONDS = 120
 # The Procfile's processes besides the web server: one of each on every app host.
@@ -331,20 +334,25 @@ class Topology:
     def primary(self):
         return next((name for name, m in self.cluster().items() if m["role"] == "leader"), None)
 
+    def streaming_standbys(self, members):
+        """The members Patroni calls quorum standbys, streaming with no lag."""
+        return [
+            name
+            for name, m in members.items()
+            if m["role"] == STANDBY_ROLE and m["state"] in {"running", "streaming"} and m.get("lag") == 0
+        ]
+
     def wait_until_replicated(self, timeout=START_TIMEOUT_SECONDS):
-        """Until one host leads and the other is its synchronous standby, streaming."""
+        """Until one host leads and every other is a quorum standby, streaming."""
 
         def replicated():
             members = self.cluster()
-            roles = sorted(member["role"] for member in members.values())
-            standby_streaming = any(
-                m["role"] == "sync_standby" and m["state"] in {"running", "streaming"} and m.get("lag") == 0
-                for m in members.values()
-            )
-            return roles == ["leader", "sync_standby"] and standby_streaming and members
+            leaders = [name for name, m in members.items() if m["role"] == "leader"]
+            standbys = self.streaming_standbys(members)
+            return len(leaders) == 1 and len(standbys) == len(DATABASE_HOSTS) - 1 and members
 
         try:
-            return wait_for(replicated, timeout, "a primary and a streaming synchronous standby")
+            return wait_for(replicated, timeout, "a primary and streaming quorum standbys")
         except TimeoutError as error:
             logs = "\n".join(f"--- {name}\n{self.log(name)}" for name in DATABASE_HOSTS)
             raise TimeoutError(f"{error}; Patroni says {self.cluster()}\n{logs}") from None
@@ -352,25 +360,21 @@ class Topology:
     def problems(self):
         """What keeps the deployment from being whole (an empty list: healthy).
 
-        Every etcd member healthy; a leader and a synchronous standby
-        streaming with no lag; HAProxy sending PostgreSQL connections to the
+        Every etcd member healthy; a leader and every other database host
+        a quorum standby streaming with no lag; HAProxy sending PostgreSQL connections to the
         leader and requests to every app host.
         """
         found = [f"etcd member {name} not healthy" for name in ETCD_HOSTS if not self.etcd_member_healthy(name)]
         members = self.cluster()
         leaders = [name for name, m in members.items() if m["role"] == "leader" and m["state"] == "running"]
-        standbys = [
-            name
-            for name, m in members.items()
-            if m["role"] == "sync_standby" and m["state"] in {"running", "streaming"} and m.get("lag") == 0
-        ]
-        if len(leaders) != 1 or len(standbys) != 1:
+        standbys = self.streaming_standbys(members)
+        if len(leaders) != 1 or len(standbys) != len(DATABASE_HOSTS) - 1:
             roles = {name: (m["role"], m["state"], m.get("lag")) for name, m in members.items()}
             found.append(f"Patroni: {roles}")
         else:
             # Patroni's view of a standby lags behind (its member key lives
             # `ttl` s): the leader's own replication view is the one to trust.
-            found += self._replication_problems(leaders[0], standbys[0])
+            found += self._replication_problems(leaders[0], standbys)
         servers = self.haproxy_servers()
         if leaders and servers.get(("postgres", leaders[0]), {}).get("status") != "UP":
             found.append(f"HAProxy does not send connections to the leader {leaders[0]}")
@@ -381,7 +385,7 @@ class Topology:
         ]
         return found
 
-    def _replication_problems(self, leader, standby):
+    def _replication_problems(self, leader, standbys):
         try:
             with psycopg.connect(
                 host=self.address(leader), port=5432, user="postgres", password=self.password, dbname="postgres",
@@ -392,9 +396,12 @@ class Topology:
                 ).fetchall()
         except psycopg.Error as error:
             return [f"the leader {leader} does not answer: {error}"]
-        if (standby, "streaming", "sync") not in replicas:
-            return [f"{standby} is not streaming synchronously from {leader}: {replicas}"]
-        return []
+        # PostgreSQL calls a standby named in `ANY n (...)` a quorum standby.
+        return [
+            f"{standby} is not streaming as a quorum standby from {leader}: {replicas}"
+            for standby in standbys
+            if (standby, "streaming", "quorum") not in replicas
+        ]
 
     def wait_until_healthy(self, timeout=START_TIMEOUT_SECONDS):
         """Until problems() is empty; TimeoutError naming what is still broken, with the logs that matter."""
