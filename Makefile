@@ -71,6 +71,12 @@ test-chaos: cluster-tools
 	CLUSTER_TESTS=1 CHAOS_SEED=$(SEED) CHAOS_MINUTES=$(MINUTES) $(BIN)/pytest tests/cluster/test_chaos.py \
 		-o log_cli=true --log-cli-level=INFO
 
+# The recovery drills (tests/cluster/test_restore.py, docs/operator-guide.md):
+# the deployment with its backup host (Barman), a sale, a fault, a restore,
+# and the checker. CI runs one: make test-restore ARGS="-k mistake".
+test-restore: cluster-tools
+	CLUSTER_TESTS=1 RESTORE_TESTS=1 $(BIN)/pytest tests/cluster/test_restore.py $(ARGS)
+
 # The documentation site (mkdocs.yml, docs/): the API reference's schema generated from the service
 # (with the default settings: API_KEYS_REQUIRED adds 401/403 to every operation), then a strict build
 # into site/ (a broken link or anchor, or a page missing from the nav, fails it).

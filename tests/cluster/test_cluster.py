@@ -219,7 +219,7 @@ class ClusterTests(SimpleTestCase):
         }
         self.assertTrue(all(ceilings.values()))
         FIGURES.append(
-            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
+            f"database ceiling under quorum commit (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
             + "; ".join(f"{label} {tps:.0f} claims/s" for label, tps in ceilings.items())
         )
 

@@ -10,6 +10,8 @@
     app2  10.231.0.22   the same
     lb    10.231.0.30   HAProxy: HTTP on :80 to the app hosts, :5000 to the
                         PostgreSQL primary (Patroni's REST check), stats on :8404
+    backup 10.231.0.40  Barman (Topology(backup=True) only): base backups and
+                        WAL streamed from the primary through HAProxy; restores
 
 HAProxy and Patroni run on deploy/haproxy.cfg and deploy/patroni.yml as
 shipped, given their per-host values through the environment. Patroni is
@@ -21,13 +23,16 @@ The faults (kill, pause, resume, cut, reconnect, partition) act on whole
 hosts, as a crashed, frozen or unplugged machine would.
 """
 
+import configparser
 import contextlib
 import csv
 import io
 import json
 import os
 import pwd
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -50,7 +55,18 @@ HTTP_PORT = 80
 POSTGRES_PORT = 5000
 STATS_PORT = 8404
 APP_PORT = 8000
-HOSTS = {"etcd1": 10, "etcd2": 13, "etcd3": 14, "pg1": 11, "pg2": 12, "pg3": 15, "app1": 21, "app2": 22, "lb": 30}
+HOSTS = {
+    "etcd1": 10,
+    "etcd2": 13,
+    "etcd3": 14,
+    "pg1": 11,
+    "pg2": 12,
+    "pg3": 15,
+    "app1": 21,
+    "app2": 22,
+    "lb": 30,
+    "backup": 40,
+}
 ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")
 DATABASE_HOSTS = ("pg1", "pg2", "pg3")
 # Patroni's role of a standby that takes part in the quorum (synchronous_mode: quorum).
@@ -61,6 +77,9 @@ START_TIMEOUT_SECONDS = 120
 WORKERS = ("expire_holds", "deliver_events")
 # Where `make patroni` installs deploy/requirements-patroni.txt (the Makefile passes it on).
 DEFAULT_PATRONI_VENV = "/opt/couponsite-patroni"
+# Where `make barman` installs deploy/requirements-barman.txt, and the server its config names.
+DEFAULT_BARMAN_VENV = "/opt/couponsite-barman"
+BARMAN_SERVER = "coupons"
 
 
 def wait_for(condition, timeout, what):
@@ -86,37 +105,42 @@ def get_json(host, port, path, timeout=2):
         return None
 
 
-def patroni_command():
-    """The pinned Patroni, checked to run as the postgres user before anything is built.
+def pinned_command(name, variable, default_venv):
+    """The pinned program `name` (deploy/requirements-NAME.txt), checked to run as the postgres user first.
 
     Fails at once, saying what to do, rather than after a start timeout.
     """
-    venv = Path(os.environ.get("PATRONI_VENV") or DEFAULT_PATRONI_VENV)
-    patroni = venv / "bin" / "patroni"
+    venv = Path(os.environ.get(variable) or default_venv)
+    program = venv / "bin" / name
     pinned = next(
         line.split("==")[1].strip()
-        for line in (ROOT / "deploy" / "requirements-patroni.txt").read_text().splitlines()
-        if line.startswith("patroni")
+        for line in (ROOT / "deploy" / f"requirements-{name}.txt").read_text().splitlines()
+        if line.startswith(name)
     )
     try:
         version = subprocess.run(
-            as_server_user([str(patroni), "--version"]), capture_output=True, text=True, timeout=60, cwd="/"
+            as_server_user([str(program), "--version"]), capture_output=True, text=True, timeout=60, cwd="/"
         )
     except FileNotFoundError:
         version = None
-    if version is None or version.returncode != 0 or version.stdout.split()[-1:] != [pinned]:
+    if version is None or version.returncode != 0 or pinned not in version.stdout.split():
         detail = "" if version is None else (version.stdout + version.stderr).strip()
         raise RuntimeError(
-            f"Patroni {pinned} must run as the postgres user from {patroni} ({detail or 'not found'}): "
-            "`make patroni` installs it there (PATRONI_VENV picks another place the postgres user can enter)"
+            f"{name} {pinned} must run as the postgres user from {program} ({detail or 'not found'}): "
+            f"`make {name}` installs it there ({variable} picks another place the postgres user can enter)"
         )
-    return [str(patroni)]
+    return [str(program)]
+
+
+def patroni_command():
+    return pinned_command("patroni", "PATRONI_VENV", DEFAULT_PATRONI_VENV)
 
 
 class Topology:
     """Builds the hosts on enter, removes everything on exit (or when the process exits)."""
 
-    def __init__(self, app_workers=2, app_threads=16):
+    def __init__(self, app_workers=2, app_threads=16, backup=False):
+        self.backup = backup
         self.app_workers = app_workers
         self.app_threads = app_threads
         self.password = secrets.token_hex(16)
@@ -125,6 +149,8 @@ class Topology:
 
     def __enter__(self):
         self.patroni = patroni_command()
+        if self.backup:
+            self.barman_command = pinned_command("barman", "BARMAN_VENV", DEFAULT_BARMAN_VENV)
         self.stack = contextlib.ExitStack()
         try:
             self.network = self.stack.enter_context(Network())
@@ -139,6 +165,8 @@ class Topology:
             self.wait_until_replicated()
             self._create_database()
             self._start_haproxy()
+            if self.backup:
+                self.start_backup_host()
             result = manage("migrate", "--noinput", DATABASE_URL=self.database_url(self.address("lb")))
             if result.returncode != 0:
                 raise RuntimeError(f"migrate failed:\n{result.stderr}")
@@ -291,6 +319,73 @@ class Topology:
         for worker in WORKERS:
             self._spawn(f"{name}-{worker}", name, [sys.executable, "manage.py", worker], service.environment, cwd=ROOT)
 
+    # The backup host ---------------------------------------------------------
+
+    def start_backup_host(self):
+        """Barman on deploy/barman.conf with this run's paths and addresses, `barman cron` every second.
+
+        Every second rather than every minute: a WAL streamer that died (a
+        failover broke its connection) is back within a second.
+        """
+        home = self.directory / "backup"
+        postgres = pwd.getpwnam("postgres")
+        for directory in (home, home / "barman"):
+            directory.mkdir(exist_ok=True)
+            os.chown(directory, postgres.pw_uid, postgres.pw_gid)
+        passfile = home / "pgpass"
+        passfile.write_text(f"*:*:*:postgres:{self.password}\n*:*:*:replicator:{self.password}\n")
+        passfile.chmod(0o600)
+        os.chown(passfile, postgres.pw_uid, postgres.pw_gid)
+        config = configparser.ConfigParser(interpolation=None)
+        config.read(ROOT / "deploy" / "barman.conf")
+        config["barman"].update(
+            barman_user="postgres",
+            barman_home=str(home / "barman"),
+            log_file=str(home / "barman.log"),
+            path_prefix=os.path.dirname(server_binary("pg_receivewal")),
+        )
+        for key in ("conninfo", "streaming_conninfo"):
+            value = config[BARMAN_SERVER][key].replace("host=lb ", f"host={self.address('lb')} ")
+            config[BARMAN_SERVER][key] = re.sub(r"passfile=\S+", f"passfile={passfile}", value)
+        with open(home / "barman.conf", "w") as file:
+            config.write(file)
+        cron = shlex.join([*self.barman_command, "-c", str(home / "barman.conf"), "-q", "cron"])
+        loop = f"while :; do {cron}; sleep 1; done"
+        self._spawn("backup", "backup", as_server_user(["bash", "-c", loop]), {}, cwd=home)
+        self.wait_until_streaming_wal()
+
+    def barman(self, *args, timeout=300):
+        """`barman ARGS` on the backup host as the postgres user; the CompletedProcess (check it)."""
+        home = self.directory / "backup"
+        command = [*self.barman_command, "-c", str(home / "barman.conf"), *args]
+        return subprocess.run(
+            [*self.network.launcher("backup"), *as_server_user(command)],
+            capture_output=True, text=True, timeout=timeout, cwd=home,
+        )  # fmt: skip
+
+    def barman_check(self):
+        """{check: (ok, detail)} from `barman check`."""
+        checks = {}
+        for line in self.barman("check", BARMAN_SERVER).stdout.splitlines():
+            name, _, result = line.strip().partition(": ")
+            if result:
+                checks[name] = (result.startswith("OK"), result)
+        return checks
+
+    def wait_until_streaming_wal(self, timeout=START_TIMEOUT_SECONDS):
+        """Until Barman streams WAL through its slot (its checks pass but those that need a backup or an archived
+        segment)."""
+        needs_a_backup = {"minimum redundancy requirements", "WAL archive", "backup maximum age", "wal maximum age"}
+
+        def streaming():
+            checks = self.barman_check()
+            return checks and all(ok for name, (ok, _) in checks.items() if name not in needs_a_backup)
+
+        try:
+            wait_for(streaming, timeout, "Barman streaming WAL")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}: {self.barman_check()}\n{self.log('backup')}") from None
+
     def restart_host(self, name):
         """Start the host's service again, as a rebooted machine would (on the data it kept)."""
         if name in ETCD_HOSTS:
@@ -299,6 +394,8 @@ class Topology:
             self.start_database_host(name)
         elif name in APP_HOSTS:
             self.start_app_host(name)
+        elif name == "backup":
+            self.start_backup_host()
         else:
             raise ValueError(f"{name} cannot be restarted")
 
