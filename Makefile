@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore docs docs-serve
+.PHONY: run test superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
 
 # The Procfile's processes (web server, hold expiry worker, webhook delivery worker) under honcho, the venv's commands first.
 run: $(VENV)/.installed
@@ -26,13 +26,12 @@ capacity: $(VENV)/.installed
 	$(BIN)/python bench/capacity.py $(ARGS)
 
 # A pinned requirements file $(1) in a virtualenv $(2) of its own on Debian's
-# python3, outside the checkout: the postgres user runs what is in it, and a
-# checkout may sit where that user cannot enter (root's home). Its system
-# site-packages are visible: Barman's psycopg2 is Debian's (python3-psycopg2),
-# not one compiled from source. Rebuilt only when the file changed.
+# python3 (with `python3 -m venv` options $(3)), outside the checkout: the
+# postgres user runs what is in it, and a checkout may sit where that user
+# cannot enter (root's home). Rebuilt only when the file changed.
 define pinned-venv
 	@cmp -s $(1) $(2)/$(notdir $(1)) || { \
-		rm -rf $(2) && /usr/bin/python3 -m venv --system-site-packages $(2) && \
+		rm -rf $(2) && /usr/bin/python3 -m venv $(3) $(2) && \
 		$(2)/bin/pip install --quiet --disable-pip-version-check -r $(1) && \
 		cp $(1) $(2)/ && chmod -R a+rX $(2); }
 endef
@@ -43,11 +42,13 @@ export PATRONI_VENV
 patroni:
 	$(call pinned-venv,deploy/requirements-patroni.txt,$(PATRONI_VENV))
 
-# Barman, pinned (deploy/requirements-barman.txt): the backup host's tool.
+# Barman, pinned (deploy/requirements-barman.txt): the backup host's tool. Its
+# venv sees the system's site-packages: its psycopg2 is Debian's
+# (python3-psycopg2), not one compiled from source.
 BARMAN_VENV ?= /opt/couponsite-barman
 export BARMAN_VENV
 barman:
-	$(call pinned-venv,deploy/requirements-barman.txt,$(BARMAN_VENV))
+	$(call pinned-venv,deploy/requirements-barman.txt,$(BARMAN_VENV),--system-site-packages)
 
 # The multi-host deployment of deploy/ under failure (tests/cluster,
 # docs/deployment.md): as root, in network namespaces; HAProxy, etcd and PgBouncer
@@ -76,6 +77,11 @@ test-chaos: cluster-tools
 # and the checker. CI runs one: make test-restore ARGS="-k mistake".
 test-restore: cluster-tools
 	CLUSTER_TESTS=1 RESTORE_TESTS=1 $(BIN)/pytest tests/cluster/test_restore.py $(ARGS)
+
+# The restore time (RTO) of a database of CLAIMS claims: written, backed up, every database host lost, restored.
+CLAIMS ?= 1000000
+test-restore-rto: cluster-tools
+	CLUSTER_TESTS=1 RESTORE_TESTS=1 RESTORE_CLAIMS=$(CLAIMS) $(BIN)/pytest tests/cluster/test_restore.py -k large
 
 # The documentation site (mkdocs.yml, docs/): the API reference's schema generated from the service
 # (with the default settings: API_KEYS_REQUIRED adds 401/403 to every operation), then a strict build
