@@ -52,13 +52,16 @@ class QuorumCommitTests(SimpleTestCase):
         cls.lb = cls.topology.address("lb")
 
     def start_sale(self, name):
+        """A sale under way on a whole deployment; (the sale, the primary, a standby, the other standby)."""
         self.topology.wait_until_healthy()
         created = request(self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": 10**6})
         self.assertEqual(created.status, 201, created)
         sale = Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS).__enter__()
         self.addCleanup(sale.stop)
         wait_for(lambda: sale.count(201) >= 100, 60, "the sale under way")
-        return sale
+        primary = self.topology.primary()
+        standby, last = [host for host in self.topology.cluster() if host != primary]
+        return sale, primary, standby, last
 
     def lose_disk(self, host):
         """SIGKILL the host and take its data directory away; at cleanup it starts again on an empty disk."""
@@ -85,9 +88,7 @@ class QuorumCommitTests(SimpleTestCase):
     def test_a_standby_then_the_primarys_disk_loses_nothing_and_the_sale_goes_on(self):
         name = "quorum-one-then-another"
         topology = self.topology
-        sale = self.start_sale(name)
-        primary = topology.primary()
-        standby, last = [host for host in topology.cluster() if host != primary]
+        sale, primary, standby, last = self.start_sale(name)
         topology.kill_host(standby)
         standby_died = time.monotonic()
         time.sleep(ALONE_SECONDS)
@@ -121,9 +122,7 @@ class QuorumCommitTests(SimpleTestCase):
     def test_two_hosts_lost_at_once_stop_writes_and_lose_nothing(self):
         name = "quorum-two-at-once"
         topology = self.topology
-        sale = self.start_sale(name)
-        primary = topology.primary()
-        standby, last = [host for host in topology.cluster() if host != primary]
+        sale, primary, standby, last = self.start_sale(name)
         topology.kill_host(standby)
         self.lose_disk(primary)
         lost_at = time.monotonic()
