@@ -14,7 +14,10 @@ restored rows to the checker (tests/cluster/restore.py):
   operator), then every database host lost with its disk: the latest backup
   and every streamed WAL byte (the unfinished segment too) restored; a
   claim told 201 and missing is counted, and the span it covers is the
-  RPO; the restore's duration is the RTO of a database this size.
+  RPO; the restore's duration is the RTO of a database this size;
+- a base backup started just before a failover: it completes, or fails and
+  is listed FAILED; the next one reaches the new primary unchanged; the
+  latest restores every acknowledged claim.
 
 `make test-restore` runs both (as root); CI runs the first
 (`make test-restore ARGS="-k mistake"`). With RESTORE_CLAIMS=N (`make
@@ -25,6 +28,7 @@ import datetime
 import os
 import shutil
 import time
+from concurrent.futures import ThreadPoolExecutor
 from unittest import skipUnless
 
 import psycopg
@@ -155,16 +159,19 @@ class RestoreDrills(SimpleTestCase):
             f" after it; {verdict.rows} rows, stock consistent; recover + replay + promotion {took:.1f} s"
         )
 
-    def test_every_database_host_lost_after_a_failover_restores_every_acknowledged_claim(self):
-        name = "restore-all-lost"
-        sale = self.start_sale(name)
-        self.back_up()
+    def fail_over(self, sale):
+        """The primary's PostgreSQL SIGKILLed mid-sale; returns (old primary, new primary) once claims go on."""
         old_primary = self.topology.primary()
         failed_over = time.monotonic()
         kill_postmaster_and_backends(self.topology.directory / old_primary / "data")
         wait_for(lambda: sale.count(201, sent_after=failed_over + 1) >= 200, 120, "claims on the new primary")
         new_primary = self.topology.primary()
-        for host in DATABASE_HOSTS:  # every database host and its disk, at once, mid-sale
+        self.assertNotEqual(new_primary, old_primary)
+        return old_primary, new_primary
+
+    def lose_every_database_host_and_restore(self, sale, name):
+        """Every database host and its disk lost at once, mid-sale; the restore checked; (verdict, seconds)."""
+        for host in DATABASE_HOSTS:
             self.topology.kill_host(host)
         lost_at = time.time()
         for host in DATABASE_HOSTS:
@@ -174,15 +181,50 @@ class RestoreDrills(SimpleTestCase):
 
         took = self.restore()
         verdict = check_restore(answers, self.restored_rows(name), kept_until=lost_at)
-
-        self.assertNotEqual(new_primary, old_primary)
         lost = ", ".join(verdict.lost[:5])
         self.assertEqual(verdict.anomalies, [], f"RPO {verdict.rpo_seconds:.2f} s ({lost})")
+        return verdict, took
+
+    def test_every_database_host_lost_after_a_failover_restores_every_acknowledged_claim(self):
+        name = "restore-all-lost"
+        sale = self.start_sale(name)
+        self.back_up()
+        old_primary, new_primary = self.fail_over(sale)
+
+        verdict, took = self.lose_every_database_host_and_restore(sale, name)
+
         FIGURES.append(
             f"every database host lost (after a failover {old_primary} -> {new_primary}, which the WAL stream"
             f" followed): barman recover of the latest backup + streamed WAL: {verdict.told_201} claims answered 201,"
             f" {len(verdict.lost)} missing (RPO {verdict.rpo_seconds:.2f} s); {verdict.rows} rows, stock consistent;"
             f" recover + replay + promotion {took:.1f} s"
+        )
+
+    def test_a_backup_taken_during_a_failover(self):
+        """`barman backup` while the primary's PostgreSQL is SIGKILLed: it either completes, or fails and says so
+        (never a backup listed as done that is not); the next one, with no change anywhere, reaches the new primary;
+        the latest is restorable with every acknowledged claim."""
+        name = "restore-backup-in-failover"
+        sale = self.start_sale(name)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            backup = pool.submit(self.topology.barman, "backup", BARMAN_SERVER, "--wait", "--wait-timeout", "120")
+            time.sleep(1)  # pg_basebackup under way (a backup here takes about 6 s)
+            old_primary, new_primary = self.fail_over(sale)
+            first = backup.result()
+        listed = self.barman("list-backups", BARMAN_SERVER).splitlines()
+        failed = [line.split()[1] for line in listed if "FAILED" in line]
+        self.assertEqual(bool(failed), first.returncode != 0, "a backup that failed is listed FAILED, and only then")
+        for backup_id in failed:  # `barman check` fails while a failed backup is kept: the operator deletes it
+            self.barman("delete", BARMAN_SERVER, backup_id)
+        self.back_up()
+
+        verdict, took = self.lose_every_database_host_and_restore(sale, name)
+
+        FIGURES.append(
+            f"a backup during a failover ({old_primary} -> {new_primary}):"
+            f" {'failed and listed FAILED' if first.returncode else 'completed'}; the next one, unchanged config,"
+            f" from {new_primary}; every database host then lost: {verdict.told_201} claims answered 201,"
+            f" {len(verdict.lost)} missing; restore {took:.1f} s"
         )
 
     @skipUnless(os.environ.get("RESTORE_CLAIMS"), "make test-restore-rto (RESTORE_CLAIMS=N claims) measures it")
