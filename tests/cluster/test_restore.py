@@ -33,6 +33,7 @@ from unittest import skipUnless
 
 import psycopg
 from django.test import SimpleTestCase
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.cluster.restore import check_restore, wall_clock
 from tests.cluster.sale import FIGURES, Sale
@@ -77,6 +78,16 @@ class RestoreDrills(SimpleTestCase):
         checks = self.topology.barman_check()
         self.assertTrue(checks and all(ok for ok, _ in checks.values()), checks)
         return took
+
+    def backup_stream_metrics(self):
+        """{series: value} of the backup stream, as an app host's /metrics reports it (coupons/stock_metrics.py)."""
+        reply = self.topology.app_hosts["app1"].request("GET", "/metrics")
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(reply.body)
+            for sample in family.samples
+            if sample.name.startswith("coupon_backup_")
+        }
 
     def restore(self, *target):
         """`barman recover` of the latest backup into a fresh data directory, every streamed WAL byte fetched with
@@ -135,6 +146,11 @@ class RestoreDrills(SimpleTestCase):
         name = "restore-mistake"
         sale = self.start_sale(name)
         self.back_up()
+        # Mid-sale, the stream is up and well under a segment (16 MB) behind: the archive lags by WAL records.
+        stream = wait_for(
+            lambda: (m := self.backup_stream_metrics()).get("coupon_backup_wal_streaming") == 1 and m, 60, "stream"
+        )
+        self.assertLess(stream["coupon_backup_wal_lag_bytes"], 16 * 2**20, stream)
         wait_for(lambda: sale.count(201) >= 400, 60, "claims after the backup")
         before_mistake = time.time()
         with self.topology.connect_primary() as connection:
@@ -156,7 +172,8 @@ class RestoreDrills(SimpleTestCase):
         FIGURES.append(
             f"point-in-time recovery: every claim deleted mid-sale ({deleted} rows); barman recover to the"
             f" instant before it: all {verdict.told_201} claims answered 201 before it back, none of the {after} sent"
-            f" after it; {verdict.rows} rows, stock consistent; recover + replay + promotion {took:.1f} s"
+            f" after it; {verdict.rows} rows, stock consistent; recover + replay + promotion {took:.1f} s; the WAL"
+            f" stream {stream['coupon_backup_wal_lag_bytes']:.0f} bytes behind mid-sale (an app host's /metrics)"
         )
 
     def fail_over(self, sale):
