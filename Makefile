@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity patroni cluster-tools test-cluster test-chaos docs docs-serve
+.PHONY: run test superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
 
 # The Procfile's processes (web server, hold expiry worker, webhook delivery worker) under honcho, the venv's commands first.
 run: $(VENV)/.installed
@@ -25,26 +25,40 @@ capacity: $(VENV)/.installed
 	$(BIN)/pip install --quiet -r requirements-bench.txt
 	$(BIN)/python bench/capacity.py $(ARGS)
 
-# Patroni, pinned (deploy/requirements-patroni.txt), in a virtualenv of its
-# own on Debian's python3, outside the checkout: the postgres user runs it,
-# and a checkout may sit where that user cannot enter (root's home).
+# A pinned requirements file $(1) in a virtualenv $(2) of its own on Debian's
+# python3 (with `python3 -m venv` options $(3)), outside the checkout: the
+# postgres user runs what is in it, and a checkout may sit where that user
+# cannot enter (root's home). Rebuilt only when the file changed.
+define pinned-venv
+	@cmp -s $(1) $(2)/$(notdir $(1)) || { \
+		rm -rf $(2) && /usr/bin/python3 -m venv $(3) $(2) && \
+		$(2)/bin/pip install --quiet --disable-pip-version-check -r $(1) && \
+		cp $(1) $(2)/ && chmod -R a+rX $(2); }
+endef
+
+# Patroni, pinned (deploy/requirements-patroni.txt).
 PATRONI_VENV ?= /opt/couponsite-patroni
 export PATRONI_VENV
 patroni:
-	@cmp -s deploy/requirements-patroni.txt $(PATRONI_VENV)/requirements-patroni.txt || { \
-		rm -rf $(PATRONI_VENV) && /usr/bin/python3 -m venv $(PATRONI_VENV) && \
-		$(PATRONI_VENV)/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements-patroni.txt && \
-		cp deploy/requirements-patroni.txt $(PATRONI_VENV)/ && chmod -R a+rX $(PATRONI_VENV); }
+	$(call pinned-venv,deploy/requirements-patroni.txt,$(PATRONI_VENV))
+
+# Barman, pinned (deploy/requirements-barman.txt): the backup host's tool. Its
+# venv sees the system's site-packages: its psycopg2 is Debian's
+# (python3-psycopg2), not one compiled from source.
+BARMAN_VENV ?= /opt/couponsite-barman
+export BARMAN_VENV
+barman:
+	$(call pinned-venv,deploy/requirements-barman.txt,$(BARMAN_VENV),--system-site-packages)
 
 # The multi-host deployment of deploy/ under failure (tests/cluster,
 # docs/deployment.md): as root, in network namespaces; HAProxy, etcd and PgBouncer
 # from Debian's packages, Patroni from `make patroni`; pgbench's ceilings use
 # the bench's helpers.
-CLUSTER_PACKAGES = haproxy etcd-server etcd-client pgbouncer iptables python3-venv
+CLUSTER_PACKAGES = haproxy etcd-server etcd-client pgbouncer iptables python3-venv python3-psycopg2
 cluster-tools: $(VENV)/.installed
 	dpkg -s $(CLUSTER_PACKAGES) >/dev/null 2>&1 || (apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y $(CLUSTER_PACKAGES))
 	$(BIN)/pip install --quiet -r requirements-bench.txt
-	@$(MAKE) --no-print-directory patroni
+	@$(MAKE) --no-print-directory patroni barman
 
 test-cluster: cluster-tools
 	CLUSTER_TESTS=1 $(BIN)/pytest tests/cluster
@@ -57,6 +71,17 @@ MINUTES ?= 3
 test-chaos: cluster-tools
 	CLUSTER_TESTS=1 CHAOS_SEED=$(SEED) CHAOS_MINUTES=$(MINUTES) $(BIN)/pytest tests/cluster/test_chaos.py \
 		-o log_cli=true --log-cli-level=INFO
+
+# The recovery drills (tests/cluster/test_restore.py, docs/operator-guide.md):
+# the deployment with its backup host (Barman), a sale, a fault, a restore,
+# and the checker. CI runs one: make test-restore ARGS="-k mistake".
+test-restore: cluster-tools
+	CLUSTER_TESTS=1 RESTORE_TESTS=1 $(BIN)/pytest tests/cluster/test_restore.py $(ARGS)
+
+# The restore time (RTO) of a database of CLAIMS claims: written, backed up, every database host lost, restored.
+CLAIMS ?= 1000000
+test-restore-rto: cluster-tools
+	CLUSTER_TESTS=1 RESTORE_TESTS=1 RESTORE_CLAIMS=$(CLAIMS) $(BIN)/pytest tests/cluster/test_restore.py -k large
 
 # The documentation site (mkdocs.yml, docs/): the API reference's schema generated from the service
 # (with the default settings: API_KEYS_REQUIRED adds 401/403 to every operation), then a strict build

@@ -1,17 +1,19 @@
-"""Stock left of live coupons, claims by status and the webhook backlog, for Prometheus, read from the database at
-each scrape.
+"""Stock left of live coupons, claims by status, the webhook backlog and the backup stream, for Prometheus, read from
+the database at each scrape.
 
 A gauge updated on every claim would cost each claim a write to a metrics
 file; this reads the figures when Prometheus asks instead: four queries
-per scrape, none per request. Live coupons are those with stock left.
+per scrape (a fifth on PostgreSQL, the backup stream's), none per request. Live coupons are those with stock left.
 Every app host reports the same database's figures, so dashboards take
 max(), not sum(), across hosts. Per-coupon series are capped at the most
 recent LABELLED_COUPONS live coupons, so that the number of series stays
 bounded.
 """
 
+import math
+
 import structlog
-from django.db import DatabaseError
+from django.db import DatabaseError, connection
 from django.db.models import Count, Min, Q, Subquery, Sum, Window
 from django.utils import timezone
 from django_prometheus.exports import ExportToDjangoView
@@ -105,10 +107,58 @@ class WebhookBacklogCollector:
         )
 
 
+class BackupStreamCollector:
+    """Whether the backup host streams this database's WAL, and how far behind (deploy/barman.conf).
+
+    Read on the primary the app hosts write to, in one query: the
+    pg_stat_replication row of Barman's pg_receivewal (its application_name)
+    and the WAL its replication slot holds back, which grows while the
+    backup host is away until the primary's disk fills. Unknown (NaN) where
+    there is nothing to read: no stream, no slot, or not PostgreSQL. The
+    database role needs pg_monitor to see the positions (a superuser has it).
+    """
+
+    STREAMER = "barman_receive_wal"
+    SLOT = "barman"
+
+    def collect(self):
+        lag = retained = None
+        if connection.vendor == "postgresql":
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute(
+                        "SELECT (SELECT min(pg_wal_lsn_diff(pg_current_wal_lsn(), flush_lsn)) FROM pg_stat_replication"
+                        " WHERE application_name = %s),"
+                        " (SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn) FROM pg_replication_slots"
+                        " WHERE slot_name = %s)",
+                        [self.STREAMER, self.SLOT],
+                    )
+                    lag, retained = cursor.fetchone()
+            except DatabaseError as exc:
+                logger.warning("backup stream metrics unavailable", error=str(exc))
+                return
+        yield GaugeMetricFamily(
+            "coupon_backup_wal_streaming",
+            "1 while the backup host streams this database's WAL (Barman's pg_receivewal), else 0.",
+            value=int(lag is not None),
+        )
+        yield GaugeMetricFamily(
+            "coupon_backup_wal_lag_bytes",
+            "WAL written on the primary and not yet flushed by the backup host's stream (NaN: no stream).",
+            value=float(lag) if lag is not None else math.nan,
+        )
+        yield GaugeMetricFamily(
+            "coupon_backup_slot_retained_wal_bytes",
+            "WAL the primary keeps for the backup host's replication slot (NaN: no slot).",
+            value=float(retained) if retained is not None else math.nan,
+        )
+
+
 stock_registry = CollectorRegistry(auto_describe=False)
 stock_registry.register(LiveStockCollector())
 stock_registry.register(ClaimStatusCollector())
 stock_registry.register(WebhookBacklogCollector())
+stock_registry.register(BackupStreamCollector())
 
 
 def metrics(request):

@@ -232,7 +232,7 @@ class ClusterComposeTests(SimpleTestCase):
         self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
 
     def test_database_hosts_run_patroni_with_the_shipped_config_and_a_name_each(self):
-        self.assertEqual(len(self.database_hosts), 2)
+        self.assertEqual(len(self.database_hosts), 3, "three: quorum commit keeps a claim on two when one is lost")
         dockerfile = (ROOT / "deploy" / "patroni.Dockerfile").read_text()
         self.assertIn("COPY deploy/patroni.yml /etc/patroni/patroni.yml", dockerfile)
         # The pinned Patroni (deploy/requirements-patroni.txt), not the distribution's.
@@ -250,9 +250,12 @@ class ClusterComposeTests(SimpleTestCase):
                 etcd = [name for name in self.services if name.startswith("etcd")]
                 self.assertEqual(len(etcd), 3, "three etcd members")
                 self.assertEqual(environment["PATRONI_ETCD3_HOSTS"], ",".join(f"{name}:2379" for name in etcd))
-        self.assertEqual(len(names), 2)
+        self.assertEqual(len(names), 3)
         patroni = yaml.safe_load((ROOT / "deploy" / "patroni.yml").read_text())
-        self.assertTrue(patroni["bootstrap"]["dcs"]["synchronous_mode"])
+        # A commit on the primary and one of the two standbys; with both standbys gone, no commit at all.
+        dcs = patroni["bootstrap"]["dcs"]
+        self.assertEqual((dcs["synchronous_mode"], dcs["synchronous_node_count"]), ("quorum", 1))
+        self.assertIs(dcs["synchronous_mode_strict"], True)
         self.assertTrue(patroni["bootstrap"]["dcs"]["failsafe_mode"])
         self.assertEqual(patroni["bootstrap"]["dcs"]["postgresql"]["parameters"]["synchronous_commit"], "on")
         self.assertEqual(patroni["etcd3"]["hosts"], "etcd1:2379,etcd2:2379,etcd3:2379")

@@ -1,3 +1,4 @@
+import math
 from datetime import timedelta
 
 from django.db import connection
@@ -36,9 +37,9 @@ class LiveStockMetricsTests(Scraping, TestCase):
         with CaptureQueriesContext(connection) as queries:
             samples = self.scrape()
 
-        # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests), and
-        # the webhook backlog (tests/test_webhooks.py).
-        self.assertEqual(len(queries), 4)
+        # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests), the
+        # webhook backlog (tests/test_webhooks.py), and on PostgreSQL the backup stream (BackupStreamMetricsTests).
+        self.assertEqual(len(queries), 5 if connection.vendor == "postgresql" else 4)
         self.assertIn("remaining_amount", queries[0]["sql"])
         self.assertEqual(samples[("coupons_live", ())], 2)
         self.assertEqual(samples[("coupon_stock_remaining_total", ())], 4 + 3)
@@ -109,3 +110,15 @@ class ClaimStatusMetricsTests(Scraping, TestCase):
 
         self.assertIn('view="redemption-detail"', metrics)
         self.assertNotIn(code, metrics.upper().replace("-", ""))
+
+
+class BackupStreamMetricsTests(Scraping, TestCase):
+    """No backup host streams the test database: the stream is reported absent and its figures unknown, never 0 (a
+    lag of 0 would say "all streamed"). tests/cluster/test_restore.py reads them with the stream running."""
+
+    def test_no_stream_is_not_streaming_and_the_lag_is_unknown(self):
+        samples = self.scrape()
+
+        self.assertEqual(samples[("coupon_backup_wal_streaming", ())], 0)
+        self.assertTrue(math.isnan(samples[("coupon_backup_wal_lag_bytes", ())]))
+        self.assertTrue(math.isnan(samples[("coupon_backup_slot_retained_wal_bytes", ())]))

@@ -11,10 +11,11 @@ Three parts, as in Jepsen:
 - the nemesis: a seeded schedule of faults, one at a time — SIGKILL,
   SIGSTOP then SIGCONT, and a network cut then healed, of the primary, the
   standby, one etcd member, all of etcd and an app host; PostgreSQL alone
-  SIGKILLed on the primary (the OOM killer); and partitions of the primary
-  from etcd only and from the standby only. Each fault lasts a drawn time,
+  SIGKILLed on the primary (the OOM killer); partitions of the primary
+  from etcd only and from one standby only; and two database hosts, the
+  primary and a standby, killed at once (writes stop, nothing is lost). Each fault lasts a drawn time,
   is healed, and the next comes only once the deployment is whole again
-  (Topology.problems()): a leader and a streaming synchronous standby,
+  (Topology.problems()): a leader and streaming quorum standbys,
   every etcd member, every app host in rotation.
 - the checker, over the history and the database once every fault has
   healed: every claim told 201 has its row; every row was told 201 or, its
@@ -74,7 +75,10 @@ FAULT_TYPES = [
     *kill_pause_cut("all etcd", (2, 12)),
     *kill_pause_cut("an app host", (1, 6)),
     FaultType("partition primary from etcd", "partition_from_etcd", "primary", (2, 26)),
-    FaultType("partition primary from standby", "partition_from_the_standby", "primary", (1, 8)),
+    FaultType("partition primary from a standby", "partition_from_a_standby", "primary", (1, 8)),
+    # Two of the three database hosts: no quorum is left to promote or to acknowledge a commit, so writes stop
+    # (503s) until they are back, and nothing acknowledged is lost.
+    FaultType("kill primary and a standby", "kill", "primary and a standby", (2, 10)),
 ]
 
 
@@ -104,6 +108,7 @@ class Nemesis:
         hosts = {
             "primary": lambda: [self._primary()],
             "standby": lambda: [self._standby()],
+            "primary and a standby": lambda: [self._primary(), self._standby()],
             "an etcd member": lambda: [self.rng.choice(ETCD_HOSTS)],
             "all etcd": lambda: list(ETCD_HOSTS),
             "an app host": lambda: [self.rng.choice(APP_HOSTS)],
@@ -120,7 +125,7 @@ class Nemesis:
 
     def _standby(self):
         primary = self._primary()
-        return next(name for name in DATABASE_HOSTS if name != primary)
+        return self.rng.choice([name for name in DATABASE_HOSTS if name != primary])
 
     def kill(self, hosts):
         for host in hosts:
@@ -145,8 +150,8 @@ class Nemesis:
     def partition_from_etcd(self, hosts):
         return self._partition(hosts, ETCD_HOSTS)
 
-    def partition_from_the_standby(self, hosts):
-        return self._partition(hosts, [name for name in DATABASE_HOSTS if name not in hosts])
+    def partition_from_a_standby(self, hosts):
+        return self._partition(hosts, [self._standby()])
 
     def _partition(self, hosts, others):
         for host in hosts:

@@ -72,11 +72,16 @@ def remove_network():
 
 def sweep_leftovers():
     """Remove what a dead run left; refuse to start beside a live one."""
+    leftovers = []
     for directory, live_owner in owned_directories(RUN_DIRECTORY_PREFIX):
         if live_owner:
             raise RuntimeError(f"a cluster test run (pid {live_owner}) still owns {directory}")
-        shutil.rmtree(directory, ignore_errors=True)
+        leftovers.append(directory)
+    # The dead run's processes first: a PostgreSQL still running writes into
+    # its data directory while it is being removed, and leaves some of it.
     remove_network()
+    for directory in leftovers:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 class Network:

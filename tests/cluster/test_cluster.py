@@ -1,4 +1,4 @@
-"""The deployment of deploy/ under failure: app hosts behind HAProxy, Patroni + etcd, a synchronous standby.
+"""The deployment of deploy/ under failure: app hosts behind HAProxy, Patroni + etcd, quorum commit on three nodes.
 
 One topology (tests/cluster/topology.py) for the whole class, built in
 network namespaces and torn down at the end; the tests run in order, each
@@ -26,7 +26,7 @@ from tests.cluster.sale import (
     retry_until_answered,
     retry_until_definite,
 )
-from tests.cluster.topology import APP_HOSTS, HTTP_PORT, WORKERS, Topology, wait_for
+from tests.cluster.topology import APP_HOSTS, HTTP_PORT, STANDBY_ROLE, WORKERS, Topology, wait_for
 from tests.faults.cluster import kill_postmaster_and_backends
 from tests.faults.service import request
 
@@ -45,7 +45,9 @@ class ClusterTests(SimpleTestCase):
         started = time.monotonic()
         cls.topology = cls.enterClassContext(Topology(app_workers=2))
         cls.lb = cls.topology.address("lb")
-        FIGURES.append(f"topology up in {time.monotonic() - started:.1f} s: etcd, pg1 + pg2 (Patroni), app1 + app2, lb")
+        FIGURES.append(
+            f"topology up in {time.monotonic() - started:.1f} s: etcd, pg1 + pg2 + pg3 (Patroni), app1 + app2, lb"
+        )
 
     # Helpers ---------------------------------------------------------------
 
@@ -217,7 +219,7 @@ class ClusterTests(SimpleTestCase):
         }
         self.assertTrue(all(ceilings.values()))
         FIGURES.append(
-            f"database ceiling with the synchronous standby (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
+            f"database ceiling under quorum commit (pgbench, {PGBENCH_CLIENTS} clients, {PGBENCH_SECONDS} s): "
             + "; ".join(f"{label} {tps:.0f} claims/s" for label, tps in ceilings.items())
         )
 
@@ -389,7 +391,7 @@ class ClusterTests(SimpleTestCase):
         restore(old_primary)
         members = self.topology.wait_until_replicated()
         rejoined = time.monotonic() - failed_at
-        self.assertEqual(members[old_primary]["role"], "sync_standby")
+        self.assertEqual(members[old_primary]["role"], STANDBY_ROLE)
         served = self.assert_flash_sale(f"{name}-after")
 
         failed = [a for a in answers if a.status != 201 and a.status != 400]
@@ -398,6 +400,6 @@ class ClusterTests(SimpleTestCase):
             f" {first.answered - failed_at:.1f} s after; {len(told_201)} claims told 201, {len(claimers)} rows"
             f" found (all 201s present), stock {stock} sold exactly; {len(failed)} failed meanwhile"
             f" {self.statuses(failed)}, retried: {dict(Counter(retried.values()))};"
-            f" {old_primary} synchronous standby again {rejoined:.1f} s after the failure;"
+            f" {old_primary} quorum standby again {rejoined:.1f} s after the failure;"
             f" next flash sale exact (served by {served})"
         )

@@ -3,12 +3,15 @@
     etcd1 10.231.0.10   } etcd (v3 API), three members: the store Patroni keeps
     etcd2 10.231.0.13   } its leader key in, which survives losing one member
     etcd3 10.231.0.14   }
-    pg1   10.231.0.11   Patroni + PostgreSQL  } a primary and its synchronous
-    pg2   10.231.0.12   Patroni + PostgreSQL  } standby, whichever is which
+    pg1   10.231.0.11   Patroni + PostgreSQL  } a primary and two standbys
+    pg2   10.231.0.12   Patroni + PostgreSQL  } under quorum commit (a commit
+    pg3   10.231.0.15   Patroni + PostgreSQL  } on two of the three), any order
     app1  10.231.0.21   the service, as `make run` serves it (tests/faults/service.py)
     app2  10.231.0.22   the same
     lb    10.231.0.30   HAProxy: HTTP on :80 to the app hosts, :5000 to the
                         PostgreSQL primary (Patroni's REST check), stats on :8404
+    backup 10.231.0.40  Barman (Topology(backup=True) only): base backups and
+                        WAL streamed from the primary through HAProxy; restores
 
 HAProxy and Patroni run on deploy/haproxy.cfg and deploy/patroni.yml as
 shipped, given their per-host values through the environment. Patroni is
@@ -20,13 +23,16 @@ The faults (kill, pause, resume, cut, reconnect, partition) act on whole
 hosts, as a crashed, frozen or unplugged machine would.
 """
 
+import configparser
 import contextlib
 import csv
 import io
 import json
 import os
 import pwd
+import re
 import secrets
+import shlex
 import signal
 import subprocess
 import sys
@@ -49,15 +55,31 @@ HTTP_PORT = 80
 POSTGRES_PORT = 5000
 STATS_PORT = 8404
 APP_PORT = 8000
-HOSTS = {"etcd1": 10, "etcd2": 13, "etcd3": 14, "pg1": 11, "pg2": 12, "app1": 21, "app2": 22, "lb": 30}
+HOSTS = {
+    "etcd1": 10,
+    "etcd2": 13,
+    "etcd3": 14,
+    "pg1": 11,
+    "pg2": 12,
+    "pg3": 15,
+    "app1": 21,
+    "app2": 22,
+    "lb": 30,
+    "backup": 40,
+}
 ETCD_HOSTS = ("etcd1", "etcd2", "etcd3")
-DATABASE_HOSTS = ("pg1", "pg2")
+DATABASE_HOSTS = ("pg1", "pg2", "pg3")
+# Patroni's role of a standby that takes part in the quorum (synchronous_mode: quorum).
+STANDBY_ROLE = "quorum_standby"
 APP_HOSTS = ("app1", "app2")
 START_TIMEOUT_SECONDS = 120
 # The Procfile's processes besides the web server: one of each on every app host.
 WORKERS = ("expire_holds", "deliver_events")
 # Where `make patroni` installs deploy/requirements-patroni.txt (the Makefile passes it on).
 DEFAULT_PATRONI_VENV = "/opt/couponsite-patroni"
+# Where `make barman` installs deploy/requirements-barman.txt, and the server its config names.
+DEFAULT_BARMAN_VENV = "/opt/couponsite-barman"
+BARMAN_SERVER = "coupons"
 
 
 def wait_for(condition, timeout, what):
@@ -83,37 +105,42 @@ def get_json(host, port, path, timeout=2):
         return None
 
 
-def patroni_command():
-    """The pinned Patroni, checked to run as the postgres user before anything is built.
+def pinned_command(name, variable, default_venv):
+    """The pinned program `name` (deploy/requirements-NAME.txt), checked to run as the postgres user first.
 
     Fails at once, saying what to do, rather than after a start timeout.
     """
-    venv = Path(os.environ.get("PATRONI_VENV") or DEFAULT_PATRONI_VENV)
-    patroni = venv / "bin" / "patroni"
+    venv = Path(os.environ.get(variable) or default_venv)
+    program = venv / "bin" / name
     pinned = next(
         line.split("==")[1].strip()
-        for line in (ROOT / "deploy" / "requirements-patroni.txt").read_text().splitlines()
-        if line.startswith("patroni")
+        for line in (ROOT / "deploy" / f"requirements-{name}.txt").read_text().splitlines()
+        if line.startswith(name)
     )
     try:
         version = subprocess.run(
-            as_server_user([str(patroni), "--version"]), capture_output=True, text=True, timeout=60, cwd="/"
+            as_server_user([str(program), "--version"]), capture_output=True, text=True, timeout=60, cwd="/"
         )
     except FileNotFoundError:
         version = None
-    if version is None or version.returncode != 0 or version.stdout.split()[-1:] != [pinned]:
+    if version is None or version.returncode != 0 or pinned not in version.stdout.split():
         detail = "" if version is None else (version.stdout + version.stderr).strip()
         raise RuntimeError(
-            f"Patroni {pinned} must run as the postgres user from {patroni} ({detail or 'not found'}): "
-            "`make patroni` installs it there (PATRONI_VENV picks another place the postgres user can enter)"
+            f"{name} {pinned} must run as the postgres user from {program} ({detail or 'not found'}): "
+            f"`make {name}` installs it there ({variable} picks another place the postgres user can enter)"
         )
-    return [str(patroni)]
+    return [str(program)]
+
+
+def patroni_command():
+    return pinned_command("patroni", "PATRONI_VENV", DEFAULT_PATRONI_VENV)
 
 
 class Topology:
     """Builds the hosts on enter, removes everything on exit (or when the process exits)."""
 
-    def __init__(self, app_workers=2, app_threads=16):
+    def __init__(self, app_workers=2, app_threads=16, backup=False):
+        self.backup = backup
         self.app_workers = app_workers
         self.app_threads = app_threads
         self.password = secrets.token_hex(16)
@@ -122,6 +149,8 @@ class Topology:
 
     def __enter__(self):
         self.patroni = patroni_command()
+        if self.backup:
+            self.barman_command = pinned_command("barman", "BARMAN_VENV", DEFAULT_BARMAN_VENV)
         self.stack = contextlib.ExitStack()
         try:
             self.network = self.stack.enter_context(Network())
@@ -136,6 +165,8 @@ class Topology:
             self.wait_until_replicated()
             self._create_database()
             self._start_haproxy()
+            if self.backup:
+                self.start_backup_host()
             result = manage("migrate", "--noinput", DATABASE_URL=self.database_url(self.address("lb")))
             if result.returncode != 0:
                 raise RuntimeError(f"migrate failed:\n{result.stderr}")
@@ -288,6 +319,73 @@ class Topology:
         for worker in WORKERS:
             self._spawn(f"{name}-{worker}", name, [sys.executable, "manage.py", worker], service.environment, cwd=ROOT)
 
+    # The backup host ---------------------------------------------------------
+
+    def start_backup_host(self):
+        """Barman on deploy/barman.conf with this run's paths and addresses, `barman cron` every second.
+
+        Every second rather than every minute: a WAL streamer that died (a
+        failover broke its connection) is back within a second.
+        """
+        home = self.directory / "backup"
+        postgres = pwd.getpwnam("postgres")
+        for directory in (home, home / "barman"):
+            directory.mkdir(exist_ok=True)
+            os.chown(directory, postgres.pw_uid, postgres.pw_gid)
+        passfile = home / "pgpass"
+        passfile.write_text(f"*:*:*:postgres:{self.password}\n*:*:*:replicator:{self.password}\n")
+        passfile.chmod(0o600)
+        os.chown(passfile, postgres.pw_uid, postgres.pw_gid)
+        config = configparser.ConfigParser(interpolation=None)
+        config.read(ROOT / "deploy" / "barman.conf")
+        config["barman"].update(
+            barman_user="postgres",
+            barman_home=str(home / "barman"),
+            log_file=str(home / "barman.log"),
+            path_prefix=os.path.dirname(server_binary("pg_receivewal")),
+        )
+        for key in ("conninfo", "streaming_conninfo"):
+            value = config[BARMAN_SERVER][key].replace("host=lb ", f"host={self.address('lb')} ")
+            config[BARMAN_SERVER][key] = re.sub(r"passfile=\S+", f"passfile={passfile}", value)
+        with open(home / "barman.conf", "w") as file:
+            config.write(file)
+        cron = shlex.join([*self.barman_command, "-c", str(home / "barman.conf"), "-q", "cron"])
+        loop = f"while :; do {cron}; sleep 1; done"
+        self._spawn("backup", "backup", as_server_user(["bash", "-c", loop]), {}, cwd=home)
+        self.wait_until_streaming_wal()
+
+    def barman(self, *args, timeout=300):
+        """`barman ARGS` on the backup host as the postgres user; the CompletedProcess (check it)."""
+        home = self.directory / "backup"
+        command = [*self.barman_command, "-c", str(home / "barman.conf"), *args]
+        return subprocess.run(
+            [*self.network.launcher("backup"), *as_server_user(command)],
+            capture_output=True, text=True, timeout=timeout, cwd=home,
+        )  # fmt: skip
+
+    def barman_check(self):
+        """{check: (ok, detail)} from `barman check`."""
+        checks = {}
+        for line in self.barman("check", BARMAN_SERVER).stdout.splitlines():
+            name, _, result = line.strip().partition(": ")
+            if result:
+                checks[name] = (result.startswith("OK"), result)
+        return checks
+
+    def wait_until_streaming_wal(self, timeout=START_TIMEOUT_SECONDS):
+        """Until Barman streams WAL through its slot (its checks pass but those that need a backup or an archived
+        segment)."""
+        needs_a_backup = {"minimum redundancy requirements", "WAL archive", "backup maximum age", "wal maximum age"}
+
+        def streaming():
+            checks = self.barman_check()
+            return checks and all(ok for name, (ok, _) in checks.items() if name not in needs_a_backup)
+
+        try:
+            wait_for(streaming, timeout, "Barman streaming WAL")
+        except TimeoutError as error:
+            raise TimeoutError(f"{error}: {self.barman_check()}\n{self.log('backup')}") from None
+
     def restart_host(self, name):
         """Start the host's service again, as a rebooted machine would (on the data it kept)."""
         if name in ETCD_HOSTS:
@@ -296,6 +394,8 @@ class Topology:
             self.start_database_host(name)
         elif name in APP_HOSTS:
             self.start_app_host(name)
+        elif name == "backup":
+            self.start_backup_host()
         else:
             raise ValueError(f"{name} cannot be restarted")
 
@@ -331,20 +431,25 @@ class Topology:
     def primary(self):
         return next((name for name, m in self.cluster().items() if m["role"] == "leader"), None)
 
+    def streaming_standbys(self, members):
+        """The members Patroni calls quorum standbys, streaming with no lag."""
+        return [
+            name
+            for name, m in members.items()
+            if m["role"] == STANDBY_ROLE and m["state"] in {"running", "streaming"} and m.get("lag") == 0
+        ]
+
     def wait_until_replicated(self, timeout=START_TIMEOUT_SECONDS):
-        """Until one host leads and the other is its synchronous standby, streaming."""
+        """Until one host leads and every other is a quorum standby, streaming."""
 
         def replicated():
             members = self.cluster()
-            roles = sorted(member["role"] for member in members.values())
-            standby_streaming = any(
-                m["role"] == "sync_standby" and m["state"] in {"running", "streaming"} and m.get("lag") == 0
-                for m in members.values()
-            )
-            return roles == ["leader", "sync_standby"] and standby_streaming and members
+            leaders = [name for name, m in members.items() if m["role"] == "leader"]
+            standbys = self.streaming_standbys(members)
+            return len(leaders) == 1 and len(standbys) == len(DATABASE_HOSTS) - 1 and members
 
         try:
-            return wait_for(replicated, timeout, "a primary and a streaming synchronous standby")
+            return wait_for(replicated, timeout, "a primary and streaming quorum standbys")
         except TimeoutError as error:
             logs = "\n".join(f"--- {name}\n{self.log(name)}" for name in DATABASE_HOSTS)
             raise TimeoutError(f"{error}; Patroni says {self.cluster()}\n{logs}") from None
@@ -352,25 +457,21 @@ class Topology:
     def problems(self):
         """What keeps the deployment from being whole (an empty list: healthy).
 
-        Every etcd member healthy; a leader and a synchronous standby
-        streaming with no lag; HAProxy sending PostgreSQL connections to the
+        Every etcd member healthy; a leader and every other database host
+        a quorum standby streaming with no lag; HAProxy sending PostgreSQL connections to the
         leader and requests to every app host.
         """
         found = [f"etcd member {name} not healthy" for name in ETCD_HOSTS if not self.etcd_member_healthy(name)]
         members = self.cluster()
         leaders = [name for name, m in members.items() if m["role"] == "leader" and m["state"] == "running"]
-        standbys = [
-            name
-            for name, m in members.items()
-            if m["role"] == "sync_standby" and m["state"] in {"running", "streaming"} and m.get("lag") == 0
-        ]
-        if len(leaders) != 1 or len(standbys) != 1:
+        standbys = self.streaming_standbys(members)
+        if len(leaders) != 1 or len(standbys) != len(DATABASE_HOSTS) - 1:
             roles = {name: (m["role"], m["state"], m.get("lag")) for name, m in members.items()}
             found.append(f"Patroni: {roles}")
         else:
             # Patroni's view of a standby lags behind (its member key lives
             # `ttl` s): the leader's own replication view is the one to trust.
-            found += self._replication_problems(leaders[0], standbys[0])
+            found += self._replication_problems(leaders[0], standbys)
         servers = self.haproxy_servers()
         if leaders and servers.get(("postgres", leaders[0]), {}).get("status") != "UP":
             found.append(f"HAProxy does not send connections to the leader {leaders[0]}")
@@ -381,7 +482,7 @@ class Topology:
         ]
         return found
 
-    def _replication_problems(self, leader, standby):
+    def _replication_problems(self, leader, standbys):
         try:
             with psycopg.connect(
                 host=self.address(leader), port=5432, user="postgres", password=self.password, dbname="postgres",
@@ -392,9 +493,12 @@ class Topology:
                 ).fetchall()
         except psycopg.Error as error:
             return [f"the leader {leader} does not answer: {error}"]
-        if (standby, "streaming", "sync") not in replicas:
-            return [f"{standby} is not streaming synchronously from {leader}: {replicas}"]
-        return []
+        # PostgreSQL calls a standby named in `ANY n (...)` a quorum standby.
+        return [
+            f"{standby} is not streaming as a quorum standby from {leader}: {replicas}"
+            for standby in standbys
+            if (standby, "streaming", "quorum") not in replicas
+        ]
 
     def wait_until_healthy(self, timeout=START_TIMEOUT_SECONDS):
         """Until problems() is empty; TimeoutError naming what is still broken, with the logs that matter."""

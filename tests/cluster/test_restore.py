@@ -1,0 +1,277 @@
+"""Recovery, drilled: Barman's backups of a sale restored, and checked against what clients were told.
+
+The topology of tests/cluster with its backup host (Barman, deploy/barman.conf):
+a base backup, and WAL streamed from whichever node is primary through
+HAProxy. Each drill runs a sale, breaks something, restores with Barman's
+own commands (the ones docs/operator-guide.md gives) into a fresh
+PostgreSQL on the backup host, and hands the sale's history and the
+restored rows to the checker (tests/cluster/restore.py):
+
+- an operator's mistake, `DELETE FROM coupons_claim` mid-sale: point-in-time
+  recovery to the instant before it gives back every claim granted before
+  it and none sent after it, stock consistent;
+- a failover mid-sale (the WAL stream follows the new primary with no
+  operator), then every database host lost with its disk: the latest backup
+  and every streamed WAL byte (the unfinished segment too) restored; a
+  claim told 201 and missing is counted, and the span it covers is the
+  RPO; the restore's duration is the RTO of a database this size;
+- a base backup started just before a failover: it completes, or fails and
+  is listed FAILED; the next one reaches the new primary unchanged; the
+  latest restores every acknowledged claim.
+
+`make test-restore` runs both (as root); CI runs the first
+(`make test-restore ARGS="-k mistake"`). With RESTORE_CLAIMS=N (`make
+test-restore-rto`), a third measures the RTO of a database of N claims.
+"""
+
+import datetime
+import os
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from unittest import skipUnless
+
+import psycopg
+from django.test import SimpleTestCase
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.cluster.restore import check_restore, wall_clock
+from tests.cluster.sale import FIGURES, Sale
+from tests.cluster.topology import BARMAN_SERVER, DATABASE, DATABASE_HOSTS, HTTP_PORT, Topology, wait_for
+from tests.faults.cluster import as_server_user, kill_postmaster_and_backends, server_binary
+from tests.faults.service import request
+
+SALE_CLIENTS = 8
+RESTORE_TIMEOUT_SECONDS = 3600
+
+
+@skipUnless(
+    os.environ.get("CLUSTER_TESTS") and os.environ.get("RESTORE_TESTS"),
+    "make test-restore runs these (as root: namespaces, Patroni, HAProxy, Barman)",
+)
+class RestoreDrills(SimpleTestCase):
+    def setUp(self):
+        self.topology = self.enterContext(Topology(app_workers=2, backup=True))
+        self.lb = self.topology.address("lb")
+        self.backup_home = self.topology.directory / "backup"
+
+    # Helpers ---------------------------------------------------------------
+
+    def barman(self, *args):
+        result = self.topology.barman(*args, timeout=RESTORE_TIMEOUT_SECONDS)
+        self.assertEqual(result.returncode, 0, f"barman {' '.join(args)}:\n{result.stdout}\n{result.stderr}")
+        return result.stdout
+
+    def start_sale(self, name):
+        created = request(self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": 10**6})
+        self.assertEqual(created.status, 201, created)
+        sale = self.enterContext(Sale(self.lb, HTTP_PORT, name, SALE_CLIENTS))
+        wait_for(lambda: sale.count(201) >= 100, 60, "the sale under way")
+        return sale
+
+    def back_up(self):
+        """A base backup now, then `barman check` whole (WAL archived, a backup, the slot, the streamer)."""
+        started = time.monotonic()
+        self.barman("backup", BARMAN_SERVER, "--wait", "--wait-timeout", "120")
+        took = time.monotonic() - started
+        self.barman("switch-wal", "--force", "--archive", "--archive-timeout", "60", BARMAN_SERVER)
+        checks = self.topology.barman_check()
+        self.assertTrue(checks and all(ok for ok, _ in checks.values()), checks)
+        return took
+
+    def backup_stream_metrics(self):
+        """{series: value} of the backup stream, as an app host's /metrics reports it (coupons/stock_metrics.py)."""
+        reply = self.topology.app_hosts["app1"].request("GET", "/metrics")
+        return {
+            sample.name: sample.value
+            for family in text_string_to_metric_families(reply.body)
+            for sample in family.samples
+            if sample.name.startswith("coupon_backup_")
+        }
+
+    def restore(self, *target):
+        """`barman recover` of the latest backup into a fresh data directory, every streamed WAL byte fetched with
+        `barman get-wal --partial`; PostgreSQL started on it on the backup host. Returns the seconds it took."""
+        destination = self.backup_home / "restored"
+        barman = [*self.topology.barman_command, "-c", str(self.backup_home / "barman.conf")]
+        started = time.monotonic()
+        self.barman("recover", BARMAN_SERVER, "latest", str(destination), "--get-wal", *target)
+        # Recovery fetches WAL with the backup host's own barman (the config path is this run's), the unfinished
+        # segment too (-P); the restored server answers here, on the backup host, not as a Patroni member.
+        restore_command = " ".join([*barman, "get-wal", "-P", BARMAN_SERVER, "%f", ">", "%p"])
+        settings = {
+            "port": "5432",
+            "listen_addresses": self.topology.address("backup"),
+            "unix_socket_directories": str(destination),
+            "hba_file": str(destination / "pg_hba.conf"),
+            "ident_file": str(destination / "pg_ident.conf"),
+            "restore_command": restore_command,
+            "synchronous_standby_names": "",
+            "archive_mode": "off",
+        }
+        options = [f"--{name}={value}" for name, value in settings.items()]
+        self.topology._spawn(
+            "restored", "backup", as_server_user([server_binary("postgres"), "-D", str(destination), *options]), {}
+        )
+        wait_for(self.promoted, RESTORE_TIMEOUT_SECONDS, "the restored database out of recovery")
+        return time.monotonic() - started
+
+    def connect_restored(self):
+        return psycopg.connect(
+            host=self.topology.address("backup"), port=5432, user="postgres", password=self.topology.password,
+            dbname=DATABASE, autocommit=True, connect_timeout=5,
+        )  # fmt: skip
+
+    def promoted(self):
+        try:
+            with self.connect_restored() as connection:
+                return not connection.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+        except psycopg.Error:
+            return False
+
+    def restored_rows(self, coupon_name):
+        with self.connect_restored() as connection:
+            amount, remaining = connection.execute(
+                "SELECT amount, remaining_amount FROM coupons_coupon WHERE name = %s", [coupon_name]
+            ).fetchone()
+            users = connection.execute(
+                "SELECT u.user_id FROM coupons_claim u JOIN coupons_coupon c ON c.id = u.coupon_id WHERE c.name = %s",
+                [coupon_name],
+            ).fetchall()
+        return amount, remaining, [user for (user,) in users]
+
+    # Drills ----------------------------------------------------------------
+
+    def test_an_operators_mistake_undone_by_point_in_time_recovery(self):
+        name = "restore-mistake"
+        sale = self.start_sale(name)
+        self.back_up()
+        # Mid-sale, the stream is up and well under a segment (16 MB) behind: the archive lags by WAL records.
+        stream = wait_for(
+            lambda: (m := self.backup_stream_metrics()).get("coupon_backup_wal_streaming") == 1 and m, 60, "stream"
+        )
+        self.assertLess(stream["coupon_backup_wal_lag_bytes"], 16 * 2**20, stream)
+        wait_for(lambda: sale.count(201) >= 400, 60, "claims after the backup")
+        before_mistake = time.time()
+        with self.topology.connect_primary() as connection:
+            deleted = connection.execute("DELETE FROM coupons_claim").rowcount
+        wait_for(lambda: sale.count(201, sent_after=time.monotonic() - 1) >= 1, 60, "claims after the mistake")
+        time.sleep(2)
+        sale.stop()
+        answers = sale.snapshot()
+
+        target = datetime.datetime.fromtimestamp(before_mistake, datetime.UTC).isoformat()
+        took = self.restore("--target-time", target, "--target-action", "promote")
+        verdict = check_restore(
+            answers, self.restored_rows(name), kept_until=before_mistake, dropped_from=before_mistake
+        )
+
+        self.assertGreater(deleted, 0)
+        self.assertEqual(verdict.anomalies, [])
+        after = sum(1 for a in answers if a.status == 201 and wall_clock(a.sent) > before_mistake)
+        FIGURES.append(
+            f"point-in-time recovery: every claim deleted mid-sale ({deleted} rows); barman recover to the"
+            f" instant before it: all {verdict.told_201} claims answered 201 before it back, none of the {after} sent"
+            f" after it; {verdict.rows} rows, stock consistent; recover + replay + promotion {took:.1f} s; the WAL"
+            f" stream {stream['coupon_backup_wal_lag_bytes']:.0f} bytes behind mid-sale (an app host's /metrics)"
+        )
+
+    def fail_over(self, sale):
+        """The primary's PostgreSQL SIGKILLed mid-sale; returns (old primary, new primary) once claims go on."""
+        old_primary = self.topology.primary()
+        failed_over = time.monotonic()
+        kill_postmaster_and_backends(self.topology.directory / old_primary / "data")
+        wait_for(lambda: sale.count(201, sent_after=failed_over + 1) >= 200, 120, "claims on the new primary")
+        new_primary = self.topology.primary()
+        self.assertNotEqual(new_primary, old_primary)
+        return old_primary, new_primary
+
+    def lose_every_database_host_and_restore(self, sale, name):
+        """Every database host and its disk lost at once, mid-sale; the restore checked; (verdict, seconds)."""
+        for host in DATABASE_HOSTS:
+            self.topology.kill_host(host)
+        lost_at = time.time()
+        for host in DATABASE_HOSTS:
+            shutil.rmtree(self.topology.directory / host / "data")
+        sale.stop()
+        answers = sale.snapshot()
+
+        took = self.restore()
+        verdict = check_restore(answers, self.restored_rows(name), kept_until=lost_at)
+        lost = ", ".join(verdict.lost[:5])
+        self.assertEqual(verdict.anomalies, [], f"RPO {verdict.rpo_seconds:.2f} s ({lost})")
+        return verdict, took
+
+    def test_every_database_host_lost_after_a_failover_restores_every_acknowledged_claim(self):
+        name = "restore-all-lost"
+        sale = self.start_sale(name)
+        self.back_up()
+        old_primary, new_primary = self.fail_over(sale)
+
+        verdict, took = self.lose_every_database_host_and_restore(sale, name)
+
+        FIGURES.append(
+            f"every database host lost (after a failover {old_primary} -> {new_primary}, which the WAL stream"
+            f" followed): barman recover of the latest backup + streamed WAL: {verdict.told_201} claims answered 201,"
+            f" {len(verdict.lost)} missing (RPO {verdict.rpo_seconds:.2f} s); {verdict.rows} rows, stock consistent;"
+            f" recover + replay + promotion {took:.1f} s"
+        )
+
+    def test_a_backup_taken_during_a_failover(self):
+        """`barman backup` while the primary's PostgreSQL is SIGKILLed: it either completes, or fails and says so
+        (never a backup listed as done that is not); the next one, with no change anywhere, reaches the new primary;
+        the latest is restorable with every acknowledged claim."""
+        name = "restore-backup-in-failover"
+        sale = self.start_sale(name)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            backup = pool.submit(self.topology.barman, "backup", BARMAN_SERVER, "--wait", "--wait-timeout", "120")
+            time.sleep(1)  # pg_basebackup under way (a backup here takes about 6 s)
+            old_primary, new_primary = self.fail_over(sale)
+            first = backup.result()
+        listed = self.barman("list-backups", BARMAN_SERVER).splitlines()
+        failed = [line.split()[1] for line in listed if "FAILED" in line]
+        self.assertEqual(bool(failed), first.returncode != 0, "a backup that failed is listed FAILED, and only then")
+        for backup_id in failed:  # `barman check` fails while a failed backup is kept: the operator deletes it
+            self.barman("delete", BARMAN_SERVER, backup_id)
+        self.back_up()
+
+        verdict, took = self.lose_every_database_host_and_restore(sale, name)
+
+        FIGURES.append(
+            f"a backup during a failover ({old_primary} -> {new_primary}):"
+            f" {'failed and listed FAILED' if first.returncode else 'completed'}; the next one, unchanged config,"
+            f" from {new_primary}; every database host then lost: {verdict.told_201} claims answered 201,"
+            f" {len(verdict.lost)} missing; restore {took:.1f} s"
+        )
+
+    @skipUnless(os.environ.get("RESTORE_CLAIMS"), "make test-restore-rto (RESTORE_CLAIMS=N claims) measures it")
+    def test_the_restore_time_of_a_large_database(self):
+        """Measured, barely asserted: N claims written in one statement, a base backup, every database host lost,
+        the restore timed (the RTO of a database that size, on this machine)."""
+        claims = int(os.environ["RESTORE_CLAIMS"])
+        name = "restore-rto"
+        created = request(self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": claims})
+        self.assertEqual(created.status, 201, created)
+        started = time.monotonic()
+        with self.topology.connect_primary() as connection:
+            # Codes: 16 upper-case characters, unique (the table's constraints), as the claim path's would be.
+            connection.execute(
+                "INSERT INTO coupons_claim (user_id, coupon_id, created_at, code, status, order_id)"
+                " SELECT 'rto-' || i, c.id, now(), upper(substr(md5(i::text), 1, 16)), 'held', ''"
+                " FROM generate_series(1, %s) i, coupons_coupon c WHERE c.name = %s",
+                [claims, name],
+            )
+            connection.execute("UPDATE coupons_coupon SET remaining_amount = 0 WHERE name = %s", [name])
+            size = connection.execute("SELECT pg_size_pretty(pg_database_size(current_database()))").fetchone()[0]
+        written = time.monotonic() - started
+        backed_up = self.back_up()
+        for host in DATABASE_HOSTS:
+            self.topology.kill_host(host)
+        took = self.restore()
+        amount, remaining, users = self.restored_rows(name)
+
+        self.assertEqual((amount, remaining, len(users)), (claims, 0, claims))
+        FIGURES.append(
+            f"RTO of {claims} claims (database {size}; written in {written:.0f} s): base backup {backed_up:.0f} s;"
+            f" every database host lost: barman recover + replay + promotion {took:.0f} s"
+        )
