@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
+.PHONY: run test test-import superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
 
 # The Procfile's processes (web server, hold expiry worker, webhook delivery worker) under honcho, the venv's commands first.
 run: $(VENV)/.installed
@@ -12,6 +12,10 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto
+
+# The import of the issue's 1,000,000 codes (make test imports 200,000: CI's time).
+test-import: $(VENV)/.installed
+	IMPORT_TEST_CODES=1000000 $(BIN)/pytest tests/stress/test_imports.py -k many_codes -s
 
 # The flash-sale benchmark (docs/performance.md): wrk and pgbench from Debian's packages.
 bench: $(VENV)/.installed

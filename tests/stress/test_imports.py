@@ -1,10 +1,12 @@
 """Imports of codes under load, on real threads with real connections (PostgreSQL and SQLite).
 
-- 1,000,000 codes in one import, streamed: Python's allocations stay far below what the codes would take held.
+- Many codes in one import, streamed: Python's allocations stay far below what the codes would take held
+  (IMPORT_TEST_CODES, 200,000 by default: CI's time; `make test-import` runs the issue's 1,000,000).
 - Two imports of overlapping codes at once: one wins every code it had, the other is refused whole.
 - Claims of the coupon during an import of more of its codes: granted meanwhile, each with its own code.
 """
 
+import os
 import time
 import tracemalloc
 from collections import Counter
@@ -18,7 +20,7 @@ from coupons.services import claim_coupon, create_coupon, import_codes
 from tests.stress.base import OneStressClassAtATime, run_simultaneously
 from tests.stress.test_campaigns import outcome_of
 
-MILLION = 1_000_000
+CODES = int(os.environ.get("IMPORT_TEST_CODES", "200000"))
 CLAIMERS = 30
 
 
@@ -28,24 +30,25 @@ def numbered_rows(first, count, prefix="CODE"):
 
 
 class ImportStressTests(OneStressClassAtATime, TransactionTestCase):
-    def test_a_million_codes_streamed(self):
-        create_coupon(name="MILLION", amount=1)
+    def test_many_codes_streamed(self):
+        create_coupon(name="MANY", amount=1)
 
         tracemalloc.start()
         start = time.perf_counter()
         try:
-            done = import_codes(coupon_name="MILLION", rows=numbered_rows(0, MILLION))
+            done = import_codes(coupon_name="MANY", rows=numbered_rows(0, CODES))
             peak = tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
         elapsed = time.perf_counter() - start
 
-        self.assertEqual((done.imported, done.amount, done.remaining_amount), (MILLION, MILLION, MILLION))
-        self.assertEqual(ImportedCode.objects.count(), MILLION)
-        # A million codes held as Python strings alone would be ~60 MB; streamed, a batch at a time.
-        self.assertLess(peak, 20 * 1024 * 1024, f"peak {peak / 1e6:.1f} MB")
-        print(f"\n{connection.vendor}: {MILLION} codes imported in {elapsed:.1f} s (traced), peak {peak / 1e6:.1f} MB")
-        self.assertEqual(claim_coupon(user_id="ann", coupon_name="MILLION").code, "CODE000000000")
+        self.assertEqual((done.imported, done.amount, done.remaining_amount), (CODES, CODES, CODES))
+        self.assertEqual(ImportedCode.objects.count(), CODES)
+        # The codes held as Python strings alone would be ~60 bytes each (60 MB for a million); streamed, a batch
+        # at a time, the peak does not grow with them (2.6 MB for a million, measured).
+        self.assertLess(peak, max(5_000_000, CODES * 60 // 4), f"peak {peak / 1e6:.1f} MB")
+        print(f"\n{connection.vendor}: {CODES} codes imported in {elapsed:.1f} s (traced), peak {peak / 1e6:.1f} MB")
+        self.assertEqual(claim_coupon(user_id="ann", coupon_name="MANY").code, "CODE000000000")
 
     def test_two_overlapping_imports_at_once_one_wins_each_code(self):
         for round_number in range(3):
