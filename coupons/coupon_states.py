@@ -58,6 +58,7 @@ import collections
 import hashlib
 import logging
 import os
+import secrets
 import threading
 import time
 from array import array
@@ -163,6 +164,7 @@ class CouponStates:
         self._listener = None
         self._listener_backend_pid = None
         self._probes_received = set()
+        self._probe_channel = f"{PROBE_CHANNEL}_{secrets.token_hex(8)}"
         self._outage_logged = False
         self._markers_seen = collections.deque(maxlen=100)
         self._stopping = False
@@ -436,8 +438,9 @@ class CouponStates:
         listener's own connection, it could come back there even so: PostgreSQL hands a session its own
         notifications, on whichever server connection PgBouncer gave it.)"""
         probe = str(time.monotonic_ns())
-        # A channel of this connection's own, so that no other process hears its probes.
-        channel = f"{PROBE_CHANNEL}_{listener.info.backend_pid}_{os.getpid()}"
+        # A channel of this process's own, so that no other process hears its probes (not named after the
+        # backend's pid: through PgBouncer that is a made-up number, negative too).
+        channel = self._probe_channel
         listener.execute(f"LISTEN {channel}")
         with psycopg.connect(
             listen_conninfo(), autocommit=True, connect_timeout=5, application_name=f"{LISTENER_NAME} probe"

@@ -373,6 +373,7 @@ SPECTACULAR_SETTINGS = {
         "drf_spectacular.hooks.postprocess_schema_enums",
         "coupons.api.key_access.document_key_errors",
         "coupons.api.idempotency.document_idempotency_errors",
+        "coupons.api.code_import_views.document_import_body_required",
     ],
     # The error codes' enum under a name that says what it is (not "CodeEnum").
     "ENUM_NAME_OVERRIDES": {

@@ -89,7 +89,9 @@ class RefusalsFromMemoryTests(TransactionTestCase):
             self.assertEqual(reply.status, 400, reply.body)
             self.assertLess(time.monotonic() - returned_at, WAIT_SECONDS, "the returned unit was never granted")
             attempt += 1
-        return time.monotonic() - returned_at, f"next-{name}-{attempt}"
+        elapsed = time.monotonic() - returned_at
+        print(f"\n{name}: the unit given back was granted {1000 * elapsed:.1f} ms later, after {attempt} refusals")
+        return elapsed, f"next-{name}-{attempt}"
 
     def test_a_released_unit_is_granted_on_another_process_within_the_bound(self):
         self.sell_out("RELEASED")

@@ -21,7 +21,7 @@ from django.test import TransactionTestCase
 from coupons.api_keys import create_api_key
 from coupons.models import API_KEY_SCOPES
 from tests.faults.service import Service
-from tests.helpers import subprocess_database_url
+from tests.helpers import ROOT, subprocess_database_url
 
 VENV_BIN = Path(sys.executable).parent
 PACKAGE = "coupon_client"
@@ -33,7 +33,8 @@ def generate_client(schema_url, directory):
     environment = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', os.defpath)}"}
     generated = subprocess.run(
         [VENV_BIN / "openapi-python-client", "generate", "--url", schema_url, "--meta", "none"]
-        + ["--output-path", str(directory / PACKAGE)],
+        # The repository's configuration: a code import's CSV or JSON lines body sent as a file's bytes.
+        + ["--config", str(ROOT / "openapi-python-client.yaml"), "--output-path", str(directory / PACKAGE)],
         capture_output=True,
         text=True,
         env=environment,

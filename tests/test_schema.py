@@ -85,8 +85,12 @@ class SchemaTests(SimpleTestCase):
         check, for every path."""
         sample = {"name": "PROMO", "user_id": "ann", "code": "7K3M-Q9TD-X2HB-R4WN", "subscription_id": uuid.uuid4()}
         # A GET there is served, and documented as GET /api/coupons/{name} (the coupon named "claim", or a name
-        # holding "/claims/").
-        served_as_a_coupon_read = {"/api/coupons/claim", "/api/coupons/{name}/claims/{user_id}"}
+        # holding "/claims/" or ending "/codes").
+        served_as_a_coupon_read = {
+            "/api/coupons/claim",
+            "/api/coupons/{name}/claims/{user_id}",
+            "/api/coupons/{name}/codes",
+        }
         for path, operations in self.schema["paths"].items():
             with self.subTest(path=path):
                 allow = self.client.options(path.format(**sample)).headers["Allow"]

@@ -121,9 +121,10 @@ def shell_environment(home, database_url):
 
 
 def working_directory(directory):
-    """A directory that looks like the repository's root to the examples (`manage.py`, `.venv/bin/python`)
-    but keeps whatever file they write out of the repository."""
-    (directory / "manage.py").symlink_to(ROOT / "manage.py")
+    """A directory that looks like the repository's root to the examples (`manage.py`, `.venv/bin/python`, the
+    client generator's configuration) but keeps whatever file they write out of the repository."""
+    for name in ("manage.py", "openapi-python-client.yaml"):
+        (directory / name).symlink_to(ROOT / name)
     in_a_venv = sys.prefix != sys.base_prefix
     (directory / ".venv").symlink_to(sys.prefix if in_a_venv else Path(sys.executable).parent.parent)
     return directory
