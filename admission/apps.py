@@ -11,3 +11,7 @@ class AdmissionConfig(AppConfig):
         from coupons import extensions
 
         extensions.register(AdmissionExtension())
+        from admission.metrics import AdmissionCollector
+        from coupons.stock_metrics import stock_registry
+
+        stock_registry.register(AdmissionCollector())

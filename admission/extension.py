@@ -14,6 +14,7 @@ its user only, whichever app host it is sent to, and a failover loses
 either both the claim and the spending or neither.
 """
 
+from django.db import transaction
 from django.db.models import Q
 from rest_framework import serializers
 
@@ -106,6 +107,10 @@ def validate_admission_options(options: dict) -> dict:
     return policy
 
 
+# The most coupons whose answer a process keeps (then it forgets them all and reads again as claims come).
+NAMES_CACHED = 100_000
+
+
 class _AdmissionRule(ClaimGroupRule):
     def __init__(self, coupon_id, entries, now):
         self.coupon_id, self.entries, self.now = coupon_id, entries, now
@@ -154,13 +159,27 @@ class AdmissionExtension(CouponExtension):
     }
 
     def __init__(self):
-        # coupon id -> name of the coupons judged, filled by applies_to: prepare_claim checks a token's audience
-        # without a query. A coupon's name never changes.
+        # coupon id -> its name if this extension judges its claims, else None. A coupon's admission mode is set
+        # in the transaction that creates it and never changes, nor does its name, and ids are not reused: the
+        # answer, once read, holds for the life of the process (bounded below). prepare_claim reads a token's
+        # expected audience here, without a query.
         self.names = {}
 
     def coupon_created(self, *, coupon, options):
-        services.create_policy(coupon=coupon, **validate_admission_options(options))
+        policy = services.create_policy(coupon=coupon, **validate_admission_options(options))
+        # Known in this process once committed (SQLite may give a rolled-back coupon's id to the next one).
+        answer = {coupon.pk: coupon.name if policy is not None else None}
+        transaction.on_commit(lambda: self._remember(answer))
         return []
+
+    def forget(self):
+        """Forget every coupon's answer (tests: SQLite reuses the ids of coupons a test case rolled back)."""
+        self.names.clear()
+
+    def _remember(self, answers):
+        if len(self.names) + len(answers) > NAMES_CACHED:
+            self.names.clear()
+        self.names.update(answers)
 
     def coupon_details(self, *, coupon_name):
         from admission.selectors import admission_details
@@ -168,13 +187,15 @@ class AdmissionExtension(CouponExtension):
         return admission_details(coupon_name=coupon_name)
 
     def applies_to(self, *, coupon_ids):
-        judged = dict(
-            AdmissionPolicy.objects.filter(pk__in=coupon_ids, mode__in=[Mode.QUEUE, Mode.DRAW]).values_list(
-                "pk", "coupon__name"
+        unknown = [coupon_id for coupon_id in coupon_ids if coupon_id not in self.names]
+        if unknown:
+            judged = dict(
+                AdmissionPolicy.objects.filter(pk__in=unknown, mode__in=[Mode.QUEUE, Mode.DRAW]).values_list(
+                    "pk", "coupon__name"
+                )
             )
-        )
-        self.names.update(judged)
-        return set(judged)
+            self._remember({coupon_id: judged.get(coupon_id) for coupon_id in unknown})
+        return {coupon_id for coupon_id in coupon_ids if self.names.get(coupon_id) is not None}
 
     def prepare_claim(self, *, coupon_id, user_id, claim_input):
         token = claim_input.get("admission_token")
@@ -197,3 +218,14 @@ class AdmissionExtension(CouponExtension):
             )
             entries = {row["pk"]: row for row in rows}
         return _AdmissionRule(coupon_id, entries, now)
+
+
+def forget_caches() -> None:
+    """Forget what this process cached of coupons' admission (tests: each test case starts from its database)."""
+    from admission import selectors
+    from coupons import extensions
+
+    for extension in extensions.registered():
+        if isinstance(extension, AdmissionExtension):
+            extension.forget()
+    selectors.clear_caches()

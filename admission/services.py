@@ -20,12 +20,8 @@ from admission.exceptions import AlreadyEntered, EntriesClosed, EntriesNotOpen, 
 from admission.models import AdmissionPolicy, Entry, EntryStatus, Mode
 from coupons.exceptions import CouponNotFound
 from coupons.models import Coupon
-from coupons.outbox import NewEvent, record_events
+from coupons.outbox import ADMISSION_LAPSED, DRAW_COMPLETED, ENTRY_ADMITTED, NewEvent, record_events
 from coupons.sale_windows import as_utc_datetime, format_utc
-
-ENTRY_ADMITTED = "entry.admitted"
-ADMISSION_LAPSED = "admission.lapsed"
-DRAW_COMPLETED = "draw.completed"
 
 
 def coupon_changed(coupon_id: int) -> None:

@@ -48,6 +48,11 @@ COUPON_RESTOCKED = "coupon.restocked"
 CLAIM_EXPIRED = "claim.expired"
 REDEMPTION_REDEEMED = "redemption.redeemed"
 REDEMPTION_UNDONE = "redemption.undone"
+# Written by fair admission (admission/services.py, an extension: coupons/extensions.py); named here so that
+# webhook subscriptions and the schema know every type the log can hold.
+ENTRY_ADMITTED = "entry.admitted"
+ADMISSION_LAPSED = "admission.lapsed"
+DRAW_COMPLETED = "draw.completed"
 EVENT_TYPES = (
     COUPON_CREATED,
     CLAIM_GRANTED,
@@ -57,6 +62,9 @@ EVENT_TYPES = (
     CLAIM_EXPIRED,
     REDEMPTION_REDEEMED,
     REDEMPTION_UNDONE,
+    ENTRY_ADMITTED,
+    ADMISSION_LAPSED,
+    DRAW_COMPLETED,
 )
 
 # The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).

@@ -7,6 +7,7 @@ from rest_framework import serializers
 from rest_framework.test import APIClient
 
 from coupons import extensions
+from coupons.api.serializers import ClaimInputSerializer, CouponCreateInputSerializer
 from coupons.claim_groups import grant_claims
 from coupons.exceptions import CouponError
 from coupons.extensions import ClaimGroupRule, CouponExtension
@@ -68,14 +69,24 @@ class OddOnesOut(CouponExtension):
         self.returned.extend(user_id for _, user_id in claims)
 
 
+def forget_shared_fields():
+    """The input serializers build their fields once per process (SharedFieldsSerializer), with the extensions
+    registered then: a test that registers one afterwards has them built again, with and then without it."""
+    for serializer in (CouponCreateInputSerializer, ClaimInputSerializer):
+        if "_shared_fields" in serializer.__dict__:
+            del serializer._shared_fields
+
+
 @contextlib.contextmanager
 def registered(extension):
     saved = list(extensions._registered)
     extensions.register(extension)
+    forget_shared_fields()
     try:
         yield extension
     finally:
         extensions._registered[:] = saved
+        forget_shared_fields()
 
 
 class ExtensionClaimPathTests(TestCase):
