@@ -380,6 +380,8 @@ SPECTACULAR_SETTINGS = {
         "ErrorCode": "coupons.api.error_codes.ErrorCode",
         "ClaimStatus": "coupons.models.ClaimStatus",
         "EventType": "coupons.outbox.EVENT_TYPES",
+        "EntryStatus": "admission.models.EntryStatus",
+        "AdmissionMode": "admission.models.Mode",
     },
 }
 

@@ -30,6 +30,10 @@ class SchemaTests(SimpleTestCase):
                 "/api/webhooks",
                 "/api/webhooks/{subscription_id}",
                 "/api/events",
+                "/api/coupons/{name}/entries",
+                "/api/coupons/{name}/entries/{user_id}",
+                "/api/coupons/{name}/draw",
+                "/.well-known/jwks.json",
             },
         )
 

@@ -127,15 +127,16 @@ class DrawApi(ApiKeyRequired, APIView):
         return Response(DrawProofSerializer(proof).data)
 
 
-@extend_schema(
-    operation_id="admission_jwks",
-    summary="The public keys of admission tokens (JWKS)",
-    responses={200: JwksSerializer},
-)
 class JwksApi(APIView):
     authentication_classes = []
     permission_classes = []
 
+    @extend_schema(
+        operation_id="admission_jwks",
+        summary="The public keys of admission tokens (JWKS)",
+        description="Ed25519 keys (RFC 8037) that verify admission tokens: every key of ADMISSION_SIGNING_KEYS.",
+        responses={200: JwksSerializer},
+    )
     def get(self, request):
         # Public keys: anyone (an edge, a client) may check a token's signature.
         return JsonResponse(jwks(), headers={"Cache-Control": "public, max-age=300"})
