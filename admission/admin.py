@@ -29,19 +29,8 @@ class AdmissionPolicyAdmin(admin.ModelAdmin):
         "entries_hash",
         "drawn_amount",
     ]
-    readonly_fields = [
-        "coupon",
-        "mode",
-        "entries_open_at",
-        "draw_at",
-        "opened_at",
-        "sold_out_at",
-        "live_counts",
-        "commitment",
-        "revealed_seed",
-        "entries_hash",
-        "drawn_amount",
-    ]
+    # Only the rate and the admission's length may change after creation (the next admission pass uses them).
+    readonly_fields = [field for field in fields if field not in ("admit_per_second", "admission_seconds")]
 
     def has_add_permission(self, request):
         return False  # created with its coupon (POST /api/coupons with `admission`)

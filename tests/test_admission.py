@@ -404,3 +404,25 @@ class DrawTests(AdmissionTestCase):
     def test_a_queue_has_no_draw(self):
         self.create("Q", 1, admission="queue")
         self.assert_error(self.client.get("/api/coupons/Q/draw"), 404, "not_a_draw")
+
+
+class AdmissionAdminTests(AdmissionTestCase):
+    def test_operators_see_policies_with_counts_and_entries_and_the_seed_only_once_public(self):
+        from django.contrib.auth.models import User
+
+        self.client.force_login(User.objects.create_superuser("op", password="pw"))
+        self.create("D", 1, admission="draw", draw_at=future(60))
+        self.enter("D", "ann")
+        policy = AdmissionPolicy.objects.get()
+
+        page = self.client.get(f"/admin/admission/admissionpolicy/{policy.pk}/change/")
+        self.assertEqual(page.status_code, 200)
+        self.assertContains(page, policy.commitment)
+        self.assertNotContains(page, policy.seed)
+        self.assertContains(page, "waiting: 1")
+        self.assertContains(self.client.get("/admin/admission/admissionpolicy/"), "1 / 0 / 0 / 0")
+        self.assertContains(self.client.get("/admin/admission/entry/"), "ann")
+
+        AdmissionPolicy.objects.update(draw_at=timezone.now() - timedelta(seconds=1))
+        self.admit("D")
+        self.assertContains(self.client.get(f"/admin/admission/admissionpolicy/{policy.pk}/change/"), policy.seed)
