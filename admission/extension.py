@@ -140,9 +140,11 @@ class _AdmissionRule(ClaimGroupRule):
 class AdmissionExtension(CouponExtension):
     create_fields = _LazyFields()
     claim_fields = {
+        # No max_length: a token carries the coupon's name and the user id, JSON-escaped then base64url-encoded
+        # (up to ~8.5 KB for 255 astral characters each); the request body limit (MAX_REQUEST_BODY_BYTES) bounds it.
         "admission_token": serializers.CharField(
             required=False,
-            max_length=4096,
+            trim_whitespace=False,
             help_text="queue/draw coupons: the admission token GET .../entries/{user_id} gave this user.",
         )
     }

@@ -18,8 +18,12 @@ class AdmissionCollector:
     def collect(self):
         since = timezone.now() - timedelta(seconds=60)
         try:
-            counts = dict(Entry.objects.values_list("status").annotate(n=Count("pk")).order_by())
-            admitted = Entry.objects.aggregate(n=Count("pk", filter=Q(admitted_at__gte=since)))["n"]
+            # One query per scrape: every status's count and the last minute's admissions, filtered aggregates.
+            counts = Entry.objects.aggregate(
+                admitted_recently=Count("pk", filter=Q(admitted_at__gte=since)),
+                **{status: Count("pk", filter=Q(status=status)) for status in EntryStatus.values},
+            )
+            admitted = counts.pop("admitted_recently")
         except DatabaseError as exc:
             logger.warning("admission metrics unavailable", error=str(exc))
             return

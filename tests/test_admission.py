@@ -426,3 +426,15 @@ class AdmissionAdminTests(AdmissionTestCase):
         AdmissionPolicy.objects.update(draw_at=timezone.now() - timedelta(seconds=1))
         self.admit("D")
         self.assertContains(self.client.get(f"/admin/admission/admissionpolicy/{policy.pk}/change/"), policy.seed)
+
+    def test_metrics_show_the_queues_length_and_the_admission_rate(self):
+        self.create("Q", 1, admission="queue")
+        for user_id in ("ann", "bob", "cat"):
+            self.enter("Q", user_id)
+        self.admit("Q")
+
+        metrics = self.client.get("/metrics").content.decode()
+
+        self.assertIn('admission_entries_by_status{status="waiting"} 2.0', metrics)
+        self.assertIn('admission_entries_by_status{status="admitted"} 1.0', metrics)
+        self.assertIn(f"admission_admitted_per_second {1 / 60}", metrics)

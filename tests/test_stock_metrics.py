@@ -36,9 +36,9 @@ class LiveStockMetricsTests(Scraping, TestCase):
         with CaptureQueriesContext(connection) as queries:
             samples = self.scrape()
 
-        # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests), and
-        # the webhook backlog (tests/test_webhooks.py).
-        self.assertEqual(len(queries), 4)
+        # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests), the
+        # webhook backlog (tests/test_webhooks.py), and fair admission's entries (admission/metrics.py).
+        self.assertEqual(len(queries), 5)
         self.assertIn("remaining_amount", queries[0]["sql"])
         self.assertEqual(samples[("coupons_live", ())], 2)
         self.assertEqual(samples[("coupon_stock_remaining_total", ())], 4 + 3)
