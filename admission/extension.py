@@ -222,6 +222,15 @@ class AdmissionExtension(CouponExtension):
         return _AdmissionRule(coupon_id, entries, now)
 
 
+def forget_coupon(coupon_id: int) -> None:
+    """Forget this process's answer for one coupon (its policy was just created)."""
+    from coupons import extensions
+
+    for extension in extensions.registered():
+        if isinstance(extension, AdmissionExtension):
+            extension.names.pop(coupon_id, None)
+
+
 def forget_caches() -> None:
     """Forget what this process cached of coupons' admission (tests: each test case starts from its database)."""
     from admission import selectors

@@ -63,7 +63,17 @@ def create_policy(
         opened_at=coupon.created_at if mode == Mode.QUEUE and coupon.starts_at is None else None,
     )
     coupon_changed(coupon.pk)
+    # This process may have remembered the coupon as first come (a policy added after its creation, from a
+    # shell): it reads it again once this commits. Other processes would not know: a policy is meant to be
+    # created with its coupon (create_coupon's `options`), before any claim.
+    transaction.on_commit(lambda: _forget_coupon(coupon.pk))
     return policy
+
+
+def _forget_coupon(coupon_id):
+    from admission.extension import forget_coupon
+
+    forget_coupon(coupon_id)
 
 
 def _locked_policy(coupon_name=None, coupon_id=None):

@@ -26,6 +26,10 @@ from django.core.exceptions import ImproperlyConfigured
 from admission.exceptions import AdmissionExpired, AdmissionInvalid
 
 ALGORITHM = "EdDSA"
+# Seconds of clock difference between app hosts tolerated on nbf and exp here: a token minted from the database's
+# clock is not refused as premature by a host whose clock lags. The deadline itself is the database's: the claim
+# transaction refuses an admission past its admitted_until whatever this host's clock says.
+CLOCK_LEEWAY_SECONDS = 5
 
 
 @dataclass(frozen=True)
@@ -148,6 +152,7 @@ def verify_token(token: str, *, user_id: str, coupon_name: str | None) -> Verifi
             audience=coupon_name,
             issuer=settings.ADMISSION_TOKEN_ISSUER,
             options=options,
+            leeway=CLOCK_LEEWAY_SECONDS,
         )
     except jwt.ExpiredSignatureError:
         raise AdmissionExpired() from None

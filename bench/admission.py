@@ -27,7 +27,7 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from admission import selectors, tokens  # noqa: E402
-from admission.services import admission_pass, create_policy, enter  # noqa: E402
+from admission.services import admission_pass, enter  # noqa: E402
 from coupons.models import Coupon  # noqa: E402
 from coupons.services import create_coupon  # noqa: E402
 
@@ -56,8 +56,7 @@ def main():
     print(f"tokens verified (what prepare_claim adds to a claim): {1 / check:,.0f}/s per core ({check * 1e6:.0f} µs)")
 
     name = f"BENCH-ADMISSION-{time.time_ns()}"
-    coupon = create_coupon(name=name, amount=args.users // 2)
-    create_policy(coupon=coupon, mode="queue")
+    coupon = create_coupon(name=name, amount=args.users // 2, options={"admission": "queue"})
     try:
         started, cpu = time.perf_counter(), time.process_time()
         for n in range(args.entries):

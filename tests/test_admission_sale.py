@@ -17,7 +17,7 @@ from django.db import connections
 from django.test import TransactionTestCase
 
 from admission.models import Entry, EntryStatus
-from admission.services import admission_passes, create_policy
+from admission.services import admission_passes
 from coupons.models import Claim, Coupon, Event
 from coupons.services import create_coupon
 from tests.faults.service import Service
@@ -36,8 +36,8 @@ def abandons(user_id):
 
 class QueuedSaleTests(TransactionTestCase):
     def test_500_units_5000_entrants_over_http(self):
-        coupon = create_coupon(name="DROP", amount=UNITS)
-        create_policy(coupon=coupon, mode="queue", admission_seconds=ADMISSION_SECONDS)
+        options = {"admission": "queue", "admission_seconds": ADMISSION_SECONDS}
+        coupon = create_coupon(name="DROP", amount=UNITS, options=options)
         users = [f"fan-{n:04d}" for n in range(ENTRANTS)]
         stop = threading.Event()
         seen = {}  # user -> (final status, monotonic time it was seen)
