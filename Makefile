@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: run test test-import superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
+.PHONY: run test test-admission test-import superuser bench capacity patroni barman cluster-tools test-cluster test-chaos test-restore test-restore-rto docs docs-serve
 
 # The Procfile's processes (web server, hold expiry worker, webhook delivery worker) under honcho, the venv's commands first.
 run: $(VENV)/.installed
@@ -12,6 +12,11 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(BIN)/pytest -n auto
+
+# Fair admission at the issue's sizes: 10,000 users entering at once, a queued sale of 500 units and 5,000
+# entrants over HTTP (make test runs a fifth and a tenth of them: CI's time).
+test-admission: $(VENV)/.installed
+	ADMISSION_FULL_SIZE=1 $(BIN)/pytest tests/test_admission_fairness.py tests/test_admission_sale.py -s
 
 # The import of the issue's 1,000,000 codes (make test imports 200,000: CI's time).
 test-import: $(VENV)/.installed

@@ -23,3 +23,12 @@ def _coupon_states_listener_stopped(django_db_setup, django_db_blocker):
 
     with django_db_blocker.unblock():
         coupon_states.stop_listening()
+
+
+@pytest.fixture(autouse=True)
+def _admission_caches_forgotten():
+    """Each test starts without fair admission's per-process caches (admission/extension.py, selectors.py): a
+    test case rolls its coupons back, and SQLite gives their ids to the next test's coupons."""
+    from admission.extension import forget_caches
+
+    forget_caches()

@@ -51,6 +51,11 @@ REDEMPTION_UNDONE = "redemption.undone"
 # Written by the campaigns app (campaigns/extension.py) in a claim group's transaction; named here so that
 # webhook subscriptions and GET /api/events may filter on it.
 CAMPAIGN_EXHAUSTED = "campaign.exhausted"
+# Written by fair admission (admission/services.py, an extension: coupons/extensions.py); named here so that
+# webhook subscriptions and the schema know every type the log can hold.
+ENTRY_ADMITTED = "entry.admitted"
+ADMISSION_LAPSED = "admission.lapsed"
+DRAW_COMPLETED = "draw.completed"
 EVENT_TYPES = (
     COUPON_CREATED,
     CLAIM_GRANTED,
@@ -61,6 +66,9 @@ EVENT_TYPES = (
     REDEMPTION_REDEEMED,
     REDEMPTION_UNDONE,
     CAMPAIGN_EXHAUSTED,
+    ENTRY_ADMITTED,
+    ADMISSION_LAPSED,
+    DRAW_COMPLETED,
 )
 
 # The id of the writing transaction, as a plain integer (xid8 has no cast to bigint but through text).

@@ -75,6 +75,8 @@ INSTALLED_APPS = [
     "coupons",
     # After coupons: it adds its rules to coupons through coupons/extensions.py.
     "campaigns",
+    # Fair admission (waiting room, draw): adds its rules to coupons through coupons/extensions.py.
+    "admission",
 ]
 
 MIDDLEWARE = [
@@ -320,6 +322,24 @@ IDEMPOTENCY_TTL = env_int("IDEMPOTENCY_TTL", 24 * 3600)
 IDEMPOTENCY_LEASE = env_int("IDEMPOTENCY_LEASE", 60)
 
 
+# Fair admission (admission/) ---------------------------------------------------
+
+# The Ed25519 keys that sign admission tokens: "kid:key,kid:key", each key 32
+# bytes in base64url (`python manage.py admission_key` prints a new one). The
+# first signs; every one listed verifies (rotation: add the new key second,
+# then move it first, then drop the old one once its tokens have lapsed).
+# Unset: one key derived from SECRET_KEY (HKDF), the same on every host that
+# shares SECRET_KEY, and as secret as it is; `check --deploy` flags it, as it
+# flags the default SECRET_KEY (admission/tokens.py).
+ADMISSION_SIGNING_KEYS = os.environ.get("ADMISSION_SIGNING_KEYS", "")
+ADMISSION_TOKEN_ISSUER = os.environ.get("ADMISSION_TOKEN_ISSUER") or "couponsite"
+# Milliseconds a process serves queue positions from its cache before reading the
+# coupon's admission state again (admission/standings.py): the most a poll's answer lags.
+ADMISSION_POLL_REFRESH_MS = env_int("ADMISSION_POLL_REFRESH_MS", 1000)
+# The admission worker's pass interval (python manage.py run_admission).
+ADMISSION_PASS_MS = env_int("ADMISSION_PASS_MS", 250)
+
+
 # Webhooks (coupons/webhooks.py) -----------------------------------------------
 
 # Off: subscription URLs that are or resolve to loopback, private, link-local
@@ -380,6 +400,8 @@ SPECTACULAR_SETTINGS = {
         "ErrorCode": "coupons.api.error_codes.ErrorCode",
         "ClaimStatus": "coupons.models.ClaimStatus",
         "EventType": "coupons.outbox.EVENT_TYPES",
+        "EntryStatus": "admission.models.EntryStatus",
+        "AdmissionMode": "admission.models.Mode",
     },
 }
 

@@ -3,6 +3,7 @@ from django.contrib import admin
 from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from admission.api.views import JwksApi
 from coupons import stock_metrics
 from couponsite import views
 
@@ -11,8 +12,11 @@ urlpatterns = [
     re_path(r"^health/?$", views.health, name="health"),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),
     re_path(r"^api/docs/?$", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Before coupons' paths, whose catch-all `coupons/<path:name>` would take them (admission/api/urls.py).
+    path("api/", include("admission.api.urls")),
     path("api/", include("coupons.api.urls")),
     path("api/", include("campaigns.api.urls")),
+    re_path(r"^\.well-known/jwks\.json$", JwksApi.as_view(), name="admission-jwks"),
     # GET /metrics: Prometheus text format, every server worker added up,
     # and the stock of live coupons (read at scrape time).
     path("metrics", stock_metrics.metrics, name="prometheus-django-metrics"),

@@ -320,6 +320,7 @@ class WorkerProcessTests(SimpleTestCase):
     WORKERS = {
         "expire_holds": ["python", "manage.py", "expire_holds"],
         "deliver_events": ["python", "manage.py", "deliver_events"],
+        "admission": ["python", "manage.py", "run_admission"],
     }
 
     def test_the_procfile_runs_the_web_server_as_the_image_does_and_each_worker_once(self):

@@ -69,6 +69,14 @@ class OddOnesOut(CouponExtension):
         self.returned.extend(user_id for _, user_id in claims)
 
 
+def forget_shared_fields():
+    """The input serializers build their fields once per process (SharedFieldsSerializer), with the extensions
+    registered then: a test that registers one afterwards has them built again, with and then without it."""
+    for serializer in (CouponCreateInputSerializer, ClaimInputSerializer):
+        if "_shared_fields" in serializer.__dict__:
+            del serializer._shared_fields
+
+
 @contextlib.contextmanager
 def registered(extension):
     """The extension registered for the test's length (an app registers from ready(), before the serializers

@@ -39,6 +39,10 @@ class SchemaTests(SimpleTestCase):
                 "/api/coupons/{name}/codes",
                 "/api/campaigns",
                 "/api/campaigns/{name}",
+                "/api/coupons/{name}/entries",
+                "/api/coupons/{name}/entries/{user_id}",
+                "/api/coupons/{name}/draw",
+                "/.well-known/jwks.json",
             },
         )
 

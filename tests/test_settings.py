@@ -14,6 +14,8 @@ PRODUCTION = {
     "SECURE_SSL_REDIRECT": "1",
     "SECURE_HSTS_SECONDS": "31536000",
     "SECURE_HSTS_PRELOAD": "1",
+    # Admission tokens' own key (admission/tokens.py): 32 random bytes in base64url.
+    "ADMISSION_SIGNING_KEYS": "k1:" + secrets.token_urlsafe(32),
 }
 
 

@@ -38,8 +38,9 @@ class LiveStockMetricsTests(Scraping, TestCase):
             samples = self.scrape()
 
         # The stock in one query; then the claims by status and the next hold's deadline (ClaimStatusTests), the
-        # webhook backlog (tests/test_webhooks.py), and on PostgreSQL the backup stream (BackupStreamMetricsTests).
-        self.assertEqual(len(queries), 5 if connection.vendor == "postgresql" else 4)
+        # webhook backlog (tests/test_webhooks.py), on PostgreSQL the backup stream (BackupStreamMetricsTests), and
+        # fair admission's entries (admission/metrics.py).
+        self.assertEqual(len(queries), 6 if connection.vendor == "postgresql" else 5)
         self.assertIn("remaining_amount", queries[0]["sql"])
         self.assertEqual(samples[("coupons_live", ())], 2)
         self.assertEqual(samples[("coupon_stock_remaining_total", ())], 4 + 3)

@@ -51,6 +51,17 @@ class ErrorCode(enum.StrEnum):
     CAMPAIGN_NOT_FOUND = "campaign_not_found"
     CAMPAIGN_EXISTS = "campaign_exists"
     UNAVAILABLE = "unavailable"
+    # Fair admission's (admission/, an extension: coupons/extensions.py maps its errors; listed here so that the
+    # schema's enum holds every code the API can answer with).
+    NO_ADMISSION = "no_admission"
+    ALREADY_ENTERED = "already_entered"
+    ENTRIES_NOT_OPEN = "entries_not_open"
+    ENTRIES_CLOSED = "entries_closed"
+    ENTRY_NOT_FOUND = "entry_not_found"
+    NOT_A_DRAW = "not_a_draw"
+    ADMISSION_REQUIRED = "admission_required"
+    ADMISSION_INVALID = "admission_invalid"
+    ADMISSION_EXPIRED = "admission_expired"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"
 

@@ -346,6 +346,78 @@ class ClusterTests(SimpleTestCase):
             f" first 201 {first:.1f} s after the kill"
         )
 
+    def test_10_admission_tokens_through_a_failover(self):
+        """A queued coupon (fair admission): 300 users enter through the load balancer, the admission worker of
+        each app host admits them, and each admitted user claims with its token (sent to whichever app host the
+        load balancer picks) while the primary's PostgreSQL is SIGKILLed. Every claim on the new primary spent its
+        user's entry, no token granted two units, and a token replayed after its claim is refused."""
+        name, users, stock = "cluster-queue", 300, 200
+        reply = request(
+            self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": stock, "admission": "queue"}
+        )
+        self.assertEqual(reply.status, 201, reply)
+        for user in range(users):
+            entered = retry_until_definite(self.lb, "POST", f"/api/coupons/{name}/entries", {"user_id": f"q{user}"})
+            self.assertIn(entered.status, (201, 409), entered)  # 409: a retried entry whose answer was lost
+        tokens, claimed = {}, []
+
+        def shop(user):
+            user_id = f"q{user}"
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                standing = request(self.lb, HTTP_PORT, "GET", f"/api/coupons/{name}/entries/{user_id}", timeout=15)
+                if standing.status == 200 and standing.body["status"] == "admitted":
+                    tokens[user_id] = standing.body["admission_token"]
+                    body = {"user_id": user_id, "coupon_name": name, "admission_token": tokens[user_id]}
+                    answer = retry_until_definite(self.lb, "POST", "/api/coupons/claim", body, {201, 400, 403, 409})
+                    claimed.append(user_id)
+                    return user_id, answer
+                if standing.status == 200 and standing.body["status"] in ("sold_out", "expired", "claimed"):
+                    return user_id, standing
+                time.sleep(0.5)
+            return user_id, None
+
+        old_primary = self.topology.primary()
+        with ThreadPoolExecutor(max_workers=64) as pool:
+            outcomes = pool.map(shop, range(users))
+            wait_for(lambda: len(claimed) >= stock // 4, 120, "a quarter of the claims")
+            kill_postmaster_and_backends(self.topology.directory / old_primary / "data")
+            answers = dict(outcomes)
+        self.topology.wait_until_healthy()
+        self.assertNotEqual(self.topology.primary(), old_primary)
+        with self.topology.connect_primary() as connection:
+            rows = connection.execute(
+                "SELECT u.user_id, u.id, e.user_id, e.status FROM coupons_claim u"
+                " JOIN coupons_coupon c ON c.id = u.coupon_id LEFT JOIN admission_entry e ON e.claim_id = u.id"
+                " WHERE c.name = %s AND u.status IN ('held', 'redeemed')",
+                [name],
+            ).fetchall()
+            remaining = connection.execute("SELECT remaining_amount FROM coupons_coupon WHERE name = %s", [name])
+            remaining = remaining.fetchone()[0]
+        self.assertEqual(remaining, stock - len(rows))
+        for claimant, _, entrant, status in rows:
+            self.assertEqual((entrant, status), (claimant, "claimed"), "each claim spent its own user's entry")
+        self.assertEqual(len({claimant for claimant, *_ in rows}), len(rows))
+        for user_id, answer in answers.items():
+            if answer is not None and answer.status == 201:
+                self.assertIn(user_id, {claimant for claimant, *_ in rows}, f"{user_id}'s acknowledged claim")
+        # A token used again (its claim released meanwhile: the user may claim again) is spent: refused.
+        replayed = next(user for user, *_ in rows)
+        with self.topology.connect_primary() as connection:
+            connection.execute(
+                "UPDATE coupons_claim SET status = 'released', returned_at = now() WHERE user_id = %s", [replayed]
+            )
+            connection.execute(
+                "UPDATE coupons_coupon SET remaining_amount = remaining_amount + 1 WHERE name = %s", [name]
+            )
+        body = {"user_id": replayed, "coupon_name": name, "admission_token": tokens[replayed]}
+        again = retry_until_definite(self.lb, "POST", "/api/coupons/claim", body, {201, 400, 403, 409})
+        self.assertEqual((again.status, again.body["code"]), (403, "admission_invalid"))
+        FIGURES.append(
+            f"admission tokens through a failover: {users} entrants, {len(rows)} claims committed, each spending its"
+            f" own user's entry; a spent token replayed: 403 admission_invalid"
+        )
+
     def claim_a_code(self, name, user):
         """Claim until the answer is definite; the code, from the 201 or, if the 201 was lost, the user's claims."""
         reply = retry_until_definite(self.lb, "POST", "/api/coupons/claim", {"user_id": str(user), "coupon_name": name})

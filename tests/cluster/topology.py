@@ -23,6 +23,7 @@ The faults (kill, pause, resume, cut, reconnect, partition) act on whole
 hosts, as a crashed, frozen or unplugged machine would.
 """
 
+import base64
 import configparser
 import contextlib
 import csv
@@ -74,7 +75,10 @@ STANDBY_ROLE = "quorum_standby"
 APP_HOSTS = ("app1", "app2")
 START_TIMEOUT_SECONDS = 120
 # The Procfile's processes besides the web server: one of each on every app host.
-WORKERS = ("expire_holds", "deliver_events")
+WORKERS = ("expire_holds", "deliver_events", "run_admission")
+# Every app host signs and verifies admission tokens with the same key (a token minted by one host's poll is
+# spent on whichever host the claim reaches); each Service has a SECRET_KEY of its own, so the key is set.
+ADMISSION_SIGNING_KEYS = "cluster:" + base64.urlsafe_b64encode(secrets.token_bytes(32)).rstrip(b"=").decode()
 # Where `make patroni` installs deploy/requirements-patroni.txt (the Makefile passes it on).
 DEFAULT_PATRONI_VENV = "/opt/couponsite-patroni"
 # Where `make barman` installs deploy/requirements-barman.txt, and the server its config names.
@@ -314,6 +318,7 @@ class Topology:
             # A key whose request died with the primary is taken over this soon (a request here never runs
             # longer: its database waits are bounded), so that a retry after a failover is not held off a minute.
             IDEMPOTENCY_LEASE="20",
+            ADMISSION_SIGNING_KEYS=ADMISSION_SIGNING_KEYS,
         )
         self.app_hosts[name] = service.__enter__()
         for worker in WORKERS:

@@ -9,6 +9,7 @@ output it prints, until the next command.
 
 Outputs are compared strictly, except for values that differ on every run:
 timestamps of the run, UUIDs, API keys, DRF tokens, webhook signing secrets,
+admission tokens, a draw's seed, commitment and hashes (64 hex digits),
 pagination cursors, claim codes, the wait in DRF's 429 message. Those are matched by kind, and each
 value shown in a page must stand for one actual value throughout the page
 (and a value the page itself sends must come back unchanged), so a later
@@ -157,6 +158,10 @@ TOKEN_KINDS = (
         shape=_timestamp_shape,
         varies=_is_about_now,
     ),
+    # An admission token (admission/tokens.py): a JWS, three base64url parts, header and payload JSON objects.
+    TokenKind("admission token", r"\beyJ[A-Za-z0-9_-]+\.eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+"),
+    # A draw's seed, commitment or entry-list hash (admission/draws.py): 256 bits in hex.
+    TokenKind("digest", r"\b[0-9a-f]{64}\b"),
     TokenKind("uuid", r"\b[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\b"),
     TokenKind("API key", r"\b[A-Za-z0-9]{8}\.[A-Za-z0-9]{32}\b"),  # coupons/api_keys.py KEY_FORMAT
     TokenKind("token", r"\b[0-9a-f]{40}\b"),  # DRF's authtoken
