@@ -80,6 +80,14 @@ class _LazyFields(dict):
         self._fill()
         return super().items()
 
+    def keys(self):
+        self._fill()
+        return super().keys()
+
+    def __iter__(self):
+        self._fill()
+        return super().__iter__()
+
     def __contains__(self, key):
         self._fill()
         return super().__contains__(key)

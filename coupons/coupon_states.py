@@ -428,7 +428,7 @@ class CouponStates:
         coupon_id, _, name = notification.payload.partition(":")  # "<id>:<name>" (a name may hold ":")
         try:
             self.forget(coupon_id=int(coupon_id), name=name)
-        except ValueError:
+        except ValueError:  # "*": the coupons' table was truncated (migration 0009)
             self.forget_all()
 
     def _check(self, listener):

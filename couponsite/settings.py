@@ -389,6 +389,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Operations are tagged by the path's first segment after /api/ (coupons, users, redemptions...): the
+    # generated clients' modules. Without it, /.well-known/jwks.json made the common prefix "/" and every
+    # operation's tag "api".
+    "SCHEMA_PATH_PREFIX": r"/api/",
     "POSTPROCESSING_HOOKS": [
         "drf_spectacular.hooks.postprocess_schema_enums",
         "coupons.api.key_access.document_key_errors",

@@ -54,7 +54,8 @@ class QueuedSaleTests(TransactionTestCase):
             finally:
                 connections.close_all()
 
-        with Service(subprocess_database_url(), WEB_CONCURRENCY="3") as service:
+        # 3 worker processes of 8 threads: 24 database connections at most, beside the other tests' servers.
+        with Service(subprocess_database_url(), WEB_CONCURRENCY="3", WEB_THREADS="8") as service:
             started = time.monotonic()
             with ThreadPoolExecutor(CLIENT_THREADS) as pool:
                 entered = list(pool.map(lambda u: self.enter(service, u), users))

@@ -89,11 +89,12 @@ class SchemaTests(SimpleTestCase):
         check, for every path."""
         sample = {"name": "PROMO", "user_id": "ann", "code": "7K3M-Q9TD-X2HB-R4WN", "subscription_id": uuid.uuid4()}
         # A GET there is served, and documented as GET /api/coupons/{name} (the coupon named "claim", or a name
-        # holding "/claims/" or ending "/codes").
+        # holding "/claims/", or ending "/codes" or "/entries").
         served_as_a_coupon_read = {
             "/api/coupons/claim",
             "/api/coupons/{name}/claims/{user_id}",
             "/api/coupons/{name}/codes",
+            "/api/coupons/{name}/entries",
         }
         for path, operations in self.schema["paths"].items():
             with self.subTest(path=path):

@@ -6,7 +6,7 @@ coupon when PostgreSQL notifies it on the `coupon_states` channel. The
 services notify too (coupon_changed), but a trigger makes the database
 itself the source, whatever wrote the row (the service, an operator's
 psql, a migration): a coupon created or deleted, its stock going up, its
-window moved. A claim's decrement fires nothing: the WHEN clause is checked
+window moved; the table truncated ("*": every process forgets everything). A claim's decrement fires nothing: the WHEN clause is checked
 by PostgreSQL itself, without calling the function. The payload is
 "<id>:<name>", as coupon_changed writes it, so PostgreSQL sends one of two
 identical notifications of a transaction.
@@ -25,6 +25,14 @@ END
 $$;
 CREATE TRIGGER coupons_coupon_created_or_deleted AFTER INSERT OR DELETE ON coupons_coupon
     FOR EACH ROW EXECUTE FUNCTION coupons_coupon_state_changed();
+CREATE FUNCTION coupons_coupons_truncated() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('coupon_states', '*');
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER coupons_coupon_truncated AFTER TRUNCATE ON coupons_coupon
+    FOR EACH STATEMENT EXECUTE FUNCTION coupons_coupons_truncated();
 CREATE TRIGGER coupons_coupon_stock_up_or_window_moved AFTER UPDATE ON coupons_coupon
     FOR EACH ROW WHEN (
         NEW.remaining_amount > OLD.remaining_amount
@@ -37,7 +45,9 @@ CREATE TRIGGER coupons_coupon_stock_up_or_window_moved AFTER UPDATE ON coupons_c
 DROP = """
 DROP TRIGGER coupons_coupon_stock_up_or_window_moved ON coupons_coupon;
 DROP TRIGGER coupons_coupon_created_or_deleted ON coupons_coupon;
+DROP TRIGGER coupons_coupon_truncated ON coupons_coupon;
 DROP FUNCTION coupons_coupon_state_changed();
+DROP FUNCTION coupons_coupons_truncated();
 """
 
 

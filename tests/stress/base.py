@@ -156,6 +156,10 @@ class StressScenarios(OneStressClassAtATime):
     `read_detail` returns the coupon as GET /api/coupons/{name} shows it.
     """
 
+    def sale_set_up(self):
+        """Called once a generated sale's coupons are created, before the crowd comes (a served app's processes
+        hear of them a moment later: ServedByShippedServer waits that moment)."""
+
     def fire_all(self, requests):
         raise NotImplementedError
 
@@ -277,6 +281,7 @@ class StressScenarios(OneStressClassAtATime):
     def test_generated_sales_keep_every_invariant(self, sale):
         coupons, requests = sale
         set_up_sale(coupons)
+        self.sale_set_up()
 
         outcomes = self.fire_all(requests)
 
