@@ -35,7 +35,6 @@ from rest_framework import serializers, status
 from campaigns.exceptions import CampaignAlreadyExists, CampaignExhausted, CampaignLimitReached, CampaignNotFound
 from campaigns.models import Campaign, CampaignCoupon
 from coupons.api.error_codes import ErrorCode
-from coupons.coupon_states import coupon_changed
 from coupons.extensions import ClaimGroupRule, CouponExtension
 from coupons.models import Claim
 from coupons.outbox import CAMPAIGN_EXHAUSTED, NewEvent
@@ -76,9 +75,9 @@ class CampaignExtension(CouponExtension):
         if campaign_id is None:
             raise CampaignNotFound(f"No campaign is named {name!r}.")
         # A new coupon has no claims: the campaign's counter needs no change.
+        # create_coupon tells every process (coupon_changed) after this, in the same transaction: each reads which
+        # extensions judge the new coupon when it loads its state.
         CampaignCoupon.objects.create(coupon=coupon, campaign_id=campaign_id)
-        # Every process reads which extensions judge a coupon when it loads its state: it must read it again.
-        coupon_changed(coupon_id=coupon.pk, name=coupon.name)
         return []
 
     def coupon_details(self, *, coupon_name):
