@@ -40,7 +40,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+# bench/ itself is on the path as the script's directory, after ROOT: its scripts named like the apps
+# (bench/admission.py, bench/campaigns.py) must not shadow them.
 
 import psutil  # noqa: E402
 from flashsale import RESULTS_DIR, run_wrk, server_command  # noqa: E402

@@ -22,7 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+# bench/ itself is on the path as the script's directory, after ROOT: its scripts named like the apps
+# (bench/admission.py, bench/campaigns.py) must not shadow them.
 
 from cpu_per_request import FLOOR, server_arguments  # noqa: E402
 
