@@ -23,13 +23,16 @@ INVISIBLE = ZERO_WIDTH_JOINERS | VARIATION_SELECTORS
 
 def validate_identifier_text(value):
     """A printable, non-blank identifier: the characters people write, none that hide or disguise text."""
-    for char in value:
-        if unicodedata.category(char) in REFUSED_CATEGORIES and char not in ZERO_WIDTH_JOINERS:
-            raise ValidationError(
-                "Must not contain control or non-printable characters (found U+%(code)04X).",
-                code="non_printable",
-                params={"code": ord(char)},
-            )
+    # Most ids and names are printable ASCII (U+0020-U+007E), in no refused category: one C call instead of a
+    # category lookup per character (a claim checks two such values).
+    if not (value.isascii() and value.isprintable()):
+        for char in value:
+            if unicodedata.category(char) in REFUSED_CATEGORIES and char not in ZERO_WIDTH_JOINERS:
+                raise ValidationError(
+                    "Must not contain control or non-printable characters (found U+%(code)04X).",
+                    code="non_printable",
+                    params={"code": ord(char)},
+                )
     if all(char.isspace() or char in INVISIBLE for char in value):
         raise ValidationError("Must not be blank.", code="blank")
 
