@@ -2,14 +2,12 @@ from django.urls import path, re_path
 
 from coupons.api.code_import_views import CodeImportApi
 from coupons.api.redemption_views import RedemptionApi, RedemptionDetailApi
-from coupons.api.views import ClaimApi, ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
+from coupons.api.views import ClaimReleaseApi, CouponCreateApi, CouponDetailApi, UserClaimsApi
 from coupons.api.webhook_views import EventsApi, WebhookDetailApi, WebhooksApi
 
 urlpatterns = [
     path("coupons", CouponCreateApi.as_view(), name="coupon-create"),
-    # Before the catch-all name pattern: POST here claims, GET reads the
-    # coupon that happens to be named "claim".
-    path("coupons/claim", ClaimApi.as_view(), name="coupon-claim"),
+    # coupons/claim (ClaimApi) is couponsite/urls.py's first pattern, before this catch-all name pattern too.
     # Before the catch-all name pattern too: DELETE releases a claim, GET
     # reads the coupon whose name happens to contain "/claims/". The name is
     # what comes before the first "/claims/"; a user id may hold "/".
