@@ -1,7 +1,7 @@
 """Structured logs: one JSON object per line, or aligned human-readable lines for development.
 
 Every line goes through the same structlog processors, whether it comes from
-a structlog logger (the claim outcomes, django-structlog's request events)
+a structlog logger (the claim outcomes, the request lines of couponsite/request_logs.py)
 or from standard logging (Django, the web server): each has a timestamp, a level,
 the logger's name and, inside a request, the request's `request_id`.
 """
@@ -16,7 +16,7 @@ RENDERERS = ("json", "console")
 # A claim's code is a bearer secret (whoever has it can redeem it), and the
 # redemption endpoints carry it in their path: /api/redemptions/<code>.
 # Whatever follows that prefix, up to a space, quote or query string, is
-# replaced wherever a path is logged: django-structlog's `request` field,
+# replaced wherever a path is logged: the request lines' `request` field,
 # Django's own "Not Found: <path>" lines, granian's access log.
 _CODE_IN_PATH = re.compile(r"(/api/redemptions/)[^\s\"'?#]+")
 REDACTED = "[code]"
@@ -39,7 +39,7 @@ def redact_claim_codes(logger, method_name, event_dict):
 
 # Applied to every line, from structlog and standard logging alike.
 _SHARED_PROCESSORS = [
-    structlog.contextvars.merge_contextvars,  # request_id, bound per request by django-structlog
+    structlog.contextvars.merge_contextvars,  # request_id, bound per request (couponsite/request_logs.py)
     structlog.stdlib.add_logger_name,
     structlog.stdlib.add_log_level,
     structlog.processors.TimeStamper(fmt="iso", utc=True),

@@ -5,7 +5,6 @@ configuration table). The defaults run the service locally with zero setup on
 a SQLite file; set DATABASE_URL to use PostgreSQL.
 """
 
-import logging
 import os
 import re
 import warnings
@@ -68,7 +67,6 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "drf_spectacular",
     "drf_spectacular_sidecar",
-    "django_structlog",
     "django_prometheus",
     # Before coupons, whose admin unregisters the library's own key model.
     "rest_framework_api_key",
@@ -87,7 +85,7 @@ MIDDLEWARE = [
     # Binds a request_id to every log line of the request; after whitenoise,
     # so that static files are not logged, and before the body limit, so
     # that 413s are.
-    "django_structlog.middlewares.RequestMiddleware",
+    "couponsite.request_logs.RequestLogMiddleware",
     "couponsite.middleware.RequestBodyLimitMiddleware",
     "couponsite.middleware.NulRefusalMiddleware",
     # Sessions, authentication and messages: for the admin's pages only
@@ -447,16 +445,3 @@ if LOG_FORMAT not in RENDERERS:
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
 configure_structlog()
 LOGGING = logging_config(renderer=LOG_FORMAT, level=LOG_LEVEL)
-
-# django-structlog: one `request_finished` line per request (status, method
-# and path, request_id); `request_started` only at DEBUG. A 4xx (sold out,
-# already claimed) is routine in a flash sale: logged at INFO.
-DJANGO_STRUCTLOG_STATUS_START_LOG_LEVEL = logging.DEBUG
-DJANGO_STRUCTLOG_STATUS_4XX_LOG_LEVEL = logging.INFO
-# No client IP: behind a proxy it is the proxy's, or whatever X-Forwarded-For
-# claims, and working it out costs every request more than the rest of the
-# log line; the proxy's access log has the real one.
-DJANGO_STRUCTLOG_IP_LOGGING_ENABLED = False
-# In our log lines `user_id` is the user who claims a coupon, not a staff
-# member logged in to the admin.
-DJANGO_STRUCTLOG_USER_ID_FIELD = None

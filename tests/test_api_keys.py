@@ -134,7 +134,7 @@ class ApiKeysRequiredTests(ApiKeyTestCase):
 
     def test_the_claim_log_line_names_the_key_by_its_prefix(self):
         row, key = create_api_key(name="shop", scopes={"claim"})
-        with self.assertLogs("django_structlog", "INFO") as logs:
+        with self.assertLogs("couponsite.request_logs", "INFO") as logs:
             self.assertEqual(self.claim("alice", **api_key_header(key)).status_code, 201)
         [line] = logs.records
         self.assertEqual((line.msg["claim"]["outcome"], line.msg["api_key"]), ("success", row.prefix))

@@ -51,7 +51,7 @@ class LogFormatTests(SimpleTestCase):
 
 class RequestLogTests(TestCase):
     def test_one_line_per_request_with_its_own_request_id(self):
-        with self.assertLogs("django_structlog", "DEBUG") as logs:
+        with self.assertLogs("couponsite.request_logs", "DEBUG") as logs:
             self.client.get("/health")
             self.client.post("/api/coupons/claim", "{}", content_type="application/json")
 

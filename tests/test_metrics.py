@@ -37,7 +37,7 @@ class ClaimOutcomeAssertions:
 
     def assert_recorded(self, outcome, *, status, body, user_id=None, coupon=None, **post):
         before = claims_counted()
-        with self.assertLogs("django_structlog", "INFO") as logs:
+        with self.assertLogs("couponsite.request_logs", "INFO") as logs:
             response = self.claim(body, **post)
 
         self.assertEqual(response.status_code, status, response.content)

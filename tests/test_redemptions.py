@@ -545,7 +545,7 @@ class RedemptionApiTests(JsonApiAssertions, TestCase):
 
 
 class CodesNeverLoggedTests(TestCase):
-    """Paths carrying a code are logged with [code] in its place: django-structlog's and Django's own lines."""
+    """Paths carrying a code are logged with [code] in its place: the request log's and Django's own lines."""
 
     def test_no_code_in_any_log_line(self):
         create_coupon(name="PROMO", amount=2)

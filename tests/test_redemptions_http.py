@@ -1,7 +1,7 @@
 """The redemption endpoints against the served app: couponsite/serve.py (granian), DEBUG off, real HTTP.
 
 Its access log on, at INFO: not one line of its output (granian's access log
-and its own lines, django-structlog's request lines) may carry a claim code.
+and its own lines, the request lines) may carry a claim code.
 """
 
 import http.client

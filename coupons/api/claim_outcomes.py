@@ -3,7 +3,7 @@
 One counter, labelled by outcome only (a label per user or coupon would make
 a time series per user or coupon, without bound), and a `claim` field
 ({"outcome", "user_id", "coupon"}) on the request's own log line
-(django-structlog's `request_finished`, which has the request id): one line
+(`request_finished`, couponsite/request_logs.py, which has the request id): one line
 per claim, not a second one beside the request's, since formatting a log
 line costs a refusal about as much as its database read. Neither touches the
 database.
