@@ -42,6 +42,7 @@ from coupons.exceptions import IdempotencyKeyInUse, IdempotencyKeyReused, Invali
 from coupons.idempotency import StoredAnswer, acquire_key, release_key, store_answers
 
 HEADER = "Idempotency-Key"
+HEADER_META_KEY = "HTTP_IDEMPOTENCY_KEY"  # how WSGI names it
 REPLAYED_HEADER = "Idempotent-Replayed"
 # Visible ASCII, no spaces: UUIDs, random tokens, "order-1234:retry" all fit.
 KEY_FORMAT = re.compile(r"[\x21-\x7e]{1,255}")
@@ -80,7 +81,8 @@ def idempotent(method=None, *, answered_in_service=False):
     @extend_schema(parameters=[SCHEMA_PARAMETER])
     @functools.wraps(method)
     def idempotent_method(view, request, *args, **kwargs):
-        sent = request.headers.get(HEADER)
+        # From META, not request.headers: that builds a dict of every header, 3% of a sold-out refusal's CPU.
+        sent = request.META.get(HEADER_META_KEY)
         if sent is None:
             request.idempotency = None
             return method(view, request, *args, **kwargs)
