@@ -2,6 +2,8 @@
 
 import functools
 
+from drf_orjson_renderer.parsers import ORJSONParser
+from drf_orjson_renderer.renderers import ORJSONRenderer
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework import status
@@ -99,6 +101,11 @@ class CouponCreateApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
 class ClaimApi(ApiKeyRequired, APIView):
     api_key_scopes = {"POST": "claim", "GET": "read"}
     throttle_classes = [ClaimRateThrottle, ClaimRateThrottlePerKey]
+    # orjson: 4.6% fewer instructions per sold-out refusal than DRF's json parser and renderer
+    # (docs/performance.md). Here only: every value this view renders is a string, a number or null, so the
+    # bytes are DRF's; elsewhere DRF's renderer writes datetimes its own way ("Z", milliseconds).
+    parser_classes = [ORJSONParser]
+    renderer_classes = [ORJSONRenderer]
 
     @extend_schema(
         operation_id="coupons_claim",
