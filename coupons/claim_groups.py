@@ -117,23 +117,12 @@ class _KeysTakenOver(Exception):
 def _grant(coupon_id, user_ids, attempts, extensions, prepared):
     """One try of grant_claims: (outcome per member, the (attempt, answer) pairs stored). Members None are left out."""
     with transaction.atomic():
-        try:
-            name, amount, remaining_amount, starts_at, ends_at, hold_seconds, last_sequence, imported = (
-                Coupon.objects.select_for_update(no_key=True)
-                .values_list(
-                    "name",
-                    "amount",
-                    "remaining_amount",
-                    "starts_at",
-                    "ends_at",
-                    "hold_seconds",
-                    "last_event_sequence",
-                    "imported_codes",
-                )
-                .get(pk=coupon_id)
-            )
-        except Coupon.DoesNotExist:
+        with connection.cursor() as cursor:
+            cursor.execute(_lock_sql(), [coupon_id])
+            row = cursor.fetchone()
+        if row is None:
             return [CouponNotFound() for _ in user_ids], [], False  # deleted since this process read its state
+        name, amount, remaining_amount, starts_at, ends_at, hold_seconds, last_sequence, imported = row
         # A statement of its own, after the lock, for two reasons. Its
         # snapshot includes the claims committed by whoever held the lock
         # before (joined into the locking statement, they would be read from
@@ -142,7 +131,7 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
         # transaction holds the lock: the sale window is judged then, so no
         # claim that waited for the lock past ends_at is granted.
         now, holders = _read_holders_and_clock(coupon_id, [user_id for user_id in user_ids if user_id is not None])
-        window = SaleWindow(starts_at, ends_at)
+        window = SaleWindow(as_utc_datetime(starts_at), as_utc_datetime(ends_at))
         expires_at = now + timedelta(seconds=hold_seconds) if hold_seconds is not None else None
         rules = _start_rules(coupon_id, user_ids, extensions, prepared, now)
         # Imported codes (coupons/imported_codes.py): the next unused ones, read under the coupon row lock.
@@ -194,6 +183,27 @@ def _grant(coupon_id, user_ids, attempts, extensions, prepared):
                 events.append(NewEvent(COUPON_SOLD_OUT, {"amount": amount}))
             _take_units(coupon_id, name, len(winners), events, last_sequence, now)
     return outcomes, keyed, len(winners) == remaining_amount
+
+
+@functools.lru_cache(maxsize=1)
+def _lock_sql():
+    """The coupon's row lock and what the group reads of it: the SQL `select_for_update(no_key=True)` writes.
+
+    Compiled by the ORM once per process (inside a transaction, where select_for_update may be compiled), not
+    once per group: compiling it was a tenth of a granted claim's instructions (docs/performance.md).
+    """
+    locking = Coupon.objects.select_for_update(no_key=True).filter(pk=0).order_by()  # pk: the one parameter
+    sql, _ = locking.values_list(
+        "name",
+        "amount",
+        "remaining_amount",
+        "starts_at",
+        "ends_at",
+        "hold_seconds",
+        "last_event_sequence",
+        "imported_codes",
+    ).query.sql_with_params()
+    return sql
 
 
 def _start_rules(coupon_id, user_ids, extensions, prepared, now):
