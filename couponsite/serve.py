@@ -31,6 +31,8 @@ replace are still read, with a warning in the log):
                                                                             (was GUNICORN_TIMEOUT)
     WEB_WORKER_LIFETIME   3600             seconds before a worker is replaced, gracefully (0: never)
     WEB_WORKER_MAX_RSS    1024             MiB of memory before a worker is replaced (0: no limit)
+    WEB_SWITCH_INTERVAL_MS  unset (5)      milliseconds a thread may hold the GIL while others wait
+                                           (sys.setswitchinterval, in every worker: couponsite/wsgi.py)
     WEB_ACCESS_LOG        unset (off)      any value: a line per request from the server too
                                                                             (was GUNICORN_ACCESS_LOG)
     PROMETHEUS_MULTIPROC_DIR  unset: a temporary directory of the server's own, removed on exit
@@ -83,6 +85,20 @@ def integer_setting(name, default, environ=os.environ):
         return int(value)
     except ValueError:
         raise SystemExit(f"{name} must be an integer, got {value!r}.") from None
+
+
+def switch_interval_ms(environ=os.environ):
+    """WEB_SWITCH_INTERVAL_MS as a positive number, or None (Python's own 5 ms); refused at once if malformed."""
+    value = setting("WEB_SWITCH_INTERVAL_MS", None, environ)
+    if value is None:
+        return None
+    try:
+        milliseconds = float(value)
+    except ValueError:
+        milliseconds = 0.0
+    if not 0 < milliseconds < 1000:
+        raise SystemExit(f"WEB_SWITCH_INTERVAL_MS must be a number of milliseconds above 0, got {value!r}.")
+    return milliseconds
 
 
 def parse_bind(bind):
@@ -167,6 +183,7 @@ def main():
     from granian import Granian
 
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "couponsite.settings")
+    switch_interval_ms()  # a malformed value stops the server before any worker starts
     own_dir = own_metrics_directory()
     try:
         server = Granian(**server_options())

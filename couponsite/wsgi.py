@@ -1,10 +1,17 @@
 """WSGI entry point, served by granian (see couponsite/serve.py)."""
 
 import os
+import sys
 
 from django.core.wsgi import get_wsgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "couponsite.settings")
+
+# How long a thread may hold the GIL while others wait for it (Python's default: 5 ms). A claim group's leader
+# that waits for the GIL holds its coupon's row lock meanwhile, and every claim of that coupon waits with it;
+# set in every worker, from WEB_SWITCH_INTERVAL_MS (couponsite/serve.py checks it; docs/performance.md).
+if os.environ.get("WEB_SWITCH_INTERVAL_MS"):
+    sys.setswitchinterval(float(os.environ["WEB_SWITCH_INTERVAL_MS"]) / 1000)
 
 django_application = get_wsgi_application()
 

@@ -16,7 +16,7 @@ from granian import Granian
 from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.services import create_coupon
-from couponsite.serve import former_names_in_use, server_options
+from couponsite.serve import former_names_in_use, server_options, switch_interval_ms
 from couponsite.settings import database_settings
 from tests.faults.service import SERVE
 from tests.helpers import ROOT
@@ -162,6 +162,23 @@ class ServerConfigTests(SimpleTestCase):
         self.assertGreater(
             options["workers_kill_timeout"], longest_wait, "a graceful stop must not cut off an answer on its way"
         )
+
+    def test_the_switch_interval_is_checked_then_set_in_every_worker(self):
+        self.assertIsNone(switch_interval_ms({}))
+        self.assertEqual(switch_interval_ms({"WEB_SWITCH_INTERVAL_MS": "0.5"}), 0.5)
+        for malformed in ["0", "-1", "fast", "nan", "5000"]:
+            with self.subTest(malformed), self.assertRaisesRegex(SystemExit, "WEB_SWITCH_INTERVAL_MS"):
+                switch_interval_ms({"WEB_SWITCH_INTERVAL_MS": malformed})
+        # A worker imports couponsite.wsgi: that is where the interval is set.
+        worker = subprocess.run(
+            [sys.executable, "-c", "import sys, couponsite.wsgi; print(sys.getswitchinterval())"],
+            cwd=ROOT,
+            env={**os.environ, "WEB_SWITCH_INTERVAL_MS": "0.5", "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(worker.stdout.strip(), "0.0005", worker.stderr)
 
     def test_granian_accepts_the_options(self):
         server = Granian(**self.options())
