@@ -12,9 +12,10 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from admission import draws, selectors
+from admission.exceptions import AdmissionInvalid
 from admission.models import AdmissionPolicy, Entry
 from admission.services import admission_pass
-from admission.tokens import issue_token, jwks, new_key_text, signing_keys
+from admission.tokens import issue_token, jwks, new_key_text, signing_keys, verify_token
 from coupons.models import Claim, Coupon, Event
 from coupons.services import release_claim
 from tests.helpers import JsonApiAssertions
@@ -238,6 +239,23 @@ class TokenTests(AdmissionTestCase):
             },
         )
 
+    def test_the_hosts_check_accepts_what_an_edge_verifies_with_the_jwks_and_no_byte_changed(self):
+        # The service checks a signature by signing again (admission/tokens.py); an edge verifies with the public
+        # key. Both must agree: on our token, and on every one-character change of its signature.
+        edge_key = jwt.PyJWK(jwks()["keys"][0]).key
+        self.assertEqual(jwt.decode(self.ann, edge_key, algorithms=["EdDSA"], audience="Q")["sub"], "ann")
+        self.assertEqual(verify_token(self.ann, user_id="ann", coupon_name="Q").audience, "Q")
+        signing_input, signature = self.ann.rsplit(".", 1)
+        for index in range(len(signature)):
+            # "w" and "A" differ in the top bits: the last character's low four bits are padding, ignored.
+            changed = signature[:index] + ("w" if signature[index] != "w" else "A") + signature[index + 1 :]
+            token = f"{signing_input}.{changed}"
+            with self.subTest(index=index):
+                with self.assertRaises(jwt.PyJWTError):
+                    jwt.decode(token, edge_key, algorithms=["EdDSA"], audience="Q")
+                with self.assertRaises(AdmissionInvalid):
+                    verify_token(token, user_id="ann", coupon_name="Q")
+
     def test_forged_altered_other_coupons_and_premature_tokens_are_refused(self):
         header, payload, signature = self.ann.split(".")
         altered_payload = jwt.utils.base64url_encode(
@@ -262,6 +280,10 @@ class TokenTests(AdmissionTestCase):
         )
         for label, user_id, token in (
             ("garbage", "ann", "not-a-token"),
+            ("not base64url", "ann", "é.é.é"),
+            ("a header that is not an object", "ann", f"W10.{payload}.{signature}"),
+            ("a kid that is not a name", "ann", f"eyJraWQiOlsxXX0.{payload}.{signature}"),
+            ("no signature", "ann", f"{header}.{payload}."),
             ("signature flipped", "ann", f"{header}.{payload}.{signature[::-1]}"),
             ("payload altered", "bob", f"{header}.{altered_payload}.{signature}"),
             ("forged with another key under our kid", "ann", forged),
