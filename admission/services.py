@@ -8,15 +8,17 @@ with no gap and no duplicate. The policy row is not the coupon row: entering
 never waits for a claim group, nor a claim group for an entry.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Count, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Now
 
 from admission import draws
-from admission.exceptions import AlreadyEntered, EntriesClosed, EntriesNotOpen, NoAdmission
-from admission.models import AdmissionPolicy, Entry, EntryStatus, Mode
+from admission.exceptions import AlreadyEntered, EntriesClosed, EntriesNotOpen, NoAdmission, ProofOfWorkInvalid
+from admission.models import AdmissionPolicy, Entry, EntryStatus, Mode, SpentChallenge
+from admission.proof_of_work import check_solution
 from coupons.coupon_states import coupon_changed
 from coupons.exceptions import CouponNotFound
 from coupons.models import Coupon
@@ -78,13 +80,17 @@ def _locked_policy(coupon_name=None, coupon_id=None):
     return policy
 
 
-def enter(*, coupon_name: str, user_id: str) -> Entry:
+def enter(*, coupon_name: str, user_id: str, proof_of_work: str | None = None) -> Entry:
     """Enter `user_id` for the coupon's queue or draw: once per user (AlreadyEntered after).
 
     Entries open at `entries_open_at` (or at once) and, for a draw, close at
     `draw_at`. A queue's entry before the sale opens joins the pre-queue
     (its position drawn at the opening); after, it gets the next position.
+    With ADMISSION_PROOF_OF_WORK, `proof_of_work` must solve one of our
+    challenges (checked before any query) not spent by another entry (the
+    challenge is spent in this entry's transaction: refused, nothing changes).
     """
+    solved = check_solution(proof_of_work) if settings.ADMISSION_PROOF_OF_WORK else None
     with transaction.atomic():
         policy = _locked_policy(coupon_name=coupon_name)
         now = policy.now
@@ -96,6 +102,8 @@ def enter(*, coupon_name: str, user_id: str) -> Entry:
         # unique constraint is the database's backstop.
         if Entry.objects.filter(coupon_id=policy.pk, user_id=user_id).exists():
             raise AlreadyEntered()
+        if solved is not None:
+            _spend_challenge(solved)
         if policy.mode == Mode.QUEUE:
             _open_queue_if_due(policy, now)
         policy.entries_count += 1
@@ -113,6 +121,28 @@ def enter(*, coupon_name: str, user_id: str) -> Entry:
         )
         policy.save(update_fields=["entries_count", "last_position", "opened_at"])
     return entry
+
+
+def _spend_challenge(solved):
+    """Record the proof of work's challenge as spent; ProofOfWorkInvalid if an entry spent it already. One
+    statement that cannot fail the transaction (ON CONFLICT DO NOTHING): a solution sent to two coupons at once
+    waits on the key's index entry and finds it taken once the first commits."""
+    table = connection.ops.quote_name(SpentChallenge._meta.db_table)
+    expires_at = datetime.fromtimestamp(solved.expires_at, UTC)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (signature, expires_at) VALUES (%s, %s)"  # noqa: S608 - the table's name only
+            " ON CONFLICT (signature) DO NOTHING",
+            [solved.signature, connection.ops.adapt_datetimefield_value(expires_at)],
+        )
+        if cursor.rowcount == 0:
+            raise ProofOfWorkInvalid("This proof of work has been used for an entry already: solve a new challenge.")
+
+
+def forget_spent_challenges() -> int:
+    """Delete the spent challenges past their expiry (refused as expired anyway); returns how many."""
+    deleted, _ = SpentChallenge.objects.filter(expires_at__lt=Now()).delete()
+    return deleted
 
 
 def _open_queue_if_due(policy, now):
@@ -279,11 +309,14 @@ def coupons_to_pass() -> list[int]:
 
 
 def admission_passes() -> dict:
-    """One pass over every coupon with admission work (the worker's loop body); totals of what was done."""
+    """One pass over every coupon with admission work (the worker's loop body); totals of what was done. With
+    ADMISSION_PROOF_OF_WORK, also the spent challenges forgotten once expired (only then are any recorded)."""
     totals = {"opened": 0, "lapsed": 0, "sold_out": 0, "admitted": 0}
     for coupon_id in coupons_to_pass():
         for key, value in admission_pass(coupon_id=coupon_id).items():
             totals[key] += int(value)
+    if settings.ADMISSION_PROOF_OF_WORK:
+        totals["challenges_forgotten"] = forget_spent_challenges()
     return totals
 
 

@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
+import altcha
 import jwt
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -13,8 +14,8 @@ from django.utils import timezone
 
 from admission import draws, selectors
 from admission.exceptions import AdmissionInvalid
-from admission.models import AdmissionPolicy, Entry
-from admission.services import admission_pass
+from admission.models import AdmissionPolicy, Entry, SpentChallenge
+from admission.services import admission_pass, admission_passes
 from admission.tokens import issue_token, jwks, new_key_text, signing_keys, verify_token
 from coupons.models import Claim, Coupon, Event
 from coupons.services import release_claim
@@ -426,6 +427,84 @@ class DrawTests(AdmissionTestCase):
     def test_a_queue_has_no_draw(self):
         self.create("Q", 1, admission="queue")
         self.assert_error(self.client.get("/api/coupons/Q/draw"), 404, "not_a_draw")
+
+
+# The shipped cost would make each test solve for a second: the same algorithm, easier.
+@override_settings(ADMISSION_PROOF_OF_WORK=True, ADMISSION_PROOF_OF_WORK_COST=10, ADMISSION_PROOF_OF_WORK_MAX_NUMBER=50)
+class ProofOfWorkTests(AdmissionTestCase):
+    def setUp(self):
+        super().setUp()
+        self.create("Q", 5, admission="queue")
+        self.create("R", 5, admission="queue")
+
+    def solved(self, challenge=None):
+        challenge = altcha.Challenge.from_dict(challenge or self.challenge())
+        return altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+
+    def challenge(self):
+        answer = self.client.get("/api/admission/challenge")
+        self.assertEqual(answer.status_code, 200)
+        self.assertEqual(answer["Cache-Control"], "no-store")
+        return answer.json()
+
+    def test_a_challenge_is_altchas_and_its_solution_enters(self):
+        challenge = self.challenge()
+        self.assertEqual(challenge["parameters"]["algorithm"], "PBKDF2/SHA-256")
+        self.assertEqual(challenge["parameters"]["cost"], 10)
+        self.assertAlmostEqual(challenge["parameters"]["expiresAt"], timezone.now().timestamp() + 300, delta=5)
+
+        answer = self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": self.solved(challenge)})
+
+        self.assertEqual(answer.status_code, 201, answer.content)
+        self.assertEqual(SpentChallenge.objects.get().signature, challenge["signature"])
+
+    def test_an_entry_without_a_solved_challenge_is_refused_and_changes_nothing(self):
+        challenge = self.challenge()
+        solution = altcha.solve_challenge(altcha.Challenge.from_dict(challenge))
+        wrong_key = altcha.Solution(solution.counter, "00" * 32)
+        with override_settings(SECRET_KEY="another service's"):
+            others = self.solved()
+        unsigned = altcha.create_challenge("PBKDF2/SHA-256", 10, counter=1)
+        with override_settings(ADMISSION_PROOF_OF_WORK_SECONDS=-1):
+            expired = self.solved()
+        for label, payload, code in (
+            ("missing", None, "proof_of_work_required"),
+            ("garbage", "bm90IGpzb24=", "proof_of_work_invalid"),
+            ("a wrong key", altcha.Payload(altcha.Challenge.from_dict(challenge), wrong_key).to_base64(), None),
+            ("another service's challenge", others, None),
+            ("an unsigned challenge", self.solved(unsigned.to_dict()), None),
+            ("expired", expired, None),
+        ):
+            body = {"user_id": "ann"} if payload is None else {"user_id": "ann", "altcha": payload}
+            with self.subTest(label):
+                self.assert_error(self.post_json("/api/coupons/Q/entries", body), 403, code or "proof_of_work_invalid")
+        self.assertFalse(Entry.objects.exists())
+        self.assertFalse(SpentChallenge.objects.exists())
+
+    def test_a_solution_enters_once_on_any_coupon_and_a_refused_entry_does_not_spend_it(self):
+        payload = self.solved()
+        self.assertEqual(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": payload}).status_code, 201
+        )
+        for coupon, user_id in (("Q", "bob"), ("R", "ann")):
+            with self.subTest(coupon=coupon, user_id=user_id):
+                replayed = self.post_json(f"/api/coupons/{coupon}/entries", {"user_id": user_id, "altcha": payload})
+                self.assert_error(replayed, 403, "proof_of_work_invalid")
+                self.assertIn("used for an entry already", replayed.json()["error"])
+        self.assertEqual(Entry.objects.count(), 1)
+
+        again = self.solved()
+        self.assert_error(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": again}), 409, "already_entered"
+        )
+        self.assertEqual(self.post_json("/api/coupons/Q/entries", {"user_id": "bob", "altcha": again}).status_code, 201)
+
+    def test_the_worker_forgets_spent_challenges_once_expired(self):
+        SpentChallenge.objects.create(signature="a" * 64, expires_at=timezone.now() - timedelta(seconds=1))
+        SpentChallenge.objects.create(signature="b" * 64, expires_at=timezone.now() + timedelta(seconds=60))
+
+        self.assertEqual(admission_passes()["challenges_forgotten"], 1)
+        self.assertEqual(list(SpentChallenge.objects.values_list("signature", flat=True)), ["b" * 64])
 
 
 class AdmissionAdminTests(AdmissionTestCase):
