@@ -15,7 +15,8 @@ from django.utils import timezone
 from admission import draws, selectors
 from admission.exceptions import AdmissionInvalid
 from admission.models import AdmissionPolicy, Entry, SpentChallenge
-from admission.services import admission_pass, admission_passes
+from admission.proof_of_work import check_solution
+from admission.services import admission_pass, admission_passes, enter_group
 from admission.tokens import issue_token, jwks, new_key_text, signing_keys, verify_token
 from coupons.models import Claim, Coupon, Event
 from coupons.services import release_claim
@@ -498,6 +499,40 @@ class ProofOfWorkTests(AdmissionTestCase):
             self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": again}), 409, "already_entered"
         )
         self.assertEqual(self.post_json("/api/coupons/Q/entries", {"user_id": "bob", "altcha": again}).status_code, 201)
+
+    def test_a_group_of_entries_answers_each_as_if_they_had_entered_one_by_one(self):
+        payloads = [self.solved() for _ in range(4)]
+        spent, a, b, c = (check_solution(payload) for payload in payloads)
+        self.assertEqual(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "zed", "altcha": self.solved()}).status_code, 201
+        )
+        enter_group(coupon_name="Q", members=[("zed-2", spent)])
+
+        outcomes = enter_group(
+            coupon_name="Q",
+            members=[
+                ("ann", a),
+                ("bob", a),  # ann's solution: spent by her entry, just before
+                ("cat", spent),  # spent by an earlier transaction
+                ("cat", b),  # the same user again, with a fresh one: enters
+                ("ann", c),  # entered already: refused, and c is not spent
+                ("zed", c),  # entered in an earlier transaction
+            ],
+        )
+
+        kinds = [type(outcome).__name__ for outcome in outcomes]
+        self.assertEqual(
+            kinds,
+            ["Entry", "ProofOfWorkInvalid", "ProofOfWorkInvalid", "Entry", "AlreadyEntered", "AlreadyEntered"],
+        )
+        self.assertEqual(
+            [(outcomes[0].user_id, outcomes[0].position), (outcomes[3].user_id, outcomes[3].position)],
+            [("ann", 3), ("cat", 4)],
+        )
+        self.assertEqual(set(SpentChallenge.objects.values_list("signature", flat=True)) & {c.signature}, set())
+        self.assertEqual(
+            self.post_json("/api/coupons/R/entries", {"user_id": "ann", "altcha": payloads[3]}).status_code, 201
+        )
 
     def test_the_worker_forgets_spent_challenges_once_expired(self):
         SpentChallenge.objects.create(signature="a" * 64, expires_at=timezone.now() - timedelta(seconds=1))
