@@ -37,3 +37,11 @@ class AdmissionInvalid(CouponError):
 
 class AdmissionExpired(CouponError):
     default_message = "This admission token has expired: the admission lapsed."
+
+
+class ProofOfWorkRequired(CouponError):
+    default_message = "Entries need a solved proof of work (altcha): GET /api/admission/challenge and solve it."
+
+
+class ProofOfWorkInvalid(CouponError):
+    default_message = "This proof of work does not solve a challenge of this service."

@@ -29,6 +29,8 @@ from admission.exceptions import (
     EntryNotFound,
     NoAdmission,
     NotADraw,
+    ProofOfWorkInvalid,
+    ProofOfWorkRequired,
 )
 from admission.models import MAX_ADMISSION_SECONDS, MAX_ADMIT_PER_SECOND, AdmissionPolicy, Entry, EntryStatus, Mode
 from admission.tokens import VerifiedToken, verify_token
@@ -166,6 +168,8 @@ class AdmissionExtension(CouponExtension):
         AdmissionRequired: (403, "admission_required"),
         AdmissionInvalid: (403, "admission_invalid"),
         AdmissionExpired: (403, "admission_expired"),
+        ProofOfWorkRequired: (403, "proof_of_work_required"),
+        ProofOfWorkInvalid: (403, "proof_of_work_invalid"),
     }
 
     def __init__(self):

@@ -143,3 +143,15 @@ class Entry(models.Model):
 
     def __str__(self):
         return f"{self.user_id} → {self.coupon_id} ({self.status})"
+
+
+class SpentChallenge(models.Model):
+    """A proof-of-work challenge an entry was made with (admission/proof_of_work.py): a solution enters once."""
+
+    # The challenge's HMAC signature (hex): unique per challenge, made only by this service.
+    signature = models.CharField(max_length=64, primary_key=True)
+    # When the challenge stops being accepted anyway: the worker forgets the row after.
+    expires_at = models.DateTimeField()
+
+    def __str__(self):
+        return self.signature

@@ -5,20 +5,25 @@ Every write of a coupon's entries takes its policy row lock first
 (SELECT ... FOR NO KEY UPDATE; on SQLite the database's write lock), so the
 entry counters move one at a time: arrivals and positions are 1, 2, 3...
 with no gap and no duplicate. The policy row is not the coupon row: entering
-never waits for a claim group, nor a claim group for an entry.
+never waits for a claim group, nor a claim group for an entry. Entries of
+one coupon that wait in one process are written together (enter_group), as
+claims are.
 """
 
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Case, Count, OuterRef, Q, Subquery, Value, When
 from django.db.models.functions import Now
 
 from admission import draws
-from admission.exceptions import AlreadyEntered, EntriesClosed, EntriesNotOpen, NoAdmission
-from admission.models import AdmissionPolicy, Entry, EntryStatus, Mode
+from admission.exceptions import AlreadyEntered, EntriesClosed, EntriesNotOpen, NoAdmission, ProofOfWorkInvalid
+from admission.models import AdmissionPolicy, Entry, EntryStatus, Mode, SpentChallenge
+from admission.proof_of_work import Solved, check_solution
 from coupons.coupon_states import coupon_changed
-from coupons.exceptions import CouponNotFound
+from coupons.exceptions import CouponError, CouponNotFound
+from coupons.groups import Groups
 from coupons.models import Coupon
 from coupons.outbox import ADMISSION_LAPSED, DRAW_COMPLETED, ENTRY_ADMITTED, NewEvent, record_events
 from coupons.sale_windows import as_utc_datetime, format_utc
@@ -78,13 +83,34 @@ def _locked_policy(coupon_name=None, coupon_id=None):
     return policy
 
 
-def enter(*, coupon_name: str, user_id: str) -> Entry:
+SPENT_CHALLENGE = "This proof of work has been used for an entry already: solve a new challenge."
+
+
+def enter(*, coupon_name: str, user_id: str, proof_of_work: str | None = None) -> Entry:
     """Enter `user_id` for the coupon's queue or draw: once per user (AlreadyEntered after).
 
     Entries open at `entries_open_at` (or at once) and, for a draw, close at
     `draw_at`. A queue's entry before the sale opens joins the pre-queue
     (its position drawn at the opening); after, it gets the next position.
+    With ADMISSION_PROOF_OF_WORK, `proof_of_work` must solve one of our
+    challenges (checked here, before any query) not spent by another entry
+    (the challenge is spent in the entry's transaction: refused, nothing
+    changes).
+
+    The entries of one coupon that arrive in this process while one of its
+    entry transactions is in flight are written together by the next one
+    (coupons/groups.py, as claims are): one policy row lock and one commit
+    for the group, each member its own answer (enter_group).
     """
+    solved = check_solution(proof_of_work) if settings.ADMISSION_PROOF_OF_WORK else None
+    return _entry_groups.submit(coupon_name, (user_id, solved))
+
+
+def enter_group(*, coupon_name: str, members: list[tuple[str, Solved | None]]) -> list[Entry | CouponError]:
+    """Enter each (user id, solved proof of work or None) of `members`, in order, in one transaction under the
+    policy row lock: per member its new Entry or its refusal (AlreadyEntered, ProofOfWorkInvalid), as if they
+    had entered one by one. A refusal of the coupon itself (not found, first come, entries not open or closed)
+    is raised: every member hears it."""
     with transaction.atomic():
         policy = _locked_policy(coupon_name=coupon_name)
         now = policy.now
@@ -94,25 +120,81 @@ def enter(*, coupon_name: str, user_id: str) -> Entry:
             raise EntriesClosed()
         # Under the policy lock no other entry of this coupon is being written: this read is exact, and the
         # unique constraint is the database's backstop.
-        if Entry.objects.filter(coupon_id=policy.pk, user_id=user_id).exists():
-            raise AlreadyEntered()
+        entered = set(
+            Entry.objects.filter(coupon_id=policy.pk, user_id__in={user_id for user_id, _ in members}).values_list(
+                "user_id", flat=True
+            )
+        )
+        fresh = _spend_challenges([solved for user_id, solved in members if solved and user_id not in entered])
+        outcomes, used = [], set()
+        for user_id, solved in members:
+            if user_id in entered:
+                outcomes.append(AlreadyEntered())
+            elif solved is not None and (solved.signature not in fresh or solved.signature in used):
+                outcomes.append(ProofOfWorkInvalid(SPENT_CHALLENGE))
+            else:
+                entered.add(user_id)
+                if solved is not None:
+                    used.add(solved.signature)
+                outcomes.append(user_id)
+        if fresh - used:  # spent here for a member refused after all (its user entered earlier in the group)
+            SpentChallenge.objects.filter(signature__in=fresh - used).delete()
         if policy.mode == Mode.QUEUE:
             _open_queue_if_due(policy, now)
-        policy.entries_count += 1
-        position = None
-        if policy.mode == Mode.QUEUE and policy.opened_at is not None:
-            policy.last_position += 1
-            position = policy.last_position
-        entry = Entry.objects.create(
-            coupon_id=policy.pk,
-            user_id=user_id,
-            created_at=now,
-            arrival=policy.entries_count,
-            position=position,
-            status=EntryStatus.SOLD_OUT if policy.sold_out_at is not None else EntryStatus.WAITING,
-        )
+        status = EntryStatus.SOLD_OUT if policy.sold_out_at is not None else EntryStatus.WAITING
+        new = []
+        for user_id in (outcome for outcome in outcomes if isinstance(outcome, str)):
+            policy.entries_count += 1
+            position = None
+            if policy.mode == Mode.QUEUE and policy.opened_at is not None:
+                policy.last_position += 1
+                position = policy.last_position
+            new.append(
+                Entry(
+                    coupon_id=policy.pk,
+                    user_id=user_id,
+                    created_at=now,
+                    arrival=policy.entries_count,
+                    position=position,
+                    status=status,
+                )
+            )
+        Entry.objects.bulk_create(new)
         policy.save(update_fields=["entries_count", "last_position", "opened_at"])
-    return entry
+    created = iter(new)
+    return [next(created) if isinstance(outcome, str) else outcome for outcome in outcomes]
+
+
+def _spend_challenges(solved):
+    """Record these proofs of work's challenges as spent; returns the signatures recorded now (not those that an
+    entry spent already). One statement that cannot fail the transaction (ON CONFLICT DO NOTHING): a solution
+    sent to two coupons at once waits on the key's index entry and finds it taken once the first commits."""
+    distinct = {item.signature: item for item in solved}
+    if not distinct:
+        return set()
+    table = connection.ops.quote_name(SpentChallenge._meta.db_table)
+    rows = ", ".join(["(%s, %s)"] * len(distinct))
+    values = [
+        value
+        for item in distinct.values()
+        for value in (
+            item.signature,
+            connection.ops.adapt_datetimefield_value(datetime.fromtimestamp(item.expires_at, UTC)),
+        )
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"INSERT INTO {table} (signature, expires_at) VALUES {rows}"  # noqa: S608 - the table's name only
+            " ON CONFLICT (signature) DO NOTHING RETURNING signature",
+            values,
+        )
+        return {signature for (signature,) in cursor.fetchall()}
+
+
+def forget_spent_challenges() -> int:
+    """Delete the spent challenges past their expiry (refused as expired anyway); returns how many."""
+    deleted, _ = SpentChallenge.objects.filter(expires_at__lt=Now()).delete()
+    return deleted
 
 
 def _open_queue_if_due(policy, now):
@@ -279,11 +361,14 @@ def coupons_to_pass() -> list[int]:
 
 
 def admission_passes() -> dict:
-    """One pass over every coupon with admission work (the worker's loop body); totals of what was done."""
+    """One pass over every coupon with admission work (the worker's loop body); totals of what was done. With
+    ADMISSION_PROOF_OF_WORK, also the spent challenges forgotten once expired (only then are any recorded)."""
     totals = {"opened": 0, "lapsed": 0, "sold_out": 0, "admitted": 0}
     for coupon_id in coupons_to_pass():
         for key, value in admission_pass(coupon_id=coupon_id).items():
             totals[key] += int(value)
+    if settings.ADMISSION_PROOF_OF_WORK:
+        totals["challenges_forgotten"] = forget_spent_challenges()
     return totals
 
 
@@ -296,3 +381,7 @@ def spend_entries(*, spent: list[tuple[int, int]]) -> None:
         status=EntryStatus.CLAIMED,
         claim_id=Case(*(When(pk=entry_id, then=Value(claim_id)) for entry_id, claim_id in spent)),
     )
+
+
+# The process's entry groups, by coupon name (the server forks its workers before any request: each has its own).
+_entry_groups = Groups(lambda coupon_name, members: enter_group(coupon_name=coupon_name, members=members))

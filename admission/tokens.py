@@ -13,6 +13,9 @@ one without writing anything, so the poll that hands it out needs no query.
 import base64
 import functools
 import hashlib
+import hmac
+import json
+import time
 from dataclasses import dataclass
 
 import jwt
@@ -37,6 +40,7 @@ class SigningKeys:
     signing_kid: str
     signing_key: Ed25519PrivateKey
     verifying: dict  # kid -> Ed25519PublicKey
+    private: dict  # kid -> Ed25519PrivateKey: every key that verifies is ours (verify_token signs again)
     derived: bool  # from SECRET_KEY (ADMISSION_SIGNING_KEYS unset)
 
 
@@ -65,7 +69,7 @@ def _parse(configured: str, secret_key: str) -> SigningKeys:
         )
         kid = "derived-" + hashlib.sha256(seed).hexdigest()[:8]
         key = Ed25519PrivateKey.from_private_bytes(seed)
-        return SigningKeys(kid, key, {kid: key.public_key()}, derived=True)
+        return SigningKeys(kid, key, {kid: key.public_key()}, {kid: key}, derived=True)
     keys = []
     for item in configured.split(","):
         kid, sep, text = item.strip().partition(":")
@@ -78,7 +82,7 @@ def _parse(configured: str, secret_key: str) -> SigningKeys:
                 "ADMISSION_SIGNING_KEYS must be kid:key items separated by commas, each key 32 bytes in base64url"
                 " (python manage.py admission_key prints one)."
             ) from None
-    return SigningKeys(keys[0][0], keys[0][1], {kid: key.public_key() for kid, key in keys}, derived=False)
+    return SigningKeys(keys[0][0], keys[0][1], {kid: key.public_key() for kid, key in keys}, dict(keys), derived=False)
 
 
 def signing_keys() -> SigningKeys:
@@ -137,38 +141,40 @@ class VerifiedToken:
 
 def verify_token(token: str, *, user_id: str, coupon_name: str | None) -> VerifiedToken:
     """The token's claims if it is ours, for this user (and this coupon, when its name is known), and within its
-    window by this host's clock; AdmissionInvalid or AdmissionExpired otherwise. CPU only."""
+    window by this host's clock; AdmissionInvalid or AdmissionExpired otherwise. CPU only.
+
+    The signature is checked by signing the token's header and payload again with the private key its `kid`
+    names and comparing, in constant time: Ed25519 is deterministic (RFC 8032), so the one signature this
+    service makes for a message is the only one accepted, and signing costs a third of a verification (the
+    claim path's budget: docs/fair-admission.md, Numbers). Edges, without the private keys, verify the usual
+    way against the JWKS. The claims are read only once the signature matched: they are then ours, so their
+    shape needs no checking; they are judged in PyJWT's order (nbf, exp, aud, iss), then the subject.
+    """
     keys = signing_keys()
     try:
-        kid = jwt.get_unverified_header(token).get("kid")
-        key = keys.verifying.get(kid)
+        header_text, payload_text, signature_text = token.split(".")
+        header = json.loads(_unb64url(header_text))
+        key = keys.private.get(header.get("kid")) if isinstance(header, dict) else None
         if key is None:
             raise AdmissionInvalid("This admission token was not signed by a key of this service.")
-        options = {"require": ["iss", "aud", "sub", "jti", "nbf", "exp"], "verify_aud": coupon_name is not None}
-        claims = jwt.decode(
-            token,
-            key,
-            algorithms=[ALGORITHM],
-            audience=coupon_name,
-            issuer=settings.ADMISSION_TOKEN_ISSUER,
-            options=options,
-            leeway=CLOCK_LEEWAY_SECONDS,
-        )
-    except jwt.ExpiredSignatureError:
-        raise AdmissionExpired() from None
-    except jwt.InvalidAudienceError:
-        raise AdmissionInvalid("This admission token is for another coupon.") from None
-    except jwt.ImmatureSignatureError:
-        raise AdmissionInvalid("This admission token is not valid yet.") from None
-    except jwt.PyJWTError:
+        signed = key.sign(f"{header_text}.{payload_text}".encode())
+        if not hmac.compare_digest(signed, _unb64url(signature_text)):
+            raise AdmissionInvalid()
+        claims = json.loads(_unb64url(payload_text))
+    except (ValueError, TypeError):  # not three parts, base64url, JSON (binascii and Unicode errors are ValueErrors)
         raise AdmissionInvalid() from None
+    now = time.time()
+    if claims["nbf"] > now + CLOCK_LEEWAY_SECONDS:
+        raise AdmissionInvalid("This admission token is not valid yet.")
+    if claims["exp"] <= now - CLOCK_LEEWAY_SECONDS:
+        raise AdmissionExpired()
+    if coupon_name is not None and claims["aud"] != coupon_name:
+        raise AdmissionInvalid("This admission token is for another coupon.")
+    if claims["iss"] != settings.ADMISSION_TOKEN_ISSUER:
+        raise AdmissionInvalid()
     if claims["sub"] != user_id:
         raise AdmissionInvalid("This admission token is another user's.")
-    try:
-        entry_id = int(claims["jti"])
-    except (TypeError, ValueError):
-        raise AdmissionInvalid() from None
-    return VerifiedToken(entry_id=entry_id, audience=claims["aud"], expires=claims["exp"])
+    return VerifiedToken(entry_id=int(claims["jti"]), audience=claims["aud"], expires=claims["exp"])
 
 
 @checks.register(checks.Tags.security, deploy=True)

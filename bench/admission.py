@@ -9,6 +9,7 @@ It creates coupons named BENCH-ADMISSION-* in that database (and deletes them af
 import argparse
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,11 +40,39 @@ def cpu_per_call(function, count):
     return (time.process_time() - started) / count
 
 
+def concurrent_entries(name, *, first, last, threads):
+    """Entries of users first..last-1 from `threads` threads at once (a served worker's threads), each with its
+    own connection; prints their rate (wall clock: the commits, not the CPU, bound it)."""
+    users = iter(range(first, last))
+    lock = threading.Lock()
+
+    def entrant():
+        try:
+            while True:
+                with lock:
+                    n = next(users, None)
+                if n is None:
+                    return
+                enter(coupon_name=name, user_id=f"u{n}")
+        finally:
+            connection.close()
+
+    started = time.perf_counter()
+    workers = [threading.Thread(target=entrant) for _ in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall = time.perf_counter() - started
+    print(f"entries, {threads} threads at once: {(last - first) / wall:,.0f}/s wall ({last - first} entries)")
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--users", type=int, default=2000, help="users polling (each polls --rounds times)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--entries", type=int, default=500, help="entries timed one after the other")
+    parser.add_argument("--threads", type=int, default=16, help="threads entering the other users at once")
     args = parser.parse_args()
     settings.ALLOWED_HOSTS = ["testserver", *settings.ALLOWED_HOSTS]
     keys = tokens.signing_keys()
@@ -66,8 +95,7 @@ def main():
             f"entries, one after the other: {args.entries / wall:,.0f}/s wall ({wall / args.entries * 1000:.1f} ms"
             f" each, the commit included), {args.entries / cpu:,.0f}/s per core of app CPU"
         )
-        for n in range(args.entries, args.users):
-            enter(coupon_name=name, user_id=f"u{n}")
+        concurrent_entries(name, first=args.entries, last=args.users, threads=args.threads)
         admission_pass(coupon_id=coupon.pk)
         client = Client()
         selectors.clear_caches()

@@ -30,9 +30,7 @@ or statement timeout), it is rolled back as a whole and every member gets
 that error: no claim of the group is half-done.
 """
 
-import copy
 import functools
-import threading
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 
@@ -43,6 +41,7 @@ from coupons.claim_codes import format_code, new_claim_code
 from coupons.coupon_states import coupon_states
 from coupons.exceptions import AlreadyClaimed, CouponNotFound, IdempotencyKeyInUse, OutOfStock
 from coupons.extensions import ClaimMember, CouponExtension
+from coupons.groups import Groups
 from coupons.idempotency import Attempt, store_answers
 from coupons.imported_codes import draw_codes, mark_handed_out
 from coupons.models import Claim, ClaimStatus, Coupon
@@ -335,26 +334,20 @@ def _insert_claims(claims):
 
 
 class _PendingClaim:
-    __slots__ = ("user_id", "attempt", "extensions", "prepared", "answered", "outcome", "group")
+    __slots__ = ("user_id", "attempt", "extensions", "prepared")
 
     def __init__(self, user_id, attempt, extensions, prepared):
         self.user_id = user_id
         self.attempt = attempt  # its Idempotency-Key's, or None
         self.extensions = extensions  # those that judge the coupon's claims, and what each prepared for this one
         self.prepared = prepared
-        self.answered = threading.Event()
-        self.outcome = None  # the new Claim, or the exception to raise
-        self.group = None  # set when this claim is promoted to lead the next group
 
 
 class ClaimGroups:
-    """Forms and runs the groups of one process. Thread-safe; one instance per process (`claim_groups`)."""
+    """Forms and runs the groups of one process (coupons/groups.py). Thread-safe; one per process (`claim_groups`)."""
 
     def __init__(self):
-        self._mutex = threading.Lock()
-        # Coupon id -> the claims waiting for the group in flight. A coupon
-        # is a key exactly while a group of it is in flight.
-        self._waiting: dict[int, list[_PendingClaim]] = {}
+        self._groups = Groups(self._run)
 
     def claim(
         self,
@@ -370,71 +363,32 @@ class ClaimGroups:
         With an idempotency `attempt`, its answer is stored in the group's transaction. `extensions` (those
         judging this coupon's claims) and what each one's prepare_claim returned (`prepared`) go to the group.
         """
-        pending = _PendingClaim(user_id, attempt, extensions, prepared)
-        with self._mutex:
-            waiting = self._waiting.get(coupon_id)
-            if waiting is None:
-                self._waiting[coupon_id] = []
-                pending.group = [pending]
-            else:
-                waiting.append(pending)
-        if pending.group is None:
-            pending.answered.wait()
-        if pending.group is not None:  # leading a group: at once, or promoted when the previous one ended
-            self._run(coupon_id, pending.group)
-        if isinstance(pending.outcome, BaseException):
-            raise pending.outcome
-        return pending.outcome
+        return self._groups.submit(coupon_id, _PendingClaim(user_id, attempt, extensions, prepared))
 
     def in_flight(self, coupon_id: int) -> bool:
         """Whether a group of this coupon is running in this process."""
-        return coupon_id in self._waiting
+        return self._groups.in_flight(coupon_id)
 
     def queued(self, coupon_id: int) -> int:
         """How many claims of this coupon wait for the group in flight."""
-        return len(self._waiting.get(coupon_id, ()))
+        return self._groups.queued(coupon_id)
 
-    def _run(self, coupon_id, group):
+    @staticmethod
+    def _run(coupon_id, group):
         # Taken before the transaction: a change notified since makes its "sold out" worthless.
         generation = coupon_states.generation()
-        try:
-            outcomes = grant_claims(
-                coupon_id=coupon_id,
-                user_ids=[claim.user_id for claim in group],
-                attempts=[claim.attempt for claim in group],
-                extensions=group[0].extensions,
-                prepared=[claim.prepared for claim in group],
-                on_sold_out=functools.partial(coupon_states.learned_sold_out, coupon_id, generation),
-            )
-        except BaseException as exc:  # even a worker's timeout: no member may be left waiting
-            # Rolled back: every member hears the failure (each its own copy, raised from the original).
-            outcomes = [exc, *(_copy_of(exc) for _ in group[1:])]
+        group_sizes.observe(len(group))
+        outcomes = grant_claims(
+            coupon_id=coupon_id,
+            user_ids=[claim.user_id for claim in group],
+            attempts=[claim.attempt for claim in group],
+            extensions=group[0].extensions,
+            prepared=[claim.prepared for claim in group],
+            on_sold_out=functools.partial(coupon_states.learned_sold_out, coupon_id, generation),
+        )
         if isinstance(outcomes[0], CouponNotFound):
             coupon_states.forget(coupon_id=coupon_id)  # deleted: what this process kept of it is wrong
-        next_group = self._next_group(coupon_id)
-        if next_group:
-            next_group[0].answered.set()  # first: the next group's transaction starts while this one's are told
-        group_sizes.observe(len(group))
-        for claim, outcome in zip(group, outcomes, strict=True):
-            claim.outcome = outcome
-            claim.group = None
-        for claim in group[1:]:  # group[0] is this thread
-            claim.answered.set()
-
-    def _next_group(self, coupon_id):
-        """The claims that arrived while this group ran, led by the first of them; none: the coupon is idle."""
-        with self._mutex:
-            next_group = self._waiting.pop(coupon_id)
-            if next_group:
-                self._waiting[coupon_id] = []
-                next_group[0].group = next_group
-        return next_group
-
-
-def _copy_of(exc):
-    duplicate = copy.copy(exc)
-    duplicate.__cause__ = exc
-    return duplicate
+        return outcomes
 
 
 # The process's groups (the server forks its workers before any request: each has its own).

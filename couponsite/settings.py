@@ -336,6 +336,17 @@ ADMISSION_TOKEN_ISSUER = os.environ.get("ADMISSION_TOKEN_ISSUER") or "couponsite
 ADMISSION_POLL_REFRESH_MS = env_int("ADMISSION_POLL_REFRESH_MS", 1000)
 # The admission worker's pass interval (python manage.py run_admission).
 ADMISSION_PASS_MS = env_int("ADMISSION_PASS_MS", 250)
+# On: an entry needs a solved ALTCHA proof of work (`altcha`, from GET
+# /api/admission/challenge; admission/proof_of_work.py). Each attempt costs
+# ADMISSION_PROOF_OF_WORK_COST PBKDF2/SHA-256 iterations and the answer is drawn
+# up to ADMISSION_PROOF_OF_WORK_MAX_NUMBER: a client tries half of them on average
+# (0.5 s of one core by default), while the server derives one key per challenge
+# (0.16 ms): a few iterations per attempt and many attempts keep a challenge cheap
+# to hand out (docs/fair-admission.md measures both).
+ADMISSION_PROOF_OF_WORK = env_bool("ADMISSION_PROOF_OF_WORK", False)
+ADMISSION_PROOF_OF_WORK_COST = env_int("ADMISSION_PROOF_OF_WORK_COST", 500)
+ADMISSION_PROOF_OF_WORK_MAX_NUMBER = env_int("ADMISSION_PROOF_OF_WORK_MAX_NUMBER", 10_000)
+ADMISSION_PROOF_OF_WORK_SECONDS = env_int("ADMISSION_PROOF_OF_WORK_SECONDS", 300)
 
 
 # Webhooks (coupons/webhooks.py) -----------------------------------------------

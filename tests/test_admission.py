@@ -4,6 +4,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from io import StringIO
 
+import altcha
 import jwt
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -12,9 +13,11 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from admission import draws, selectors
-from admission.models import AdmissionPolicy, Entry
-from admission.services import admission_pass
-from admission.tokens import issue_token, jwks, new_key_text, signing_keys
+from admission.exceptions import AdmissionInvalid
+from admission.models import AdmissionPolicy, Entry, SpentChallenge
+from admission.proof_of_work import check_solution
+from admission.services import admission_pass, admission_passes, enter_group
+from admission.tokens import issue_token, jwks, new_key_text, signing_keys, verify_token
 from coupons.models import Claim, Coupon, Event
 from coupons.services import release_claim
 from tests.helpers import JsonApiAssertions
@@ -238,6 +241,23 @@ class TokenTests(AdmissionTestCase):
             },
         )
 
+    def test_the_hosts_check_accepts_what_an_edge_verifies_with_the_jwks_and_no_byte_changed(self):
+        # The service checks a signature by signing again (admission/tokens.py); an edge verifies with the public
+        # key. Both must agree: on our token, and on every one-character change of its signature.
+        edge_key = jwt.PyJWK(jwks()["keys"][0]).key
+        self.assertEqual(jwt.decode(self.ann, edge_key, algorithms=["EdDSA"], audience="Q")["sub"], "ann")
+        self.assertEqual(verify_token(self.ann, user_id="ann", coupon_name="Q").audience, "Q")
+        signing_input, signature = self.ann.rsplit(".", 1)
+        for index in range(len(signature)):
+            # "w" and "A" differ in the top bits: the last character's low four bits are padding, ignored.
+            changed = signature[:index] + ("w" if signature[index] != "w" else "A") + signature[index + 1 :]
+            token = f"{signing_input}.{changed}"
+            with self.subTest(index=index):
+                with self.assertRaises(jwt.PyJWTError):
+                    jwt.decode(token, edge_key, algorithms=["EdDSA"], audience="Q")
+                with self.assertRaises(AdmissionInvalid):
+                    verify_token(token, user_id="ann", coupon_name="Q")
+
     def test_forged_altered_other_coupons_and_premature_tokens_are_refused(self):
         header, payload, signature = self.ann.split(".")
         altered_payload = jwt.utils.base64url_encode(
@@ -262,6 +282,10 @@ class TokenTests(AdmissionTestCase):
         )
         for label, user_id, token in (
             ("garbage", "ann", "not-a-token"),
+            ("not base64url", "ann", "é.é.é"),
+            ("a header that is not an object", "ann", f"W10.{payload}.{signature}"),
+            ("a kid that is not a name", "ann", f"eyJraWQiOlsxXX0.{payload}.{signature}"),
+            ("no signature", "ann", f"{header}.{payload}."),
             ("signature flipped", "ann", f"{header}.{payload}.{signature[::-1]}"),
             ("payload altered", "bob", f"{header}.{altered_payload}.{signature}"),
             ("forged with another key under our kid", "ann", forged),
@@ -404,6 +428,118 @@ class DrawTests(AdmissionTestCase):
     def test_a_queue_has_no_draw(self):
         self.create("Q", 1, admission="queue")
         self.assert_error(self.client.get("/api/coupons/Q/draw"), 404, "not_a_draw")
+
+
+# The shipped cost would make each test solve for a second: the same algorithm, easier.
+@override_settings(ADMISSION_PROOF_OF_WORK=True, ADMISSION_PROOF_OF_WORK_COST=10, ADMISSION_PROOF_OF_WORK_MAX_NUMBER=50)
+class ProofOfWorkTests(AdmissionTestCase):
+    def setUp(self):
+        super().setUp()
+        self.create("Q", 5, admission="queue")
+        self.create("R", 5, admission="queue")
+
+    def solved(self, challenge=None):
+        challenge = altcha.Challenge.from_dict(challenge or self.challenge())
+        return altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+
+    def challenge(self):
+        answer = self.client.get("/api/admission/challenge")
+        self.assertEqual(answer.status_code, 200)
+        self.assertEqual(answer["Cache-Control"], "no-store")
+        return answer.json()
+
+    def test_a_challenge_is_altchas_and_its_solution_enters(self):
+        challenge = self.challenge()
+        self.assertEqual(challenge["parameters"]["algorithm"], "PBKDF2/SHA-256")
+        self.assertEqual(challenge["parameters"]["cost"], 10)
+        self.assertAlmostEqual(challenge["parameters"]["expiresAt"], timezone.now().timestamp() + 300, delta=5)
+
+        answer = self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": self.solved(challenge)})
+
+        self.assertEqual(answer.status_code, 201, answer.content)
+        self.assertEqual(SpentChallenge.objects.get().signature, challenge["signature"])
+
+    def test_an_entry_without_a_solved_challenge_is_refused_and_changes_nothing(self):
+        challenge = self.challenge()
+        solution = altcha.solve_challenge(altcha.Challenge.from_dict(challenge))
+        wrong_key = altcha.Solution(solution.counter, "00" * 32)
+        with override_settings(SECRET_KEY="another service's"):
+            others = self.solved()
+        unsigned = altcha.create_challenge("PBKDF2/SHA-256", 10, counter=1)
+        with override_settings(ADMISSION_PROOF_OF_WORK_SECONDS=-1):
+            expired = self.solved()
+        for label, payload, code in (
+            ("missing", None, "proof_of_work_required"),
+            ("garbage", "bm90IGpzb24=", "proof_of_work_invalid"),
+            ("a wrong key", altcha.Payload(altcha.Challenge.from_dict(challenge), wrong_key).to_base64(), None),
+            ("another service's challenge", others, None),
+            ("an unsigned challenge", self.solved(unsigned.to_dict()), None),
+            ("expired", expired, None),
+        ):
+            body = {"user_id": "ann"} if payload is None else {"user_id": "ann", "altcha": payload}
+            with self.subTest(label):
+                self.assert_error(self.post_json("/api/coupons/Q/entries", body), 403, code or "proof_of_work_invalid")
+        self.assertFalse(Entry.objects.exists())
+        self.assertFalse(SpentChallenge.objects.exists())
+
+    def test_a_solution_enters_once_on_any_coupon_and_a_refused_entry_does_not_spend_it(self):
+        payload = self.solved()
+        self.assertEqual(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": payload}).status_code, 201
+        )
+        for coupon, user_id in (("Q", "bob"), ("R", "ann")):
+            with self.subTest(coupon=coupon, user_id=user_id):
+                replayed = self.post_json(f"/api/coupons/{coupon}/entries", {"user_id": user_id, "altcha": payload})
+                self.assert_error(replayed, 403, "proof_of_work_invalid")
+                self.assertIn("used for an entry already", replayed.json()["error"])
+        self.assertEqual(Entry.objects.count(), 1)
+
+        again = self.solved()
+        self.assert_error(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "ann", "altcha": again}), 409, "already_entered"
+        )
+        self.assertEqual(self.post_json("/api/coupons/Q/entries", {"user_id": "bob", "altcha": again}).status_code, 201)
+
+    def test_a_group_of_entries_answers_each_as_if_they_had_entered_one_by_one(self):
+        payloads = [self.solved() for _ in range(4)]
+        spent, a, b, c = (check_solution(payload) for payload in payloads)
+        self.assertEqual(
+            self.post_json("/api/coupons/Q/entries", {"user_id": "zed", "altcha": self.solved()}).status_code, 201
+        )
+        enter_group(coupon_name="Q", members=[("zed-2", spent)])
+
+        outcomes = enter_group(
+            coupon_name="Q",
+            members=[
+                ("ann", a),
+                ("bob", a),  # ann's solution: spent by her entry, just before
+                ("cat", spent),  # spent by an earlier transaction
+                ("cat", b),  # the same user again, with a fresh one: enters
+                ("ann", c),  # entered already: refused, and c is not spent
+                ("zed", c),  # entered in an earlier transaction
+            ],
+        )
+
+        kinds = [type(outcome).__name__ for outcome in outcomes]
+        self.assertEqual(
+            kinds,
+            ["Entry", "ProofOfWorkInvalid", "ProofOfWorkInvalid", "Entry", "AlreadyEntered", "AlreadyEntered"],
+        )
+        self.assertEqual(
+            [(outcomes[0].user_id, outcomes[0].position), (outcomes[3].user_id, outcomes[3].position)],
+            [("ann", 3), ("cat", 4)],
+        )
+        self.assertEqual(set(SpentChallenge.objects.values_list("signature", flat=True)) & {c.signature}, set())
+        self.assertEqual(
+            self.post_json("/api/coupons/R/entries", {"user_id": "ann", "altcha": payloads[3]}).status_code, 201
+        )
+
+    def test_the_worker_forgets_spent_challenges_once_expired(self):
+        SpentChallenge.objects.create(signature="a" * 64, expires_at=timezone.now() - timedelta(seconds=1))
+        SpentChallenge.objects.create(signature="b" * 64, expires_at=timezone.now() + timedelta(seconds=60))
+
+        self.assertEqual(admission_passes()["challenges_forgotten"], 1)
+        self.assertEqual(list(SpentChallenge.objects.values_list("signature", flat=True)), ["b" * 64])
 
 
 class AdmissionAdminTests(AdmissionTestCase):

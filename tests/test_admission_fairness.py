@@ -17,13 +17,15 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
+import altcha
 from django.db import OperationalError, connection, connections
-from django.test import TransactionTestCase
+from django.test import TransactionTestCase, override_settings
 from django.utils import timezone
 
 from admission import draws
 from admission.exceptions import AlreadyEntered
-from admission.models import AdmissionPolicy, Entry, EntryStatus
+from admission.models import AdmissionPolicy, Entry, EntryStatus, SpentChallenge
+from admission.proof_of_work import new_challenge
 from admission.services import admission_pass, enter
 from admission.tokens import verify_token
 from coupons import extensions
@@ -138,9 +140,10 @@ class EntryConcurrencyTests(TransactionTestCase):
         self.assertEqual(sorted(arrival for arrival, _ in rows), list(range(1, CROWD + 1)))
         self.assertTrue(all(arrival == position for arrival, position in rows))
 
-        # Admitted at a tenth of the crowd a second, in 10 passes (each pass a second after the last).
+        # Admitted at a tenth of the crowd a second, in 10 passes (each pass at least a second after the last: a
+        # second's budget at most is spent; exactly one second ago could be 0.9999 s by SQLite's millisecond clock).
         for _ in range(10):
-            AdmissionPolicy.objects.update(last_admission_at=timezone.now() - timedelta(seconds=1))
+            AdmissionPolicy.objects.update(last_admission_at=timezone.now() - timedelta(seconds=2))
             self.assertEqual(admission_pass(coupon_id=coupon.pk)["admitted"], CROWD // 10)
         admitted = list(Entry.objects.order_by("admitted_at", "position").values_list("arrival", flat=True))
         self.assertEqual(len(admitted), CROWD)
@@ -226,3 +229,26 @@ class TwoHostsTests(TransactionTestCase):
         if connection.vendor == "postgresql":
             coupon.refresh_from_db()
             self.assertEqual(coupon.remaining_amount, 4)
+
+    @override_settings(
+        ADMISSION_PROOF_OF_WORK=True, ADMISSION_PROOF_OF_WORK_COST=10, ADMISSION_PROOF_OF_WORK_MAX_NUMBER=50
+    )
+    def test_one_proof_of_work_sent_to_two_hosts_at_once_enters_once(self):
+        """Two entry transactions of two coupons on two connections (no lock in common), the same solution: one
+        entry; the other waits on the spent challenge's key and is refused."""
+        for name in ("ONE", "TWO"):
+            queue_coupon(name, 5)
+        challenge = altcha.Challenge.from_dict(new_challenge())
+        payload = altcha.Payload(challenge, altcha.solve_challenge(challenge)).to_base64()
+
+        results = run_in_threads(
+            [
+                lambda name=name: enter(coupon_name=name, user_id="ann", proof_of_work=payload)
+                for name in ("ONE", "TWO")
+            ],
+            threads=2,
+        )
+
+        self.assertEqual(sorted(type(result).__name__ for result in results), ["Entry", "ProofOfWorkInvalid"])
+        self.assertEqual(Entry.objects.count(), 1)
+        self.assertEqual(SpentChallenge.objects.count(), 1)

@@ -320,14 +320,22 @@ class GrafanaDashboardTests(TestCase):
             "/api/coupons/claim", {"user_id": "alice", "coupon_name": "DASHBOARD"}, content_type="application/json"
         )
         self.assertEqual(claim.status_code, 201)
+        create_coupon(name="QUEUED", amount=5, options={"admission": "queue"})
+        entry = self.client.post("/api/coupons/QUEUED/entries", {"user_id": "bob"}, content_type="application/json")
+        self.assertEqual(entry.status_code, 201)
+        self.assertEqual(self.client.get("/api/coupons/QUEUED/entries/bob").status_code, 200)
         metrics = self.client.get("/metrics").content.decode()
         samples = [sample for family in text_string_to_metric_families(metrics) for sample in family.samples]
 
-        queried = {name for t in self.targets for name in re.findall(r"\b(coupons?_\w+|django_\w+)", t["expr"])}
+        pattern = r"\b(coupons?_\w+|django_\w+|admission_\w+)"
+        queried = {name for t in self.targets for name in re.findall(pattern, t["expr"])}
         self.assertTrue(queried)
         self.assertLessEqual(queried, {sample.name for sample in samples})
-        claim_view = [s for s in samples if s.name.startswith("django_http_requests_latency_seconds_by_view_method")]
-        self.assertIn("coupon-claim", {sample.labels.get("view") for sample in claim_view})
+        by_view = [s for s in samples if s.name.startswith("django_http_re")]
+        views = {(sample.labels.get("view"), sample.labels.get("method")) for sample in by_view}
+        self.assertLessEqual(
+            {("coupon-claim", "POST"), ("admission-entries", "POST"), ("admission-standing", "GET")}, views
+        )
 
 
 class WorkerProcessTests(SimpleTestCase):

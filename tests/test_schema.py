@@ -43,6 +43,7 @@ class SchemaTests(SimpleTestCase):
                 "/api/coupons/{name}/entries/{user_id}",
                 "/api/coupons/{name}/draw",
                 "/.well-known/jwks.json",
+                "/api/admission/challenge",
             },
         )
 

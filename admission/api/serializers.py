@@ -9,6 +9,12 @@ from coupons.validators import validate_identifier_text
 
 class EntryInputSerializer(InputSerializer):
     user_id = StrictCharField(validators=[validate_identifier_text], help_text=PRINTABLE_TEXT)
+    altcha = serializers.CharField(
+        required=False,
+        trim_whitespace=False,
+        help_text="With ADMISSION_PROOF_OF_WORK on: the solved challenge of GET /api/admission/challenge, as ALTCHA's"
+        " widget sends it (base64 JSON). Ignored otherwise.",
+    )
 
 
 class EntrySerializer(serializers.Serializer):
@@ -43,6 +49,23 @@ class DrawProofSerializer(serializers.Serializer):
     entries = serializers.ListField(child=serializers.CharField(), help_text="The entered user ids, sorted.")
     winners = serializers.ListField(child=serializers.CharField(), allow_null=True)
     waiting_list = serializers.ListField(child=serializers.CharField(), allow_null=True)
+
+
+class ChallengeParametersSerializer(serializers.Serializer):
+    # ALTCHA's names (camelCase): its widget and libraries read them.
+    algorithm = serializers.CharField()
+    cost = serializers.IntegerField()
+    keyLength = serializers.IntegerField()
+    keyPrefix = serializers.CharField()
+    keySignature = serializers.CharField()
+    nonce = serializers.CharField()
+    salt = serializers.CharField()
+    expiresAt = serializers.IntegerField(help_text="Unix time after which a solution is refused.")
+
+
+class ChallengeSerializer(serializers.Serializer):
+    parameters = ChallengeParametersSerializer()
+    signature = serializers.CharField()
 
 
 class JwkSerializer(serializers.Serializer):

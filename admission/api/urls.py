@@ -7,13 +7,14 @@ for GET .../entries/{user_id}, the name is what precedes the first
 "/claims/" is left to the release's path (coupons/api/urls.py).
 """
 
-from django.urls import re_path
+from django.urls import path, re_path
 
-from admission.api.views import DrawApi, EntriesApi, StandingApi
+from admission.api.views import ChallengeApi, DrawApi, EntriesApi, StandingApi
 
 NAME = r"(?P<name>(?:(?!/claims/).)+?)"
 
 urlpatterns = [
+    path("admission/challenge", ChallengeApi.as_view(), name="admission-challenge"),
     re_path(rf"^coupons/{NAME}/entries$", EntriesApi.as_view(), name="admission-entries"),
     re_path(rf"^coupons/{NAME}/entries/(?P<user_id>.+)$", StandingApi.as_view(), name="admission-standing"),
     re_path(rf"^coupons/{NAME}/draw$", DrawApi.as_view(), name="admission-draw"),

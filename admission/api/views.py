@@ -7,12 +7,14 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from admission.api.serializers import (
+    ChallengeSerializer,
     DrawProofSerializer,
     EntryInputSerializer,
     EntrySerializer,
     JwksSerializer,
     StandingSerializer,
 )
+from admission.proof_of_work import new_challenge
 from admission.selectors import get_draw_proof, get_standing
 from admission.services import enter
 from admission.tokens import jwks
@@ -46,7 +48,10 @@ class EntriesApi(ApiKeyRequired, APIView):
             201: EntrySerializer,
             400: error_response_schema("Invalid input."),
             403: error_response_schema(
-                "Entries not open yet (entries_not_open), or the draw is made or due (entries_closed)."
+                "Entries not open yet (entries_not_open), or the draw is made or due (entries_closed). With"
+                " ADMISSION_PROOF_OF_WORK: no `altcha` (proof_of_work_required); one that solves no challenge of"
+                " this service, an expired one, or one an entry has used (proof_of_work_invalid). The proof of"
+                " work is judged first, before the coupon is read."
             ),
             404: error_response_schema("No coupon has this name."),
             409: error_response_schema(
@@ -63,7 +68,8 @@ class EntriesApi(ApiKeyRequired, APIView):
         serializer = EntryInputSerializer(data=request.data)
         serializer.is_valid(raise_exception=True)
         _check_name(name)
-        entry = enter(coupon_name=name, **serializer.validated_data)
+        data = serializer.validated_data
+        entry = enter(coupon_name=name, user_id=data["user_id"], proof_of_work=data.get("altcha"))
         body = {"coupon_name": name, "user_id": entry.user_id, "status": entry.status, "position": entry.position}
         return Response(EntrySerializer(body).data, status=status.HTTP_201_CREATED)
 
@@ -125,6 +131,24 @@ class DrawApi(ApiKeyRequired, APIView):
         except CouponNotFound:
             return coupon_detail_response(f"{name}/draw")  # a coupon whose name ends in "/draw"
         return Response(DrawProofSerializer(proof).data)
+
+
+class ChallengeApi(APIView):
+    # No key: ALTCHA's widget fetches its challenge from the user's browser. A challenge costs two HMACs and a
+    # random number, and no query.
+    authentication_classes = []
+    permission_classes = []
+
+    @extend_schema(
+        operation_id="admission_challenge",
+        summary="A proof-of-work challenge for an entry (ALTCHA)",
+        description="With ADMISSION_PROOF_OF_WORK on, an entry carries a solution of one of these as `altcha`."
+        " The format is ALTCHA's (v2, PBKDF2/SHA-256): its widget takes this path as its challenge URL. A"
+        " challenge is valid for ADMISSION_PROOF_OF_WORK_SECONDS and enters once.",
+        responses={200: ChallengeSerializer},
+    )
+    def get(self, request):
+        return JsonResponse(new_challenge(), headers={"Cache-Control": "no-store"})
 
 
 class JwksApi(APIView):

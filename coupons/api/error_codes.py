@@ -62,6 +62,8 @@ class ErrorCode(enum.StrEnum):
     ADMISSION_REQUIRED = "admission_required"
     ADMISSION_INVALID = "admission_invalid"
     ADMISSION_EXPIRED = "admission_expired"
+    PROOF_OF_WORK_REQUIRED = "proof_of_work_required"
+    PROOF_OF_WORK_INVALID = "proof_of_work_invalid"
     # A bug (a 500): not one of the client's mistakes, but still a code to switch on.
     INTERNAL_ERROR = "internal_error"
 
