@@ -174,6 +174,9 @@ def database_settings(url):
             # statements are still parsed per execution: which is also what
             # lets PgBouncer 1.18 in transaction mode carry them (docs/deployment.md).
             "server_side_binding": env_bool("DATABASE_SERVER_SIDE_BINDING", True),
+            # Set: psycopg prepares a statement on a connection after this many executions of it (PgBouncer
+            # carries prepared statements in transaction mode only from 1.21, with max_prepared_statements).
+            "prepare_threshold": env_int("DATABASE_PREPARE_THRESHOLD", None),
             # Parameters of the URL itself (?sslmode=require...) win.
             **config.get("OPTIONS", {}),
         }
