@@ -37,7 +37,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from campaigns.services import create_campaign  # noqa: E402
-from coupons.imported_codes import read_csv  # noqa: E402
+from coupons.imported_codes import CSV  # noqa: E402
 from coupons.services import claim_coupon, create_coupon, import_codes  # noqa: E402
 
 THREADS = 8
@@ -127,7 +127,7 @@ def main():
             report(alone, member, spread)
         create_coupon(name="IMPORT", amount=1)
         start = time.perf_counter()
-        done = import_codes(coupon_name="IMPORT", rows=read_csv(CsvStream(args.codes)))
+        done = import_codes(coupon_name="IMPORT", stream=CsvStream(args.codes), content_format=CSV)
         elapsed = time.perf_counter() - start
         print(f"import: {done.imported} codes in {elapsed:.1f} s = {done.imported / elapsed:,.0f} codes/s")
     finally:

@@ -10,15 +10,15 @@ from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOnlyWhenRestricted
 from coupons.api.views import COMMON_ERRORS, coupon_detail_response, error_response_schema
 from coupons.exceptions import CouponNotFound
-from coupons.imported_codes import read_csv, read_json_lines
+from coupons.imported_codes import CSV, JSON_LINES
 from coupons.models import MAX_AMOUNT
 from coupons.services import import_codes
 from coupons.validators import is_possible_coupon_name
 
-READERS = {
-    "text/csv": read_csv,
-    "application/x-ndjson": read_json_lines,
-    "application/jsonl": read_json_lines,
+FORMATS = {
+    "text/csv": CSV,
+    "application/x-ndjson": JSON_LINES,
+    "application/jsonl": JSON_LINES,
 }
 
 
@@ -71,15 +71,20 @@ class CodeImportApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
     def post(self, request, name):
         query = CodeImportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        reader = READERS.get(request.content_type.split(";")[0].strip().lower())
-        if reader is None:
+        content_format = FORMATS.get(request.content_type.split(";")[0].strip().lower())
+        if content_format is None:
             raise exceptions.UnsupportedMediaType(
                 request.content_type,
                 "Send the codes as text/csv, or as JSON lines (application/x-ndjson or application/jsonl).",
             )
         if not is_possible_coupon_name(name):
             raise CouponNotFound()
-        done = import_codes(coupon_name=name, rows=reader(request._request), amount=query.validated_data.get("amount"))
+        done = import_codes(
+            coupon_name=name,
+            stream=request._request,
+            content_format=content_format,
+            amount=query.validated_data.get("amount"),
+        )
         return Response(CodeImportSerializer(done).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}
