@@ -361,10 +361,7 @@ def import_codes(*, coupon_name: str, stream, content_format: str, amount: int |
         coupon_id = imported_codes.hold_coupon(name=coupon_name)
         if coupon_id is None:
             raise CouponNotFound()  # deleted while the codes were read
-        savepoint = transaction.savepoint()
-        if imported_codes.insert_staged(coupon_id=coupon_id, content_format=content_format) != staged:
-            # Our rows out again, so that the report sees the codes in use as they were before this import.
-            transaction.savepoint_rollback(savepoint)
+        if not imported_codes.insert_staged(coupon_id=coupon_id, content_format=content_format, rows=staged):
             errors, total = imported_codes.staged_errors(
                 content_format=content_format, room=imported_codes.MAX_REPORTED_ERRORS
             )
@@ -373,7 +370,6 @@ def import_codes(*, coupon_name: str, stream, content_format: str, amount: int |
                 errors=errors,
                 error_count=total,
             )
-        transaction.savepoint_commit(savepoint)
         # Last, and briefly: claims of the coupon went on while the codes were read.
         coupon = Coupon.objects.select_for_update(no_key=True).get(pk=coupon_id)
         claimed = coupon.claimed_amount
