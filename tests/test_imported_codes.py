@@ -3,10 +3,12 @@
 import io
 import json
 
+from django.contrib import admin
 from django.test import TestCase, TransactionTestCase
 from rest_framework.test import APIClient
 
 from coupons import imported_codes
+from coupons.admin import CouponAdmin
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import ImportRejected, MalformedCode, OutOfStock
 from coupons.imported_codes import CSV, JSON_LINES, MALFORMED
@@ -197,3 +199,14 @@ class ImportAtomicityTests(TransactionTestCase):
         import_codes(coupon_name="R", **csv_stream("shop-code-1\n"))
         claim_coupon(user_id="ann", coupon_name="R")
         self.assertEqual(redeem_claim(code=normalise_code("SHOP CODE 1"), order_id="o").status, "redeemed")
+
+
+class DeletionTests(TestCase):
+    def test_deleting_a_coupon_in_the_admin_deletes_its_codes(self):
+        # Its codes have no foreign key in the database (ImportedCode.coupon): the admin's cascade takes them.
+        create_coupon(name="GONE", amount=1)
+        import_codes(coupon_name="GONE", **csv_stream("GONE-0001\nGONE-0002\n"))
+
+        CouponAdmin(Coupon, admin.site).delete_model(None, Coupon.objects.get(name="GONE"))
+
+        self.assertFalse(ImportedCode.objects.exists())
