@@ -8,14 +8,19 @@
 
 import itertools
 import os
+import threading
 import time
 import tracemalloc
 from collections import Counter
+from unittest import mock, skipUnless
 
 import rest_framework.views  # noqa: F401 - first: coupons.api.errors is loaded through DRF's settings
-from django.db import connection
+from django.contrib import admin
+from django.db import connection, transaction
 from django.test import TransactionTestCase
 
+from coupons import imported_codes
+from coupons.admin import CouponAdmin
 from coupons.imported_codes import CSV
 from coupons.models import LIVE_STATUSES, Claim, Coupon, ImportedCode
 from coupons.services import claim_coupon, create_coupon, import_codes
@@ -111,3 +116,34 @@ class ImportStressTests(OneStressClassAtATime, TransactionTestCase):
         live = Claim.objects.filter(coupon=coupon, status__in=LIVE_STATUSES).count()
         unused = ImportedCode.objects.filter(coupon=coupon, handed_out=False).count()
         self.assertEqual((coupon.amount, coupon.remaining_amount), (live + unused, unused))
+
+    @skipUnless(connection.vendor == "postgresql", "SQLite: one writer at a time, nothing can run beside an import")
+    def test_a_deletion_waits_for_a_running_import_then_takes_its_codes(self):
+        # ImportedCode.coupon is no foreign key in the database: the import's FOR KEY SHARE on the coupon row and the
+        # admin's deletion locking it first are what keep a code from outliving its coupon.
+        create_coupon(name="DOOMED", amount=1)
+        inserted, deleting = threading.Event(), threading.Event()
+        insert_staged = imported_codes.insert_staged
+
+        def insert_then_linger(**kwargs):
+            done = insert_staged(**kwargs)
+            inserted.set()
+            deleting.wait(10)
+            time.sleep(0.5)  # the deletion is under way, waiting for the row
+            return done
+
+        def delete():
+            inserted.wait(10)
+            deleting.set()
+            with transaction.atomic():
+                CouponAdmin(Coupon, admin.site).delete_model(None, Coupon.objects.get(name="DOOMED"))
+            return "deleted"
+
+        with mock.patch.object(imported_codes, "insert_staged", insert_then_linger):
+            outcomes = run_simultaneously(
+                [lambda: outcome_of(lambda: import_codes(coupon_name="DOOMED", **numbered_rows(0, 1000))), delete]
+            )
+
+        self.assertEqual(outcomes, ["ok", "deleted"])
+        self.assertFalse(Coupon.objects.filter(name="DOOMED").exists())
+        self.assertEqual(ImportedCode.objects.count(), 0, "no code outlives its coupon")
