@@ -38,6 +38,7 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from campaigns.services import create_campaign  # noqa: E402
+from coupons.coupon_states import coupon_states  # noqa: E402
 from coupons.imported_codes import CSV  # noqa: E402
 from coupons.services import claim_coupon, create_coupon, import_codes  # noqa: E402
 
@@ -135,6 +136,7 @@ def main():
         elapsed = time.perf_counter() - start
         print(f"import: {done.imported} codes in {elapsed:.1f} s = {done.imported / elapsed:,.0f} codes/s")
     finally:
+        coupon_states.stop_listening()  # its connection would keep the test database from being dropped
         connection.close()
         connection.creation.destroy_test_db(old_name, verbosity=0)
 
