@@ -10,8 +10,9 @@ removed afterwards).
   coupon of a campaign with both caps (max_claims, max_claims_per_user 1:
   the counter row's lock and the holdings read), alternating, RUNS times;
   medians of claims/s and the ratio.
-- Spread sale: the same threads over the campaign's 5 coupons (their groups
-  meet at the campaign's counter row).
+- Spread sale: the same threads over 5 coupons of one campaign (their
+  groups meet at the campaign's counter row), side by side with 5 coupons
+  without a campaign (nothing shared but the database); the ratio.
 - Import: `--codes` codes as CSV through import_codes (streamed from a
   generator: COPY on PostgreSQL), codes/s.
 """
@@ -37,7 +38,8 @@ django.setup()
 from django.db import connection  # noqa: E402
 
 from campaigns.services import create_campaign  # noqa: E402
-from coupons.imported_codes import read_csv  # noqa: E402
+from coupons.coupon_states import coupon_states  # noqa: E402
+from coupons.imported_codes import CSV  # noqa: E402
 from coupons.services import claim_coupon, create_coupon, import_codes  # noqa: E402
 
 THREADS = 8
@@ -103,12 +105,14 @@ class CsvStream:
         return out
 
 
-def report(alone, member, spread):
-    a, m, s = (statistics.median(x) for x in (alone, member, spread))
+def report(alone, member, spread, spread_alone):
+    a, m, s, sa = (statistics.median(x) for x in (alone, member, spread, spread_alone))
     print(f"hot claim, coupon alone:             {a:8.0f} claims/s  (runs: {[round(x) for x in alone]})")
     print(f"hot claim, coupon of a campaign:     {m:8.0f} claims/s  (runs: {[round(x) for x in member]})")
     print(f"ratio campaign / alone:              {m / a:8.2f}")
+    print(f"sale spread over 5 coupons alone:    {sa:8.0f} claims/s  (runs: {[round(x) for x in spread_alone]})")
     print(f"sale spread over 5 campaign coupons: {s:8.0f} claims/s  (runs: {[round(x) for x in spread]})")
+    print(f"ratio campaign / alone (spread):     {s / sa:8.2f}")
 
 
 def main():
@@ -118,19 +122,21 @@ def main():
     args = parser.parse_args()
     old_name = connection.creation.create_test_db(verbosity=0, autoclobber=True)
     try:
-        alone, member, spread = [], [], []
+        alone, member, spread, spread_alone = [], [], [], []
         for _ in range(0 if args.import_only else RUNS):
             alone.append(claims_per_second(fresh(False)))
             member.append(claims_per_second(fresh(True)))
+            spread_alone.append(claims_per_second(fresh(False, coupons=5)))
             spread.append(claims_per_second(fresh(True, coupons=5)))
         if not args.import_only:
-            report(alone, member, spread)
+            report(alone, member, spread, spread_alone)
         create_coupon(name="IMPORT", amount=1)
         start = time.perf_counter()
-        done = import_codes(coupon_name="IMPORT", rows=read_csv(CsvStream(args.codes)))
+        done = import_codes(coupon_name="IMPORT", stream=CsvStream(args.codes), content_format=CSV)
         elapsed = time.perf_counter() - start
         print(f"import: {done.imported} codes in {elapsed:.1f} s = {done.imported / elapsed:,.0f} codes/s")
     finally:
+        coupon_states.stop_listening()  # its connection would keep the test database from being dropped
         connection.close()
         connection.creation.destroy_test_db(old_name, verbosity=0)
 

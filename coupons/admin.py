@@ -29,7 +29,7 @@ from coupons import extensions
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import CouponError, ImportRejected, MalformedCode
 from coupons.exports import claims_csv_response
-from coupons.imported_codes import read_csv, read_json_lines
+from coupons.imported_codes import CSV, JSON_LINES
 from coupons.models import (
     API_KEY_SCOPES,
     LIVE_STATUSES,
@@ -231,6 +231,13 @@ class CouponAdmin(admin.ModelAdmin):
             return False
         return super().has_delete_permission(request, obj)
 
+    def delete_model(self, request, obj):
+        # The row first (the admin's delete runs in one transaction): an import of the coupon's codes holds it FOR
+        # KEY SHARE until it commits, and its codes have no foreign key of their own in the database
+        # (ImportedCode.coupon), so the cascade must only look for them once that import is over.
+        list(Coupon.objects.select_for_update().filter(pk=obj.pk).values_list("pk"))
+        super().delete_model(request, obj)
+
     def get_actions(self, request):
         actions = super().get_actions(request)
         actions.pop("delete_selected", None)
@@ -366,10 +373,15 @@ class CouponAdmin(admin.ModelAdmin):
         form = ImportCodesForm(request.POST or None, request.FILES or None)
         if request.method == "POST" and form.is_valid():
             upload = form.cleaned_data["file"]
-            reader = read_json_lines if upload.name.lower().endswith((".jsonl", ".ndjson")) else read_csv
+            content_format = JSON_LINES if upload.name.lower().endswith((".jsonl", ".ndjson")) else CSV
             try:
                 # The upload is read from Django's temporary file as it goes: never held whole.
-                done = import_codes(coupon_name=coupon.name, rows=reader(upload), amount=form.cleaned_data["amount"])
+                done = import_codes(
+                    coupon_name=coupon.name,
+                    stream=upload,
+                    content_format=content_format,
+                    amount=form.cleaned_data["amount"],
+                )
             except ImportRejected as exc:
                 form.add_error("file", str(exc))
                 for error in exc.errors[:20]:

@@ -1,7 +1,6 @@
 """Writes: every change to coupons and claims goes through these functions."""
 
 import dataclasses
-from collections.abc import Iterable
 from datetime import datetime
 
 from django.db import IntegrityError, transaction
@@ -338,12 +337,13 @@ class CodeImport:
     remaining_amount: int
 
 
-def import_codes(*, coupon_name: str, rows: Iterable[tuple[int, str | None]], amount: int | None = None) -> CodeImport:
+def import_codes(*, coupon_name: str, stream, content_format: str, amount: int | None = None) -> CodeImport:
     """Import the shop's codes for the coupon's claims: all of them, or none (ImportRejected says which rows, by line).
 
-    `rows` are (line number, the code's text, None if the row has none), read
-    as they come (coupons/imported_codes.py: streamed into a staging table,
-    then checked and inserted set-wise). Refused: malformed codes, a code
+    `stream` (anything with `read(size)` giving bytes) holds CSV or JSON lines
+    (`content_format`: imported_codes.CSV or JSON_LINES), read as it comes
+    (coupons/imported_codes.py: streamed into a staging table, then checked
+    and inserted set-wise). Refused: malformed codes, a code
     twice in the rows, a code already in use (imported before, by any
     coupon, or a claim's). Then, under the coupon row lock, its claims draw
     imported codes, and its stock is what its codes can serve: `amount` =
@@ -355,27 +355,21 @@ def import_codes(*, coupon_name: str, rows: Iterable[tuple[int, str | None]], am
         raise CouponNotFound()  # before a byte of the body is read
     with transaction.atomic():
         imported_codes.lock_imports()
-        reported = []
-        staged, malformed = imported_codes.stage(rows, reported)
-        if staged + malformed == 0:
+        staged = imported_codes.stage(stream=stream, content_format=content_format)
+        if staged == 0:
             raise ImportRejected("No codes were sent.")
-        coupon_id = Coupon.objects.filter(name=coupon_name).values_list("pk", flat=True).first()
+        coupon_id = imported_codes.hold_coupon(name=coupon_name)
         if coupon_id is None:
             raise CouponNotFound()  # deleted while the codes were read
-        savepoint = transaction.savepoint()
-        inserted = 0 if malformed else imported_codes.insert_staged(coupon_id=coupon_id)
-        if malformed or inserted != staged or imported_codes.any_generated_in_use():
-            # Our rows out again, so that the report sees the codes in use as they were before this import.
-            transaction.savepoint_rollback(savepoint)
-            found, total = imported_codes.staged_errors(room=imported_codes.MAX_REPORTED_ERRORS)
-            errors = sorted(reported + found, key=lambda error: error["line"])[: imported_codes.MAX_REPORTED_ERRORS]
-            raise ImportRejected(
-                f"{malformed + total} rows were refused (the first {len(errors)} are listed by line):"
-                " nothing was imported.",
-                errors=errors,
-                error_count=malformed + total,
+        if not imported_codes.insert_staged(coupon_id=coupon_id, content_format=content_format, rows=staged):
+            errors, total = imported_codes.staged_errors(
+                content_format=content_format, room=imported_codes.MAX_REPORTED_ERRORS
             )
-        transaction.savepoint_commit(savepoint)
+            raise ImportRejected(
+                f"{total} rows were refused (the first {len(errors)} are listed by line): nothing was imported.",
+                errors=errors,
+                error_count=total,
+            )
         # Last, and briefly: claims of the coupon went on while the codes were read.
         coupon = Coupon.objects.select_for_update(no_key=True).get(pk=coupon_id)
         claimed = coupon.claimed_amount
@@ -399,4 +393,4 @@ def import_codes(*, coupon_name: str, rows: Iterable[tuple[int, str | None]], am
         if remaining_before > 0 and coupon.remaining_amount == 0:
             events.append(NewEvent(COUPON_SOLD_OUT, {"amount": coupon.amount}))
         record_events(coupon_id=coupon_id, coupon_name=coupon_name, events=events)
-    return CodeImport(coupon_name, inserted, unused, coupon.amount, coupon.remaining_amount)
+    return CodeImport(coupon_name, staged, unused, coupon.amount, coupon.remaining_amount)

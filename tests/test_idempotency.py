@@ -1,19 +1,23 @@
 """Idempotency-Key on the write endpoints (coupons/idempotency.py, coupons/api/idempotency.py), through Django's
 test client and through the served app (tests/faults/service.py)."""
 
+import hashlib
+import io
 import json
 from datetime import timedelta
 from urllib.parse import quote
 
+import rest_framework.views  # noqa: F401 - first: coupons.api.errors is loaded through DRF's settings
 from django.test import TestCase, TransactionTestCase
 from django.utils import timezone
 from prometheus_client import REGISTRY
 
+from coupons.api.idempotency import SPOOL_MEMORY_BYTES, spooled
 from coupons.claim_codes import format_code, normalise_code
 from coupons.claim_groups import grant_claims
 from coupons.exceptions import IdempotencyKeyInUse
 from coupons.idempotency import Attempt, StoredAnswer, acquire_key, purge_expired_keys
-from coupons.models import Claim, ClaimRelease, ClaimStatus, Coupon, IdempotencyKey, RedemptionUndo
+from coupons.models import Claim, ClaimRelease, ClaimStatus, Coupon, IdempotencyKey, ImportedCode, RedemptionUndo
 from coupons.services import claim_coupon, create_coupon, redeem_claim, release_claim, undo_redemption
 from tests.helpers import JsonApiAssertions, subprocess_database_url
 from tests.stress.base import run_simultaneously
@@ -137,6 +141,35 @@ class IdempotencyApiTests(JsonApiAssertions, TestCase):
         taken = self.post_json("/api/coupons", taken_body, **keyed("create-2"))
         self.assert_error(taken, 409, "coupon_exists")
         self.assert_replay_of(taken, self.post_json("/api/coupons", taken_body, **keyed("create-2")))
+
+    def test_importing_codes_is_idempotent_by_the_streamed_bodys_digest(self):
+        def upload(body, key, query=""):
+            return self.client.generic(
+                "POST", f"/api/coupons/PROMO/codes{query}", body, content_type="text/csv", **keyed(key)
+            )
+
+        body = "".join(f"SHOP-{i:04d}\n" for i in range(3000))
+        first = upload(body, "import-1")
+        again = upload(body, "import-1")
+
+        self.assertEqual(first.status_code, 201, first.content)
+        self.assert_replay_of(first, again)  # imported once: not refused as "in use" by its own codes
+        self.assertEqual(ImportedCode.objects.count(), 3000)
+        # Another body, or another query, with the key: 422, and nothing imported.
+        self.assert_error(upload(body + "SHOP-9999\n", "import-1"), 422, "idempotency_key_reused")
+        self.assert_error(upload(body, "import-1", query="?amount=2"), 422, "idempotency_key_reused")
+        # A refused import is stored and replayed like any refusal.
+        refused = upload("SHOP-0001\nab\n", "import-2")
+        self.assertEqual((refused.status_code, refused.json()["code"]), (400, "import_rejected"))
+        self.assert_replay_of(refused, upload("SHOP-0001\nab\n", "import-2"))
+        self.assertEqual(ImportedCode.objects.count(), 3000)
+
+    def test_a_streamed_body_is_spooled_to_disk_past_its_memory_size(self):
+        stream, digest = spooled(io.BytesIO(b"x" * (SPOOL_MEMORY_BYTES + 1)))
+
+        self.assertTrue(stream._rolled)  # on disk
+        self.assertEqual(len(stream.read()), SPOOL_MEMORY_BYTES + 1)
+        self.assertEqual(digest, hashlib.sha256(b"x" * (SPOOL_MEMORY_BYTES + 1)).digest())
 
     def test_releasing_a_claim_is_idempotent(self):
         claim_coupon(user_id="ann", coupon_name="PROMO")

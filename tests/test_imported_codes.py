@@ -3,19 +3,21 @@
 import io
 import json
 
+from django.contrib import admin
 from django.test import TestCase, TransactionTestCase
 from rest_framework.test import APIClient
 
+from coupons import imported_codes
+from coupons.admin import CouponAdmin
 from coupons.claim_codes import format_code, normalise_code
 from coupons.exceptions import ImportRejected, MalformedCode, OutOfStock
+from coupons.imported_codes import CSV, JSON_LINES, MALFORMED
 from coupons.models import Claim, Coupon, Event, ImportedCode
 from coupons.services import claim_coupon, create_coupon, import_codes, redeem_claim, release_claim
 
 
-def csv_rows(text):
-    from coupons.imported_codes import read_csv
-
-    return read_csv(io.BytesIO(text.encode()))
+def csv_stream(text):
+    return {"stream": io.BytesIO(text.encode()), "content_format": CSV}
 
 
 class ImportCodesApiTests(TestCase):
@@ -103,6 +105,66 @@ class ImportCodesApiTests(TestCase):
             claim_coupon(user_id="bob", coupon_name="POS")
 
 
+class RowRulesTests(TestCase):
+    """PostgreSQL reads an import's rows in SQL, SQLite in Python (coupons/imported_codes.py): the same rows, the
+    same codes, the same refusals by line, whichever runs."""
+
+    CSV_LINES = [
+        "code",
+        '"QUOTED-0001",more',
+        '"QU""OTE-02"',
+        '"OPEN-0003',
+        '"CLOSED"-0004',
+        "PLAIN-0005,second,third",
+        "TAB\tINSIDE",
+        "BACK\\SLASH",
+        "CRLF-0006\r",
+        "ÄBCD-0007",
+        "",
+        "HELLOWORLD123456",
+        "hello-w0r1d-1234-5678",
+        "ab",
+        "A" * 65,
+        " SPACED 0008 ",
+        "\\N",
+    ]
+    JSON_LINES = ['{"code": "json-0001", "note": "x"}', '"json-0002"', '{"code": 3}', "[1]", "not json", '"a\\nb-0003"']
+
+    def assert_same_as_python(self, body, content_format):
+        expected = list(imported_codes._rows(io.BytesIO(body), content_format))
+        malformed = [(line, MALFORMED, text) for line, text, code in expected if code is None]
+        create_coupon(name=f"RULES-{content_format}", amount=1)
+
+        with self.assertRaises(ImportRejected) as refused:
+            import_codes(coupon_name=f"RULES-{content_format}", stream=io.BytesIO(body), content_format=content_format)
+
+        errors = refused.exception.errors
+        self.assertEqual([(e["line"], e["reason"], e["code"]) for e in errors], malformed)
+        good = b"\n".join(
+            line for number, line in enumerate(body.split(b"\n"), 1) if number not in {m[0] for m in malformed}
+        )
+        self.assertEqual(
+            import_codes(
+                coupon_name=f"RULES-{content_format}", stream=io.BytesIO(good), content_format=content_format
+            ).imported,
+            len(expected) - len(malformed),
+        )
+        kept = list(ImportedCode.objects.order_by("id").values_list("code", flat=True))
+        self.assertEqual(kept, [code for _, _, code in expected if code is not None])
+
+    def test_csv(self):
+        self.assert_same_as_python("\n".join(self.CSV_LINES).encode() + b"\nNOT-UTF8-\xff\n", CSV)
+
+    def test_json_lines(self):
+        self.assert_same_as_python("\n".join(self.JSON_LINES).encode(), JSON_LINES)
+
+    def test_a_nul_is_malformed_by_line(self):
+        create_coupon(name="NUL", amount=1)
+        with self.assertRaises(ImportRejected) as refused:
+            import_codes(coupon_name="NUL", stream=io.BytesIO(b"GOOD-0001\nBAD\x00-0002\n"), content_format=CSV)
+        self.assertEqual([(e["line"], e["reason"]) for e in refused.exception.errors], [(2, MALFORMED)])
+
+
 class NormalisationTests(TestCase):
     def test_ours_keep_crockfords_reading_and_imported_ones_are_upper_case_without_separators(self):
         self.assertEqual(normalise_code("7k3m-q9td-x2hb-r4wn"), "7K3MQ9TDX2HBR4WN")
@@ -118,10 +180,10 @@ class ImportAtomicityTests(TransactionTestCase):
     def test_two_overlapping_imports_one_after_the_other_the_second_is_refused_whole(self):
         create_coupon(name="A", amount=1)
         create_coupon(name="B", amount=1)
-        import_codes(coupon_name="A", rows=csv_rows("X-0001\nX-0002\n"))
+        import_codes(coupon_name="A", **csv_stream("X-0001\nX-0002\n"))
 
         with self.assertRaises(ImportRejected) as refused:
-            import_codes(coupon_name="B", rows=csv_rows("X-0003\nX-0002\n"))
+            import_codes(coupon_name="B", **csv_stream("X-0003\nX-0002\n"))
 
         self.assertEqual(refused.exception.errors, [{"line": 2, "reason": "in_use", "code": "X0002"}])
         self.assertEqual(sorted(ImportedCode.objects.values_list("code", flat=True)), ["X0001", "X0002"])
@@ -134,6 +196,17 @@ class ImportAtomicityTests(TransactionTestCase):
 
     def test_redeem_through_the_service(self):
         create_coupon(name="R", amount=1, hold_seconds=60)
-        import_codes(coupon_name="R", rows=csv_rows("shop-code-1\n"))
+        import_codes(coupon_name="R", **csv_stream("shop-code-1\n"))
         claim_coupon(user_id="ann", coupon_name="R")
         self.assertEqual(redeem_claim(code=normalise_code("SHOP CODE 1"), order_id="o").status, "redeemed")
+
+
+class DeletionTests(TestCase):
+    def test_deleting_a_coupon_in_the_admin_deletes_its_codes(self):
+        # Its codes have no foreign key in the database (ImportedCode.coupon): the admin's cascade takes them.
+        create_coupon(name="GONE", amount=1)
+        import_codes(coupon_name="GONE", **csv_stream("GONE-0001\nGONE-0002\n"))
+
+        CouponAdmin(Coupon, admin.site).delete_model(None, Coupon.objects.get(name="GONE"))
+
+        self.assertFalse(ImportedCode.objects.exists())

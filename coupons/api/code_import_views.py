@@ -6,19 +6,20 @@ from rest_framework import exceptions, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from coupons.api.idempotency import idempotent
 from coupons.api.key_access import ApiKeyRequired
 from coupons.api.permissions import StaffOnlyWhenRestricted
 from coupons.api.views import COMMON_ERRORS, coupon_detail_response, error_response_schema
 from coupons.exceptions import CouponNotFound
-from coupons.imported_codes import read_csv, read_json_lines
+from coupons.imported_codes import CSV, JSON_LINES
 from coupons.models import MAX_AMOUNT
 from coupons.services import import_codes
 from coupons.validators import is_possible_coupon_name
 
-READERS = {
-    "text/csv": read_csv,
-    "application/x-ndjson": read_json_lines,
-    "application/jsonl": read_json_lines,
+FORMATS = {
+    "text/csv": CSV,
+    "application/x-ndjson": JSON_LINES,
+    "application/jsonl": JSON_LINES,
 }
 
 
@@ -47,13 +48,16 @@ class CodeImportApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
     @extend_schema(
         operation_id="coupons_codes_import",
         summary="Import the shop's codes for a coupon's claims",
-        description="The body, streamed: CSV (`text/csv`: the code in the first column, an optional header `code`)"
+        description="The body, streamed: CSV (`text/csv`: a row per line, the code in its first field, an optional"
+        " header `code`)"
         ' or JSON lines (`application/x-ndjson`: `{"code": "..."}` or a JSON string per line), UTF-8. A code'
         " is 4 to 64 ASCII letters and digits, hyphens and spaces between them ignored, case ignored (stored upper"
         " case); a 16-character code of Crockford's letters must not hold I, L or O. All or nothing: malformed"
         " rows, a code twice, a code already in use are refused by line (`errors`, the first 1,000, and"
         " `error_count`), and nothing is kept. Then each granted claim of the coupon gets one of its codes, in"
-        " import order, never the same twice, and its stock is what its codes can serve (or `amount`).",
+        " import order, never the same twice, and its stock is what its codes can serve (or `amount`). With an"
+        " Idempotency-Key the body is first copied to a temporary file while its SHA-256 (the key's fingerprint)"
+        " is taken, then imported from that copy.",
         parameters=[CodeImportQuerySerializer],
         request={"text/csv": OpenApiTypes.STR, "application/x-ndjson": OpenApiTypes.STR},
         responses={
@@ -68,18 +72,24 @@ class CodeImportApi(StaffOnlyWhenRestricted, ApiKeyRequired, APIView):
             **COMMON_ERRORS,
         },
     )
+    @idempotent(streamed_body=True)
     def post(self, request, name):
         query = CodeImportQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        reader = READERS.get(request.content_type.split(";")[0].strip().lower())
-        if reader is None:
+        content_format = FORMATS.get(request.content_type.split(";")[0].strip().lower())
+        if content_format is None:
             raise exceptions.UnsupportedMediaType(
                 request.content_type,
                 "Send the codes as text/csv, or as JSON lines (application/x-ndjson or application/jsonl).",
             )
         if not is_possible_coupon_name(name):
             raise CouponNotFound()
-        done = import_codes(coupon_name=name, rows=reader(request._request), amount=query.validated_data.get("amount"))
+        done = import_codes(
+            coupon_name=name,
+            stream=request.body_stream,
+            content_format=content_format,
+            amount=query.validated_data.get("amount"),
+        )
         return Response(CodeImportSerializer(done).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(exclude=True)  # documented as GET /api/coupons/{name}

@@ -17,7 +17,13 @@ all it costs). With it (coupons/idempotency.py holds the rules):
   whose service commits in a transaction of its own making (the claim, in
   its claim group), which it hands `answering(request, success)`.
   Answers 2xx, 400, 403, 404, 409 and 410 are stored; any other (5xx, 429...)
-  lets go of the key, so that a retry runs afresh.
+  lets go of the key, so that a retry runs afresh;
+- a method whose body is streamed, never held whole (a code import:
+  `streamed_body=True`), reads it from `request.body_stream`. With a key,
+  that is a temporary file the body was copied to while its SHA-256 was
+  computed (in memory up to SPOOL_MEMORY_BYTES, on disk beyond): the
+  fingerprint must be known before the key is held, and the body can be
+  read from the client only once. Without one it is the request itself.
 
 Authentication, permissions and rate limits run before (DRF's initial()):
 their refusals are never stored.
@@ -27,6 +33,7 @@ import functools
 import hashlib
 import json
 import re
+import tempfile
 
 import structlog
 from django.db import DatabaseError, transaction
@@ -51,6 +58,8 @@ KEY_FORMAT = re.compile(r"[\x21-\x7e]{1,255}")
 # KEY_FORMAT in the structured-field quotes, which take it to 256 or 257 characters. tests/test_schema.py
 # checks that the two agree.
 SCHEMA_KEY_PATTERN = r'^(?:[!-~]|[!#-~][!-~]|"[!#-~]|[!-~]{3,255}|"[!-~]{254,255}")$'
+# A streamed body sent with a key is copied this much at a time, and kept in memory up to this size.
+SPOOL_MEMORY_BYTES = 1 << 20
 # The refusals a retry would hear again (410: a claim whose hold expired or that was released stays so).
 STORED_STATUSES = frozenset({400, 403, 404, 409, 410})
 
@@ -73,22 +82,29 @@ SCHEMA_PARAMETER = OpenApiParameter(
 )
 
 
-def idempotent(method=None, *, answered_in_service=False):
+def idempotent(method=None, *, answered_in_service=False, streamed_body=False):
     """Decorates an APIView's write method (post, delete...) with Idempotency-Key handling (see the module)."""
     if method is None:
-        return functools.partial(idempotent, answered_in_service=answered_in_service)
+        return functools.partial(idempotent, answered_in_service=answered_in_service, streamed_body=streamed_body)
 
     @extend_schema(parameters=[SCHEMA_PARAMETER])
     @functools.wraps(method)
     def idempotent_method(view, request, *args, **kwargs):
-        # From META, not request.headers: that builds a dict of every header, 3% of a sold-out refusal's CPU.
+        # From META, not request.headers: that builds a dict of every header, 4% of a sold-out refusal's CPU.
         sent = request.META.get(HEADER_META_KEY)
+        if streamed_body:
+            request.body_stream = request._request
         if sent is None:
             request.idempotency = None
             return method(view, request, *args, **kwargs)
         key = parse_key(sent)
+        if streamed_body:
+            request.body_stream, body_digest = spooled(request._request)
+            fingerprint = fingerprint_of(request, body_digest=body_digest)
+        else:
+            fingerprint = fingerprint_of(request)
         try:
-            held = acquire_key(caller=caller_of(request), key=key, fingerprint=fingerprint_of(request))
+            held = acquire_key(caller=caller_of(request), key=key, fingerprint=fingerprint)
         except IdempotencyKeyReused:
             _counters["reused"].inc()
             raise
@@ -135,17 +151,32 @@ def caller_of(request):
     return "anonymous"
 
 
-def fingerprint_of(request):
-    """SHA-256 of the method, the path with its query, and the body (a JSON body by value)."""
-    body = request._request.body  # read before DRF parses it (Django keeps the bytes for the parser)
-    try:
-        body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        pass  # not JSON (a 400 to come): compared as bytes
+def fingerprint_of(request, *, body_digest=None):
+    """SHA-256 of the method, the path with its query, and the body (a JSON body by value; a streamed one by its
+    own SHA-256, `body_digest`)."""
+    if body_digest is None:
+        body = request._request.body  # read before DRF parses it (Django keeps the bytes for the parser)
+        try:
+            body = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+        except ValueError:
+            pass  # not JSON (a 400 to come): compared as bytes
+    else:
+        body = b"sha256:" + body_digest
     digest = hashlib.sha256(request.method.encode())
     for part in (request._request.get_full_path().encode(), body):
         digest.update(b"\0" + part)
     return digest.hexdigest()
+
+
+def spooled(stream):
+    """A copy of the stream's bytes, rewound (a temporary file past SPOOL_MEMORY_BYTES), and their SHA-256."""
+    copy = tempfile.SpooledTemporaryFile(max_size=SPOOL_MEMORY_BYTES)  # noqa: SIM115 - the request's, until it ends
+    digest = hashlib.sha256()
+    while data := stream.read(SPOOL_MEMORY_BYTES):
+        digest.update(data)
+        copy.write(data)
+    copy.seek(0)
+    return copy, digest.digest()
 
 
 def answering(request, success):

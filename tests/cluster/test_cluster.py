@@ -418,6 +418,72 @@ class ClusterTests(SimpleTestCase):
             f" own user's entry; a spent token replayed: 403 admission_invalid"
         )
 
+    def test_11_campaign_caps_through_a_failover(self):
+        """A campaign of 3 coupons (150 units each) with max_claims 200 and max_claims_per_user 1: 400 users each
+        try all 3 coupons through the load balancer, retrying whatever got no definite answer, while the primary's
+        PostgreSQL is SIGKILLed. On the new primary: exactly 200 live claims, nobody holds 2, the campaign's
+        counter says 200, and every 201 is among them."""
+        campaign, users, cap = "cluster-campaign", 400, 200
+        coupons = [f"{campaign}-{i}" for i in range(3)]
+        body = {"name": campaign, "max_claims": cap, "max_claims_per_user": 1}
+        reply = request(self.lb, HTTP_PORT, "POST", "/api/campaigns", body)
+        self.assertEqual(reply.status, 201, reply)
+        for name in coupons:
+            reply = request(
+                self.lb, HTTP_PORT, "POST", "/api/coupons", {"name": name, "amount": 150, "campaign": campaign}
+            )
+            self.assertEqual(reply.status, 201, reply)
+        granted = []
+
+        def shop(user):
+            user_id = f"camp-{user}"
+            answers = []
+            for name in coupons[user % 3 :] + coupons[: user % 3]:  # every user tries all 3, not in one order
+                body = {"user_id": user_id, "coupon_name": name}
+                answer = retry_until_definite(self.lb, "POST", "/api/coupons/claim", body, timeout=120)
+                answers.append((name, answer.status, (answer.body or {}).get("code")))
+                if answer.status == 201:
+                    granted.append(time.monotonic())
+            return user_id, answers
+
+        old_primary = self.topology.primary()
+        with ThreadPoolExecutor(max_workers=32) as pool:
+            outcomes = pool.map(shop, range(users))
+            wait_for(lambda: len(granted) >= cap // 4, 120, "a quarter of the campaign claimed")
+            killed = time.monotonic()
+            kill_postmaster_and_backends(self.topology.directory / old_primary / "data")
+            answers = dict(outcomes)
+        self.topology.wait_until_healthy()
+        self.assertNotEqual(self.topology.primary(), old_primary)
+        after_kill = sum(1 for answered in granted if answered > killed)
+        self.assertGreater(after_kill, 0, "claims granted on the new primary: the sale went through the failover")
+        with self.topology.connect_primary() as connection:
+            rows = connection.execute(
+                "SELECT u.user_id, c.name FROM coupons_claim u JOIN coupons_coupon c ON c.id = u.coupon_id"
+                " WHERE c.name = ANY(%s) AND u.status IN ('held', 'redeemed')",
+                [coupons],
+            ).fetchall()
+            (taken,) = connection.execute("SELECT taken FROM campaigns_campaign WHERE name = %s", [campaign]).fetchone()
+        holders = Counter(user for user, _ in rows)
+        self.assertEqual((len(rows), taken), (cap, cap), "max_claims: exactly, counter and rows alike")
+        self.assertEqual(max(holders.values()), 1, "max_claims_per_user: nobody holds two")
+        told_201 = {(user, name) for user, tries in answers.items() for name, status, _ in tries if status == 201}
+        self.assertLessEqual(told_201, set(rows), "a claim answered 201 is missing")
+        # A claim whose 201 was lost in the failover answers its retry 409 already_claimed: told so all the same.
+        lost = {(user, name) for user, tries in answers.items() for name, _, code in tries if code == "already_claimed"}
+        self.assertLessEqual(set(rows) - told_201, lost, "a claim row nobody was told about")
+        tries = [(status, code) for tried in answers.values() for _, status, code in tried if status != 201]
+        refusals = Counter(f"{status} {code}" for status, code in tries)
+        self.assertLessEqual(
+            set(refusals),
+            {"400 campaign_exhausted", "400 out_of_stock", "409 campaign_limit_reached", "409 already_claimed"},
+        )
+        FIGURES.append(
+            f"campaign sale through a failover ({old_primary}'s PostgreSQL SIGKILLed): {users} users x 3 coupons,"
+            f" {len(rows)} claims = max_claims {cap}, counter {taken}, nobody holding 2; {len(told_201)} told 201"
+            f" ({after_kill} after the kill); refusals {dict(refusals)}"
+        )
+
     def claim_a_code(self, name, user):
         """Claim until the answer is definite; the code, from the 201 or, if the 201 was lost, the user's claims."""
         reply = retry_until_definite(self.lb, "POST", "/api/coupons/claim", {"user_id": str(user), "coupon_name": name})
