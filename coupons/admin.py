@@ -233,8 +233,8 @@ class CouponAdmin(admin.ModelAdmin):
 
     def delete_model(self, request, obj):
         # The row first (the admin's delete runs in one transaction): an import of the coupon's codes holds it FOR
-        # KEY SHARE until it commits, and its codes have no foreign key of their own in the database
-        # (ImportedCode.coupon), so the cascade must only look for them once that import is over.
+        # KEY SHARE until it commits, so the cascade looks for the codes only once that import is over (sooner, it
+        # would miss them, and the coupon's DELETE then break their foreign key).
         list(Coupon.objects.select_for_update().filter(pk=obj.pk).values_list("pk"))
         super().delete_model(request, obj)
 

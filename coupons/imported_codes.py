@@ -263,9 +263,9 @@ def lock_imports() -> None:
 
 
 def hold_coupon(*, name: str) -> int | None:
-    """The coupon's id, its row held FOR KEY SHARE until the import commits (None if it is gone): what the foreign
-    key's check did once per inserted row (coupons/models.py, ImportedCode.coupon), done once. Claims' FOR NO KEY
-    UPDATE goes on beside it; a deletion (FOR UPDATE) waits. SQLite: the import holds the write lock already."""
+    """The coupon's id, its row held FOR KEY SHARE until the import commits (None if it is gone), as the foreign
+    key's checks of the inserted codes will hold it: a deletion (FOR UPDATE) waits from here on, claims' FOR NO
+    KEY UPDATE goes on beside it. SQLite: the import holds the write lock already."""
     coupons = connection.ops.quote_name(Coupon._meta.db_table)
     key_share = " FOR KEY SHARE" if connection.vendor == "postgresql" else ""
     with connection.cursor() as cursor:
