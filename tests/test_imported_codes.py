@@ -203,7 +203,6 @@ class ImportAtomicityTests(TransactionTestCase):
 
 class DeletionTests(TestCase):
     def test_deleting_a_coupon_in_the_admin_deletes_its_codes(self):
-        # Its codes have no foreign key in the database (ImportedCode.coupon): the admin's cascade takes them.
         create_coupon(name="GONE", amount=1)
         import_codes(coupon_name="GONE", **csv_stream("GONE-0001\nGONE-0002\n"))
 

@@ -119,8 +119,8 @@ class ImportStressTests(OneStressClassAtATime, TransactionTestCase):
 
     @skipUnless(connection.vendor == "postgresql", "SQLite: one writer at a time, nothing can run beside an import")
     def test_a_deletion_waits_for_a_running_import_then_takes_its_codes(self):
-        # ImportedCode.coupon is no foreign key in the database: the import's FOR KEY SHARE on the coupon row and the
-        # admin's deletion locking it first are what keep a code from outliving its coupon.
+        # The import's FOR KEY SHARE on the coupon row and the admin's deletion locking it first: the deletion waits,
+        # then takes the codes (sooner, its cascade would miss them, and the coupon's DELETE break their foreign key).
         create_coupon(name="DOOMED", amount=1)
         inserted, deleting = threading.Event(), threading.Event()
         insert_staged = imported_codes.insert_staged
