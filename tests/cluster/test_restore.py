@@ -27,6 +27,7 @@ test-restore-rto`), a third measures the RTO of a database of N claims.
 import datetime
 import os
 import shutil
+import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from unittest import skipUnless
@@ -43,6 +44,13 @@ from tests.faults.service import request
 
 SALE_CLIENTS = 8
 RESTORE_TIMEOUT_SECONDS = 3600
+# What `barman recover` adds to a restored data directory, or removes from it (verify_restored).
+RECOVER_ADDS_OR_REMOVES = (
+    ".barman-recover.info",
+    "postgresql.conf.origin",
+    "postgresql.auto.conf.origin",
+    "tablespace_map",
+)
 
 
 @skipUnless(
@@ -89,13 +97,54 @@ class RestoreDrills(SimpleTestCase):
             if sample.name.startswith("coupon_backup_")
         }
 
-    def restore(self, *target):
+    def verify_backup(self):
+        """What Barman offers to check the latest backup, and what it does not; {check: result}.
+
+        `barman check-backup`: every WAL segment from the backup's start to its end is in the archive (it must
+        succeed). `barman verify-backup` runs pg_verifybackup on the stored backup, which PostgreSQL 15's reads
+        in plain format only: ours are gzipped tar files, GPG-encrypted (what Barman's encryption needs), so it
+        must fail, and the restored copy is verified instead (verify_restored)."""
+        results = {"check-backup": self.barman("check-backup", BARMAN_SERVER, "latest").strip() or "OK"}
+        shown = self.barman("show-backup", BARMAN_SERVER, "latest")
+        self.assertRegex(shown, r"Encryption\s*:\s*gpg", "the backup is encrypted")
+        # ...and the archived WAL, as Barman sees it (file(1): it decrypts at get-wal only what it recognises).
+        archived = sorted((self.backup_home / "barman" / BARMAN_SERVER / "wals").glob("*/0*"))
+        kinds = subprocess.run(["file", "--brief", *map(str, archived)], capture_output=True, text=True).stdout
+        self.assertTrue(archived and all("PGP" in k and "encrypted" in k for k in kinds.splitlines()), kinds)
+        stored = self.topology.barman("verify-backup", BARMAN_SERVER, "latest")
+        self.assertNotEqual(stored.returncode, 0, f"pg_verifybackup 15 read a tar backup?\n{stored.stdout}")
+        results["verify-backup"] = (stored.stdout + stored.stderr).strip().splitlines()[-1]
+        return results
+
+    def verify_restored(self, destination):
+        """pg_verifybackup of the restored data directory, before PostgreSQL starts on it, against the manifest
+        PostgreSQL sent with the backup (Barman keeps it, unencrypted, beside the backup's tar files): every
+        file as the server sent it, checksums included, after GPG decryption, gunzip and untar. What recover
+        adds or takes away is named and skipped, as pg_verifybackup itself skips the recovery settings: its own
+        record, its copies of the configuration files before it edited them (*.origin), and tablespace_map (an
+        empty file here: no tablespaces). WAL is fetched at start."""
+        catalog = self.backup_home / "barman" / BARMAN_SERVER / "base"
+        manifest = sorted(catalog.glob("*/data/backup_manifest"))[-1]  # backup ids are timestamps: the latest
+        verified = subprocess.run(
+            as_server_user([
+                server_binary("pg_verifybackup"), "--no-parse-wal", "--manifest-path", str(manifest),
+                *(f"--ignore={name}" for name in RECOVER_ADDS_OR_REMOVES), str(destination),
+            ]),
+            capture_output=True, text=True, cwd="/",
+        )  # fmt: skip
+        self.assertEqual(verified.returncode, 0, verified.stdout + verified.stderr)
+        return verified.stdout.strip()
+
+    def restore(self, *target, verify=False):
         """`barman recover` of the latest backup into a fresh data directory, every streamed WAL byte fetched with
-        `barman get-wal --partial`; PostgreSQL started on it on the backup host. Returns the seconds it took."""
+        `barman get-wal --partial`; PostgreSQL started on it on the backup host. Returns the seconds it took.
+        With `verify`, the restored files are checked against the backup's manifest before PostgreSQL starts."""
         destination = self.backup_home / "restored"
         barman = [*self.topology.barman_command, "-c", str(self.backup_home / "barman.conf")]
         started = time.monotonic()
         self.barman("recover", BARMAN_SERVER, "latest", str(destination), "--get-wal", *target)
+        if verify:
+            self.verified = self.verify_restored(destination)
         # Recovery fetches WAL with the backup host's own barman (the config path is this run's), the unfinished
         # segment too (-P); the restored server answers here, on the backup host, not as a Patroni member.
         restore_command = " ".join([*barman, "get-wal", "-P", BARMAN_SERVER, "%f", ">", "%p"])
@@ -113,7 +162,10 @@ class RestoreDrills(SimpleTestCase):
         self.topology._spawn(
             "restored", "backup", as_server_user([server_binary("postgres"), "-D", str(destination), *options]), {}
         )
-        wait_for(self.promoted, RESTORE_TIMEOUT_SECONDS, "the restored database out of recovery")
+        wait_for(self.promoted_or_gone, RESTORE_TIMEOUT_SECONDS, "the restored database out of recovery")
+        self.assertIsNone(
+            self.topology.processes["restored"].poll(), f"PostgreSQL stopped:\n{self.topology.log('restored')}"
+        )
         return time.monotonic() - started
 
     def connect_restored(self):
@@ -121,6 +173,10 @@ class RestoreDrills(SimpleTestCase):
             host=self.topology.address("backup"), port=5432, user="postgres", password=self.topology.password,
             dbname=DATABASE, autocommit=True, connect_timeout=5,
         )  # fmt: skip
+
+    def promoted_or_gone(self):
+        """Out of recovery, or exited (a restore that failed fails the drill at once, not after an hour)."""
+        return self.topology.processes["restored"].poll() is not None or self.promoted()
 
     def promoted(self):
         try:
@@ -164,8 +220,9 @@ class RestoreDrills(SimpleTestCase):
         sale.stop()
         answers = sale.snapshot()
 
+        checked = self.verify_backup()
         target = datetime.datetime.fromtimestamp(before_mistake, datetime.UTC).isoformat()
-        took = self.restore("--target-time", target, "--target-action", "promote")
+        took = self.restore("--target-time", target, "--target-action", "promote", verify=True)
         verdict = check_restore(
             answers, self.restored_rows(name), kept_until=before_mistake, dropped_from=before_mistake
         )
@@ -177,7 +234,9 @@ class RestoreDrills(SimpleTestCase):
             f"point-in-time recovery: every claim deleted mid-sale ({deleted} rows); barman recover to the"
             f" instant before it: all {verdict.told_201} claims answered 201 before it back, none of the {after} sent"
             f" after it; {verdict.rows} rows, stock consistent; recover + replay + promotion {took:.1f} s; the WAL"
-            f" stream {stream['coupon_backup_wal_lag_bytes']:.0f} bytes behind mid-sale (an app host's /metrics)"
+            f" stream {stream['coupon_backup_wal_lag_bytes']:.0f} bytes behind mid-sale (an app host's /metrics);"
+            f" the backup GPG-encrypted, decrypted by the restore; barman check-backup: {checked['check-backup']};"
+            f" barman verify-backup: {checked['verify-backup']!r}; the restored files: {self.verified!r}"
         )
 
     def fail_over(self, sale):

@@ -341,6 +341,7 @@ class Topology:
         passfile.write_text(f"*:*:*:postgres:{self.password}\n*:*:*:replicator:{self.password}\n")
         passfile.chmod(0o600)
         os.chown(passfile, postgres.pw_uid, postgres.pw_gid)
+        key_id = self._backup_key(home)
         config = configparser.ConfigParser(interpolation=None)
         config.read(ROOT / "deploy" / "barman.conf")
         config["barman"].update(
@@ -348,6 +349,11 @@ class Topology:
             barman_home=str(home / "barman"),
             log_file=str(home / "barman.log"),
             path_prefix=os.path.dirname(server_binary("pg_receivewal")),
+        )
+        config[BARMAN_SERVER].update(
+            encryption_key_id=key_id,
+            encryption_passphrase_command=shlex.join(["cat", str(home / "gnupg-passphrase")]),
+            staging_path=str(home / "staging"),
         )
         for key in ("conninfo", "streaming_conninfo"):
             value = config[BARMAN_SERVER][key].replace("host=lb ", f"host={self.address('lb')} ")
@@ -358,6 +364,41 @@ class Topology:
         loop = f"while :; do {cron}; sleep 1; done"
         self._spawn("backup", "backup", as_server_user(["bash", "-c", loop]), {}, cwd=home)
         self.wait_until_streaming_wal()
+
+    def _backup_key(self, home):
+        """The GPG key pair Barman encrypts with (deploy/barman.conf: encryption = gpg), made for this run in
+        the backup host's own keyring (GNUPGHOME), with a random passphrase kept beside it; its fingerprint.
+
+        Every barman command of this run sees that keyring (barman_command sets GNUPGHOME): encrypting needs
+        the public key only, a restore the private key and the passphrase (encryption_passphrase_command).
+        RSA, not GnuPG's elliptic-curve keys: Barman tells an encrypted WAL segment by what file(1) says of it,
+        and Debian 12's file(1) calls a message to a Curve25519 key "data" -- Barman then archives it as
+        plain, and get-wal hands the ciphertext to PostgreSQL ("has wrong size").
+        """
+        gnupg = home / "gnupg"
+        postgres = pwd.getpwnam("postgres")
+        passphrase = home / "gnupg-passphrase"
+        if not gnupg.exists():
+            gnupg.mkdir(mode=0o700)
+            os.chown(gnupg, postgres.pw_uid, postgres.pw_gid)
+            passphrase.write_text(secrets.token_hex(16) + "\n")
+            passphrase.chmod(0o600)
+            os.chown(passphrase, postgres.pw_uid, postgres.pw_gid)
+        if self.barman_command[0] != "env":
+            self.barman_command = ["env", f"GNUPGHOME={gnupg}", *self.barman_command]
+        gpg = [*self.network.launcher("backup"), *as_server_user(["env", f"GNUPGHOME={gnupg}", "gpg", "--batch"])]
+
+        def fingerprint():
+            listed = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], capture_output=True, text=True)
+            return next((line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")), None)
+
+        if fingerprint() is None:
+            subprocess.run(
+                [*gpg, "--pinentry-mode", "loopback", "--passphrase-file", str(passphrase),
+                 "--quick-gen-key", "coupons backups (tests/cluster)", "rsa3072", "sign,encr", "never"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        return fingerprint()
 
     def barman(self, *args, timeout=300):
         """`barman ARGS` on the backup host as the postgres user; the CompletedProcess (check it)."""
