@@ -253,8 +253,13 @@ class Topology:
     def wait_until_etcd_healthy(self, timeout=60):
         wait_for(lambda: all(self.etcd_member_healthy(name) for name in ETCD_HOSTS), timeout, "every etcd member")
 
-    def start_database_host(self, name):
-        """Patroni on host `name`, with deploy/patroni.yml and this host's values."""
+    def start_database_host(self, name, from_backup=False):
+        """Patroni on host `name`, with deploy/patroni.yml and this host's values.
+
+        `from_backup`: a new cluster bootstrapped by deploy/patroni.yml's `barman_restore` method (the backup
+        host's latest backup, then every WAL byte it has), as docs/operator-guide.md rebuilds one. The hosts
+        share one file system here: barman recovers straight into this host's data directory, and
+        restore_command runs the backup host's barman, where a real host would use SSH (the defaults)."""
         address = self.address(name)
         home = self.directory / name
         home.mkdir(exist_ok=True)
@@ -264,6 +269,18 @@ class Topology:
         # machine's file system, so each keeps its socket in its own directory.
         config = yaml.safe_load((ROOT / "deploy" / "patroni.yml").read_text())
         config["postgresql"]["parameters"]["unix_socket_directories"] = str(home)
+        if from_backup:
+            script = home / "patroni-barman-restore"  # where the postgres user can run it (not the checkout)
+            script.write_bytes((ROOT / "deploy" / "patroni-barman-restore").read_bytes())
+            script.chmod(0o755)
+            barman = [*self.barman_command, "-c", str(self.directory / "backup" / "barman.conf")]
+            config["bootstrap"]["method"] = "barman_restore"
+            config["bootstrap"]["barman_restore"].update(
+                command=str(script), barman=shlex.join(barman), remote_ssh_command=""
+            )
+            config["bootstrap"]["barman_restore"]["recovery_conf"]["restore_command"] = (
+                shlex.join([*barman, "get-wal", "-P", BARMAN_SERVER, "%f"]) + " > %p"
+            )
         (home / "patroni.yml").write_text(yaml.safe_dump(config))
         environment = {
             "PATRONI_NAME": name,
