@@ -341,7 +341,11 @@ class RestoreDrills(SimpleTestCase):
             first = backup.result()
         listed = self.barman("list-backups", BARMAN_SERVER).splitlines()
         failed = [line.split()[1] for line in listed if "FAILED" in line]
-        self.assertEqual(bool(failed), first.returncode != 0, "a backup that failed is listed FAILED, and only then")
+        self.assertEqual(
+            bool(failed),
+            first.returncode != 0,
+            f"a backup that failed is listed FAILED, and only then: {listed}\n{first.stdout}\n{first.stderr}",
+        )
         for backup_id in failed:  # `barman check` fails while a failed backup is kept: the operator deletes it
             self.barman("delete", BARMAN_SERVER, backup_id)
         self.back_up()
