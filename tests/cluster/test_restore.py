@@ -9,12 +9,16 @@ restored rows to the checker (tests/cluster/restore.py):
 
 - an operator's mistake, `DELETE FROM coupons_claim` mid-sale: point-in-time
   recovery to the instant before it gives back every claim granted before
-  it and none sent after it, stock consistent;
+  it and none sent after it, stock consistent; the backup is checked first
+  (GPG-encrypted, its WAL too; `barman check-backup`), and the restored
+  files against the backup's manifest (pg_verifybackup) before PostgreSQL
+  starts on them;
 - a failover mid-sale (the WAL stream follows the new primary with no
-  operator), then every database host lost with its disk: the latest backup
-  and every streamed WAL byte (the unfinished segment too) restored; a
-  claim told 201 and missing is counted, and the span it covers is the
-  RPO; the restore's duration is the RTO of a database this size;
+  operator), then every database host lost with its disk: a new three-node
+  Patroni cluster bootstrapped from the latest backup and every streamed
+  WAL byte (the unfinished segment too); a claim told 201 and missing is
+  counted, and the span it covers is the RPO; the sale resumes through
+  HAProxy and its claims are checked too;
 - a base backup started just before a failover: it completes, or fails and
   is listed FAILED; the next one reaches the new primary unchanged; the
   latest restores every acknowledged claim.
