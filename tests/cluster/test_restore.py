@@ -28,6 +28,7 @@ restored rows to the checker (tests/cluster/restore.py):
 test-restore-rto`), a third measures the RTO of a database of N claims.
 """
 
+import contextlib
 import datetime
 import os
 import shutil
@@ -244,6 +245,14 @@ class RestoreDrills(SimpleTestCase):
             f" barman verify-backup: {checked['verify-backup']!r}; the restored files: {self.verified!r}"
         )
 
+    def copying(self):
+        """Whether pg_basebackup runs on the backup host."""
+        for pid in self.topology.network.pids("backup"):
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].endswith(b"pg_basebackup"):
+                    return True
+        return False
+
     def fail_over(self, sale):
         """The primary's PostgreSQL SIGKILLed mid-sale; returns (old primary, new primary) once claims go on."""
         old_primary = self.topology.primary()
@@ -340,7 +349,9 @@ class RestoreDrills(SimpleTestCase):
         sale = self.start_sale(name)
         with ThreadPoolExecutor(max_workers=1) as pool:
             backup = pool.submit(self.topology.barman, "backup", BARMAN_SERVER, "--wait", "--wait-timeout", "120")
-            time.sleep(1)  # pg_basebackup under way (a backup here takes about 6 s)
+            # pg_basebackup under way: past Barman's own checks (since encryption they include a test encryption;
+            # a primary killed during them made `barman backup` refuse to start, listing nothing: CI saw it once).
+            wait_for(lambda: self.copying() or backup.done(), 60, "pg_basebackup under way")
             old_primary, new_primary = self.fail_over(sale)
             first = backup.result()
         listed = self.barman("list-backups", BARMAN_SERVER).splitlines()
