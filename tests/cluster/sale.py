@@ -36,8 +36,9 @@ def claim_at_once(host, port, claims, clients=32):
 class Sale:
     """`clients` threads claiming one coupon, each request for a new user, until stop() or sold out (a 400)."""
 
-    def __init__(self, host, port, coupon_name, clients=8):
+    def __init__(self, host, port, coupon_name, clients=8, user_prefix=None):
         self.host, self.port, self.coupon_name, self.clients = host, port, coupon_name, clients
+        self.user_prefix = user_prefix or coupon_name  # a second sale of the same coupon: users of its own
         self.answers = []
         self._numbers = itertools.count()
         self._lock = threading.Lock()
@@ -55,7 +56,7 @@ class Sale:
     def _claim_until_stopped(self):
         while not self._stopped.is_set():
             with self._lock:
-                user_id = f"{self.coupon_name}-user-{next(self._numbers)}"
+                user_id = f"{self.user_prefix}-user-{next(self._numbers)}"
             answer = claim(self.host, self.port, user_id, self.coupon_name)
             with self._lock:
                 self.answers.append(answer)

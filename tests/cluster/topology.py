@@ -253,8 +253,13 @@ class Topology:
     def wait_until_etcd_healthy(self, timeout=60):
         wait_for(lambda: all(self.etcd_member_healthy(name) for name in ETCD_HOSTS), timeout, "every etcd member")
 
-    def start_database_host(self, name):
-        """Patroni on host `name`, with deploy/patroni.yml and this host's values."""
+    def start_database_host(self, name, from_backup=False):
+        """Patroni on host `name`, with deploy/patroni.yml and this host's values.
+
+        `from_backup`: a new cluster bootstrapped by deploy/patroni.yml's `barman_restore` method (the backup
+        host's latest backup, then every WAL byte it has), as docs/operator-guide.md rebuilds one. The hosts
+        share one file system here: barman recovers straight into this host's data directory, and
+        restore_command runs the backup host's barman, where a real host would use SSH (the defaults)."""
         address = self.address(name)
         home = self.directory / name
         home.mkdir(exist_ok=True)
@@ -264,6 +269,18 @@ class Topology:
         # machine's file system, so each keeps its socket in its own directory.
         config = yaml.safe_load((ROOT / "deploy" / "patroni.yml").read_text())
         config["postgresql"]["parameters"]["unix_socket_directories"] = str(home)
+        if from_backup:
+            script = home / "patroni-barman-restore"  # where the postgres user can run it (not the checkout)
+            script.write_bytes((ROOT / "deploy" / "patroni-barman-restore").read_bytes())
+            script.chmod(0o755)
+            barman = [*self.barman_command, "-c", str(self.directory / "backup" / "barman.conf")]
+            config["bootstrap"]["method"] = "barman_restore"
+            config["bootstrap"]["barman_restore"].update(
+                command=str(script), barman=shlex.join(barman), remote_ssh_command=""
+            )
+            config["bootstrap"]["barman_restore"]["recovery_conf"]["restore_command"] = (
+                shlex.join([*barman, "get-wal", "-P", BARMAN_SERVER, "%f"]) + " > %p"
+            )
         (home / "patroni.yml").write_text(yaml.safe_dump(config))
         environment = {
             "PATRONI_NAME": name,
@@ -341,6 +358,7 @@ class Topology:
         passfile.write_text(f"*:*:*:postgres:{self.password}\n*:*:*:replicator:{self.password}\n")
         passfile.chmod(0o600)
         os.chown(passfile, postgres.pw_uid, postgres.pw_gid)
+        key_id = self._backup_key(home)
         config = configparser.ConfigParser(interpolation=None)
         config.read(ROOT / "deploy" / "barman.conf")
         config["barman"].update(
@@ -348,6 +366,11 @@ class Topology:
             barman_home=str(home / "barman"),
             log_file=str(home / "barman.log"),
             path_prefix=os.path.dirname(server_binary("pg_receivewal")),
+        )
+        config[BARMAN_SERVER].update(
+            encryption_key_id=key_id,
+            encryption_passphrase_command=shlex.join(["cat", str(home / "gnupg-passphrase")]),
+            staging_path=str(home / "staging"),
         )
         for key in ("conninfo", "streaming_conninfo"):
             value = config[BARMAN_SERVER][key].replace("host=lb ", f"host={self.address('lb')} ")
@@ -358,6 +381,41 @@ class Topology:
         loop = f"while :; do {cron}; sleep 1; done"
         self._spawn("backup", "backup", as_server_user(["bash", "-c", loop]), {}, cwd=home)
         self.wait_until_streaming_wal()
+
+    def _backup_key(self, home):
+        """The GPG key pair Barman encrypts with (deploy/barman.conf: encryption = gpg), made for this run in
+        the backup host's own keyring (GNUPGHOME), with a random passphrase kept beside it; its fingerprint.
+
+        Every barman command of this run sees that keyring (barman_command sets GNUPGHOME): encrypting needs
+        the public key only, a restore the private key and the passphrase (encryption_passphrase_command).
+        RSA, not GnuPG's elliptic-curve keys: Barman tells an encrypted WAL segment by what file(1) says of it,
+        and Debian 12's file(1) calls a message to a Curve25519 key "data" -- Barman then archives it as
+        plain, and get-wal hands the ciphertext to PostgreSQL ("has wrong size").
+        """
+        gnupg = home / "gnupg"
+        postgres = pwd.getpwnam("postgres")
+        passphrase = home / "gnupg-passphrase"
+        if not gnupg.exists():
+            gnupg.mkdir(mode=0o700)
+            os.chown(gnupg, postgres.pw_uid, postgres.pw_gid)
+            passphrase.write_text(secrets.token_hex(16) + "\n")
+            passphrase.chmod(0o600)
+            os.chown(passphrase, postgres.pw_uid, postgres.pw_gid)
+        if self.barman_command[0] != "env":
+            self.barman_command = ["env", f"GNUPGHOME={gnupg}", *self.barman_command]
+        gpg = [*self.network.launcher("backup"), *as_server_user(["env", f"GNUPGHOME={gnupg}", "gpg", "--batch"])]
+
+        def fingerprint():
+            listed = subprocess.run([*gpg, "--with-colons", "--list-secret-keys"], capture_output=True, text=True)
+            return next((line.split(":")[9] for line in listed.stdout.splitlines() if line.startswith("fpr:")), None)
+
+        if fingerprint() is None:
+            subprocess.run(
+                [*gpg, "--pinentry-mode", "loopback", "--passphrase-file", str(passphrase),
+                 "--quick-gen-key", "coupons backups (tests/cluster)", "rsa3072", "sign,encr", "never"],
+                check=True, capture_output=True, timeout=60,
+            )  # fmt: skip
+        return fingerprint()
 
     def barman(self, *args, timeout=300):
         """`barman ARGS` on the backup host as the postgres user; the CompletedProcess (check it)."""
