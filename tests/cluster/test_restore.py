@@ -263,16 +263,19 @@ class RestoreDrills(SimpleTestCase):
         self.assertNotEqual(new_primary, old_primary)
         return old_primary, new_primary
 
-    def lose_every_database_host_and_restore(self, sale, name):
-        """Every database host and its disk lost at once, mid-sale; the restore checked; (verdict, seconds)."""
+    def lose_every_database_host(self, sale):
+        """Every database host killed and its disk wiped, mid-sale; the sale stopped: (when, its answers)."""
         for host in DATABASE_HOSTS:
             self.topology.kill_host(host)
         lost_at = time.time()
         for host in DATABASE_HOSTS:
             shutil.rmtree(self.topology.directory / host / "data")
         sale.stop()
-        answers = sale.snapshot()
+        return lost_at, sale.snapshot()
 
+    def lose_every_database_host_and_restore(self, sale, name):
+        """Every database host and its disk lost at once, mid-sale; the restore checked; (verdict, seconds)."""
+        lost_at, answers = self.lose_every_database_host(sale)
         took = self.restore()
         verdict = check_restore(answers, self.restored_rows(name), kept_until=lost_at)
         lost = ", ".join(verdict.lost[:5])
@@ -311,13 +314,7 @@ class RestoreDrills(SimpleTestCase):
         sale = self.start_sale(name)
         self.back_up()
         old_primary, new_primary = self.fail_over(sale)
-        for host in DATABASE_HOSTS:
-            self.topology.kill_host(host)
-        lost_at = time.time()
-        for host in DATABASE_HOSTS:
-            shutil.rmtree(self.topology.directory / host / "data")
-        sale.stop()
-        answers = sale.snapshot()
+        lost_at, answers = self.lose_every_database_host(sale)
 
         led, whole = self.rebuild_cluster(new_primary)
         verdict = check_restore(answers, self.restored_rows(name, self.topology.connect_primary), kept_until=lost_at)
