@@ -14,15 +14,18 @@ import time
 import unittest
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from unittest import mock
 
 import psycopg
 from django.db import connection
 from django.test import TransactionTestCase
 
-from coupons.coupon_states import LISTENER_NAME
+from coupons.coupon_states import LISTENER_NAME, CouponState, CouponStates
+from coupons.exceptions import SaleNotStarted
 from coupons.holds import expire_holds
 from coupons.models import Claim, Coupon
+from coupons.sale_windows import SaleWindow
 from coupons.selectors import database_now
 from coupons.services import create_coupon, release_claim, restock_coupon
 from tests.faults.service import Service
@@ -206,3 +209,18 @@ class RefusalsFromMemoryTests(TransactionTestCase):
             "DROPPED", lambda: release_claim(coupon_name="DROPPED", user_id=granted, released_by="op"), self.hosts[1]
         )
         self.assertLess(elapsed, RETURNED_UNIT_BOUND_SECONDS)
+
+
+class WindowFromMemoryTests(unittest.TestCase):
+    """A window judged from the process's estimate of the database's clock (now ± error)."""
+
+    def test_retry_after_never_counts_more_whole_seconds_than_the_latest_possible_instant_leaves(self):
+        states = CouponStates()
+        now, error = datetime.now(tz=UTC), timedelta(milliseconds=5)
+        # 0.999 s left if the database's clock is `error` ahead of the estimate: the client may wait 1 s, not 2.
+        window = SaleWindow(now + timedelta(milliseconds=1004), None)
+        state = CouponState(coupon_id=1, name="soon", window=window, extensions=(), loaded_at=time.monotonic())
+        with mock.patch.object(states, "_database_now", return_value=(now, error)):
+            refusal = states._window_refusal(state)
+        self.assertIsInstance(refusal, SaleNotStarted)
+        self.assertEqual(refusal.retry_after_seconds, 1)
