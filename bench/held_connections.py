@@ -22,8 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-# bench/ itself is on the path as the script's directory, after ROOT: its scripts named like the apps
-# (bench/admission.py, bench/campaigns.py) must not shadow them.
+# bench/ last on the path (it is the script's own directory only when run as a script; tests import bench.capacity):
+# its scripts named like the apps (bench/admission.py, bench/campaigns.py) must not shadow them.
+sys.path.append(str(ROOT / "bench"))
 
 from cpu_per_request import FLOOR, server_arguments  # noqa: E402
 
