@@ -215,10 +215,9 @@ class CouponStates:
             return state.window.refusal(state.read_at) or (OutOfStock() if state.sold_out else None)
         if not self._usable():
             return None
-        refusal = self._window_refusal(state)
-        if refusal is None and not state.sold_out:
+        refusal, reason = self._refusal_of(state)
+        if reason is None:
             return None
-        reason = type(refusal) if refusal is not None else "sold_out"
         holders = self._holders_of(state.coupon_id)
         if state.holders_read_for != reason:
             with holders.reading:
@@ -227,7 +226,38 @@ class CouponStates:
                     state.holders_read_for = reason
         if holders.may_hold(user_id) and _holds(state.coupon_id, user_id):
             return AlreadyClaimed()
-        return refusal or OutOfStock()
+        return refusal
+
+    def known_refusal(self, name: str, user_id: str):
+        """The refusal `refusal(lookup(name, user_id), user_id)` would give, when this process can give it without
+        the database, or None (it may still refuse, after a query): a coupon known not to exist (CouponNotFound),
+        or one known to refuse (window, stock) whose holders were read for that reason and do not hold `user_id`.
+        The claim path's first step (coupons/api/memory_refusals.py); no statement, no connection."""
+        if not self._usable():
+            return None
+        with self._mutex:
+            state = self._coupons.get(name, _UNKNOWN)
+            if state is _UNKNOWN:
+                return None
+            self._coupons.move_to_end(name)
+            holders = None if state is None else self._holders.get(state.coupon_id)
+        if state is None:
+            return CouponNotFound()
+        if not self._fresh(state):
+            return None
+        refusal, reason = self._refusal_of(state)
+        if reason is None or holders is None or state.holders_read_for != reason or holders.may_hold(user_id):
+            return None
+        return refusal
+
+    def _refusal_of(self, state):
+        """(the refusal the state proves for a user who holds nothing, why), or (None, None)."""
+        refusal = self._window_refusal(state)
+        if refusal is not None:
+            return refusal, type(refusal)
+        if state.sold_out:
+            return OutOfStock(), "sold_out"
+        return None, None
 
     def learned_sold_out(self, coupon_id: int, generation: int) -> None:
         """The database answered, after a commit, that the coupon has no stock left, for a claim group that

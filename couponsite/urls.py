@@ -5,13 +5,15 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from admission.api.views import JwksApi
 from coupons import stock_metrics
+from coupons.api.memory_refusals import refusing_from_memory
 from coupons.api.views import ClaimApi
 from couponsite import views
 
 urlpatterns = [
     # The hottest path first: every pattern tried before it cost a sold-out refusal about 5% of its CPU
-    # (docs/performance.md). POST claims; GET reads the coupon that happens to be named "claim".
-    path("api/coupons/claim", ClaimApi.as_view(), name="coupon-claim"),
+    # (docs/performance.md). POST claims; GET reads the coupon that happens to be named "claim". The claims this
+    # process can refuse without the database are answered before DRF's request cycle (memory_refusals.py).
+    path("api/coupons/claim", refusing_from_memory(ClaimApi.as_view()), name="coupon-claim"),
     path(settings.ADMIN_PATH.removeprefix("/"), admin.site.urls),
     re_path(r"^health/?$", views.health, name="health"),
     re_path(r"^api/schema/?$", SpectacularAPIView.as_view(), name="schema"),

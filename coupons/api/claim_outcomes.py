@@ -64,9 +64,13 @@ def record_claim_outcome(post):
 
 
 def _record(request, outcome):
-    _counters[outcome].inc()
     user_id, coupon = _sent_identifiers(request)
-    # Bound to the request's log context: the request_finished line carries it.
+    record_outcome(outcome, user_id=user_id, coupon=coupon)
+
+
+def record_outcome(outcome, *, user_id, coupon):
+    """Count a claim request's outcome, and name it on the request's log line (`request_finished` carries it)."""
+    _counters[outcome].inc()
     structlog.contextvars.bind_contextvars(claim={"outcome": outcome, "user_id": user_id, "coupon": coupon})
 
 

@@ -86,20 +86,26 @@ def error_response(message, status_code, code, headers=None, **details):
     return Response({**error_body(message, code), **details}, status=status_code, headers=headers)
 
 
+def domain_error(exc):
+    """(status, body, headers or None) of a CouponError: the coupon service's own, or an extension's
+    (coupons/extensions.py)."""
+    status_code, code = DOMAIN_ERRORS.get(type(exc)) or extensions.http_error(exc)
+    headers, details = None, {}
+    if isinstance(exc, (SaleNotStarted, IdempotencyKeyInUse)):
+        headers = {"Retry-After": str(exc.retry_after_seconds)}
+    if isinstance(exc, AlreadyRedeemed):
+        # For programs too: when, and for which order (null: none given).
+        details = {"redeemed_at": format_utc(exc.redeemed_at), "order_id": exc.order_id or None}
+    if isinstance(exc, ImportRejected):
+        # The rows refused, by line, so that the file can be fixed.
+        details = {"errors": exc.errors, "error_count": exc.error_count}
+    return status_code, {**error_body(str(exc), code), **details}, headers
+
+
 def api_exception_handler(exc, context):
     if isinstance(exc, CouponError):
-        # The coupon service's own errors, or an extension's (coupons/extensions.py).
-        status_code, code = DOMAIN_ERRORS.get(type(exc)) or extensions.http_error(exc)
-        headers, details = None, {}
-        if isinstance(exc, (SaleNotStarted, IdempotencyKeyInUse)):
-            headers = {"Retry-After": str(exc.retry_after_seconds)}
-        if isinstance(exc, AlreadyRedeemed):
-            # For programs too: when, and for which order (null: none given).
-            details = {"redeemed_at": format_utc(exc.redeemed_at), "order_id": exc.order_id or None}
-        if isinstance(exc, ImportRejected):
-            # The rows refused, by line, so that the file can be fixed.
-            details = {"errors": exc.errors, "error_count": exc.error_count}
-        return error_response(str(exc), status_code, code, headers=headers, **details)
+        status_code, body, headers = domain_error(exc)
+        return Response(body, status=status_code, headers=headers)
     if isinstance(exc, (OperationalError, InterfaceError)):
         # The database is down or restarting, a lock or statement timed out,
         # or no connection was to be had. Retrying is safe: a claim whose

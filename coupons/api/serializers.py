@@ -166,6 +166,27 @@ class ClaimInputSerializer(ExtensibleInputSerializer):
     coupon_name = StrictCharField(validators=[validate_coupon_name], help_text=COUPON_NAME)
 
 
+def is_plain_claim_input(data) -> bool:
+    """Whether ClaimInputSerializer accepts `data` as it is, judged without running it: 0.6 µs against the
+    serializer's 22, a tenth of a refusal answered from memory (coupons/api/memory_refusals.py). A JSON object of
+    exactly `coupon_name` and `user_id`, each printable ASCII, not blank, at most MAX_TEXT_LENGTH long; not `.` or
+    `..` as a name. A sufficient condition only (tests/test_memory_refusals.py holds the serializer to accepting
+    what it passes): anything else, valid or not, is for the serializer to judge."""
+    return (
+        type(data) is dict
+        and data.keys() == CLAIM_INPUT_FIELDS
+        and all(
+            type(value) is str and value.isascii() and value.isprintable() and 0 < len(value) <= MAX_TEXT_LENGTH
+            and not value.isspace()
+            for value in data.values()
+        )
+        and data["coupon_name"] not in {".", ".."}
+    )  # fmt: skip
+
+
+CLAIM_INPUT_FIELDS = frozenset(ClaimInputSerializer._declared_fields)
+
+
 class CouponSerializer(serializers.Serializer):
     name = serializers.CharField()
     amount = serializers.IntegerField()
