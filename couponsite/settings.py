@@ -457,5 +457,5 @@ LOG_FORMAT = os.environ.get("LOG_FORMAT") or ("console" if DEBUG else "json")
 if LOG_FORMAT not in RENDERERS:
     raise ImproperlyConfigured(f"LOG_FORMAT must be one of {', '.join(RENDERERS)}, got {LOG_FORMAT!r}.")
 LOG_LEVEL = os.environ.get("LOG_LEVEL", "INFO")
-configure_structlog()
+configure_structlog(renderer=LOG_FORMAT, level=LOG_LEVEL)
 LOGGING = logging_config(renderer=LOG_FORMAT, level=LOG_LEVEL)

@@ -1,5 +1,6 @@
 """Helpers shared by the test modules."""
 
+import contextlib
 import json
 import os
 import socket
@@ -8,9 +9,19 @@ import sys
 from pathlib import Path
 from urllib.parse import quote
 
+import structlog
 from django.db import connection
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextlib.contextmanager
+def structlog_events():
+    """The structlog events logged while the block runs (a list, filled as they come), each with what its line
+    carries: its fields, the request's bound context (request_id, claim, api_key), `logger`, and `log_level`."""
+    processors = [structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name]
+    with structlog.testing.capture_logs(processors) as events:
+        yield events
 
 
 def free_port():

@@ -26,7 +26,7 @@ from coupons.api.throttling import ClaimRateThrottle
 from coupons.api_keys import create_api_key
 from coupons.models import API_KEY_SCOPES, Claim, ClientApiKey, Coupon
 from coupons.services import create_coupon
-from tests.helpers import JsonApiAssertions, manage
+from tests.helpers import JsonApiAssertions, manage, structlog_events
 
 KEYS_TABLE = ClientApiKey._meta.db_table
 
@@ -134,10 +134,10 @@ class ApiKeysRequiredTests(ApiKeyTestCase):
 
     def test_the_claim_log_line_names_the_key_by_its_prefix(self):
         row, key = create_api_key(name="shop", scopes={"claim"})
-        with self.assertLogs("couponsite.request_logs", "INFO") as logs:
+        with structlog_events() as events:
             self.assertEqual(self.claim("alice", **api_key_header(key)).status_code, 201)
-        [line] = logs.records
-        self.assertEqual((line.msg["claim"]["outcome"], line.msg["api_key"]), ("success", row.prefix))
+        [line] = [event for event in events if event["logger"] == "couponsite.request_logs"]
+        self.assertEqual((line["claim"]["outcome"], line["api_key"]), ("success", row.prefix))
 
     def test_a_key_that_expires_stops_working_at_its_expiry_even_while_remembered(self):
         key = api_key_header(new_key("read", expiry_date=timezone.now() + timedelta(hours=1)))

@@ -5,6 +5,7 @@ import uuid
 
 from django.test import SimpleTestCase, TestCase, override_settings
 
+from tests.helpers import structlog_events
 from tests.test_settings import manage
 
 # Logs one structlog event and one standard-logging record, as the service does.
@@ -51,11 +52,11 @@ class LogFormatTests(SimpleTestCase):
 
 class RequestLogTests(TestCase):
     def test_one_line_per_request_with_its_own_request_id(self):
-        with self.assertLogs("couponsite.request_logs", "DEBUG") as logs:
+        with structlog_events() as logged:
             self.client.get("/health")
             self.client.post("/api/coupons/claim", "{}", content_type="application/json")
 
-        events = [record.msg for record in logs.records if record.levelname == "INFO"]
+        events = [event for event in logged if event["logger"] == "couponsite.request_logs"]
         self.assertEqual(
             [(event["event"], event["request"], event["code"]) for event in events],
             [("request_finished", "GET /health", 200), ("request_finished", "POST /api/coupons/claim", 400)],

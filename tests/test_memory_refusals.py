@@ -26,7 +26,7 @@ from coupons.coupon_states import coupon_states
 from coupons.selectors import database_now
 from coupons.services import create_coupon
 from tests.faults.service import Service
-from tests.helpers import subprocess_database_url
+from tests.helpers import structlog_events, subprocess_database_url
 
 # This module as a URL conf: the claim path served by ClaimApi alone, every other path as the project serves it.
 urlpatterns = [
@@ -155,9 +155,9 @@ class MemoryRefusalTests(TransactionTestCase):
 
     def test_a_refusal_from_memory_is_counted_and_logged_as_claimapi_does(self):
         self.sold_out("COUNTED")
-        with self.assertLogs("couponsite.request_logs", "INFO") as logs:
+        with structlog_events() as events:
             self.assertFalse(self.answered({"coupon_name": "COUNTED", "user_id": "someone"})[1])
-        (line,) = [record.msg for record in logs.records]
+        (line,) = [event for event in events if event["logger"] == "couponsite.request_logs"]
         self.assertEqual(line["claim"], {"outcome": "out_of_stock", "user_id": "someone", "coupon": "COUNTED"})
         metrics = self.client.get("/metrics").content.decode()
         self.assertIn('coupon_claims_total{outcome="out_of_stock"}', metrics)

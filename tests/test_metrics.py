@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from coupons.coupon_states import coupon_states
 from coupons.services import create_coupon
+from tests.helpers import structlog_events
 from tests.test_health import unreachable_database
 
 OUTCOMES = [
@@ -37,7 +38,7 @@ class ClaimOutcomeAssertions:
 
     def assert_recorded(self, outcome, *, status, body, user_id=None, coupon=None, **post):
         before = claims_counted()
-        with self.assertLogs("couponsite.request_logs", "INFO") as logs:
+        with structlog_events() as events:
             response = self.claim(body, **post)
 
         self.assertEqual(response.status_code, status, response.content)
@@ -45,12 +46,12 @@ class ClaimOutcomeAssertions:
         self.assertEqual(
             {name: after[name] - before[name] for name in OUTCOMES if after[name] != before[name]}, {outcome: 1}
         )
-        [line] = logs.records  # one line per claim: the request's own
+        [line] = [event for event in events if event["logger"] == "couponsite.request_logs"]  # the request's own
         self.assertEqual(
-            (line.msg["event"], line.msg["code"], line.msg["claim"]),
+            (line["event"], line["code"], line["claim"]),
             ("request_finished", status, {"outcome": outcome, "user_id": user_id, "coupon": coupon}),
         )
-        self.assertRegex(line.msg["request_id"], r"^[0-9a-f-]{36}$")
+        self.assertRegex(line["request_id"], r"^[0-9a-f-]{36}$")
 
 
 class ClaimOutcomeTests(ClaimOutcomeAssertions, TestCase):
