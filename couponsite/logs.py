@@ -52,12 +52,13 @@ _SHARED_PROCESSORS = [
 ]
 
 
-def configure_structlog(*, renderer, level):
+def configure_structlog(*, renderer, level, cache=True):
     """structlog renders its events itself (`renderer`: "json" or "console") and hands each line to the handler
     standard logging's records go through (see `logging_config`); events below `level` cost nothing.
 
     Rather than through standard logging (a LogRecord per event, copied again by structlog's ProcessorFormatter
-    before rendering): 28 µs a request's line that way, 12 this way, in-process (docs/performance.md).
+    before rendering): 28 µs a request's line that way, 12 this way, in-process (docs/performance.md). `cache`
+    off: loggers follow a later change of level (the tests' capture).
     """
     # No line shows where a call was made from, nor the thread's name or
     # the process's id, so standard logging need not look them up for every
@@ -73,7 +74,7 @@ def configure_structlog(*, renderer, level):
         # Drops a disabled level before any work is done on the event (positional arguments: `event % args`).
         wrapper_class=structlog.make_filtering_bound_logger(levels[level.upper()]),
         logger_factory=LineLogger,
-        cache_logger_on_first_use=True,
+        cache_logger_on_first_use=cache,
     )
 
 

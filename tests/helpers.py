@@ -1,7 +1,9 @@
 """Helpers shared by the test modules."""
 
 import contextlib
+import io
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -17,11 +19,40 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @contextlib.contextmanager
 def structlog_events():
-    """The structlog events logged while the block runs (a list, filled as they come), each with what its line
-    carries: its fields, the request's bound context (request_id, claim, api_key), `logger`, and `log_level`."""
+    """The structlog events logged while the block runs, at every level (a list, filled as they come), each with
+    what its line carries: its fields, the request's bound context (request_id, claim, api_key), `logger`, and
+    `log_level`."""
     processors = [structlog.contextvars.merge_contextvars, structlog.stdlib.add_logger_name]
-    with structlog.testing.capture_logs(processors) as events:
+    with _structlog_level(logging.DEBUG), structlog.testing.capture_logs(processors) as events:
         yield events
+
+
+@contextlib.contextmanager
+def service_log_lines():
+    """Every line the service writes while the block runs, at every level, as written: its one handler's output
+    (structlog's lines and standard logging's records), in a StringIO."""
+    root = logging.getLogger()
+    handler = root.handlers[0]  # the service's own, as configured by LOGGING
+    output, level = io.StringIO(), root.level
+    stream = handler.setStream(output)
+    root.setLevel(logging.DEBUG)
+    try:
+        with _structlog_level(logging.DEBUG):
+            yield output
+    finally:
+        root.setLevel(level)
+        handler.setStream(stream)
+
+
+@contextlib.contextmanager
+def _structlog_level(level):
+    # tests/settings.py configures structlog's loggers uncached: they follow this.
+    wrapper_class = structlog.get_config()["wrapper_class"]
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(level))
+    try:
+        yield
+    finally:
+        structlog.configure(wrapper_class=wrapper_class)
 
 
 def free_port():

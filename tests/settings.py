@@ -21,3 +21,6 @@ TEST_RUNNER = "tests.runner.CouponTestRunner"
 # The service logs a line per request and per claim: a test run prints only
 # warnings and errors (the tests of log lines capture them at their own level).
 LOGGING = logging_config(renderer=LOG_FORMAT, level="WARNING")  # noqa: F405
+# structlog's events too; loggers not cached, so that a test can lower the level while it captures
+# (tests/helpers.py: structlog_events, service_log_lines).
+configure_structlog(renderer=LOG_FORMAT, level="WARNING", cache=False)  # noqa: F405

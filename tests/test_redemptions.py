@@ -4,10 +4,8 @@ Services and the API through Django's test client; the concurrent cases are
 in tests/stress/test_redemptions.py, the served app in tests/test_redemptions_http.py.
 """
 
-import io
 import itertools
 import json
-import logging
 import threading
 import time
 from datetime import timedelta
@@ -30,7 +28,7 @@ from coupons.holds import expire_holds, seconds_until_next_deadline
 from coupons.models import Claim, ClaimStatus, Coupon, RedemptionUndo
 from coupons.selectors import database_now, get_coupon_detail
 from coupons.services import claim_coupon, create_coupon, redeem_claim, release_claim, undo_redemption
-from tests.helpers import JsonApiAssertions
+from tests.helpers import JsonApiAssertions, service_log_lines
 from tests.test_access import make_user, token_header
 from tests.test_api_keys import api_key_header, new_key
 
@@ -552,18 +550,13 @@ class CodesNeverLoggedTests(TestCase):
         create_coupon(name="PROMO", amount=2)
         code = claim_coupon(user_id="alice", coupon_name="PROMO").code
         staff = token_header(make_user("operator", is_staff=True))
-        handler = logging.getLogger().handlers[0]  # the service's own (LOGGING): structlog's lines and Django's
-        output = io.StringIO()
-        previous = handler.setStream(output)
-        try:
+        with service_log_lines() as output:
             self.client.post("/api/redemptions", {"code": code}, content_type="application/json")
             self.client.get(f"/api/redemptions/{format_code(code).lower()}")
             self.client.delete(f"/api/redemptions/{code}", **staff)
             self.client.delete(f"/api/redemptions/{code}", **staff)  # 409
             self.client.get(f"/api/redemptions/{new_claim_code()}")  # 404
             self.client.get(f"/api/redemptions/{code[:-1]}")  # 400
-        finally:
-            handler.setStream(previous)
 
         lines = output.getvalue().splitlines()
         requests = [line for line in lines if "/api/redemptions/[code]" in line]

@@ -2,9 +2,7 @@
 (tests/webhook_receiver.py) by the worker of `manage.py deliver_events` (coupons/webhook_delivery.py)."""
 
 import contextlib
-import io
 import json
-import logging
 import re
 import time
 import uuid
@@ -30,7 +28,7 @@ from coupons.services import (
 )
 from coupons.webhook_delivery import backoff, deliver_once, send
 from coupons.webhooks import create_subscription, new_secret
-from tests.helpers import JsonApiAssertions, free_port
+from tests.helpers import JsonApiAssertions, free_port, service_log_lines
 from tests.test_access import make_user, token_header
 from tests.test_api_keys import api_key_header, new_key
 from tests.test_redemptions import overdue
@@ -343,14 +341,8 @@ class DeliveryTests(DeliveryTestCase):
         self.assertIn("127.0.0.1, which is not a public address", delivery.error)
 
     def test_secrets_never_reach_the_logs(self):
-        # Every line as the service writes it: its one handler (LOGGING) writes structlog's lines and standard
-        # logging's records, the latter here down to DEBUG (the HTTP client's own, say).
-        root = logging.getLogger()
-        handler = root.handlers[0]
-        output = io.StringIO()
-        self.addCleanup(handler.setStream, handler.setStream(output))
-        self.addCleanup(root.setLevel, root.level)
-        root.setLevel(logging.DEBUG)
+        # Every line as the service writes it, down to DEBUG (the HTTP client's own, say).
+        lines = self.enterContext(service_log_lines())
 
         key = api_key_header(new_key("webhooks"))
         port = free_port()
@@ -366,7 +358,7 @@ class DeliveryTests(DeliveryTestCase):
             self.deliver_until(lambda: len(receiver.acknowledged()) == Event.objects.count(), "delivery")
         signatures = [r.headers["webhook-signature"].split(",", 1)[1] for r in receiver.received]
 
-        logged = output.getvalue()
+        logged = lines.getvalue()
         self.assertIn("webhook_delivery", logged)  # the deliveries were logged...
         self.assertNotIn(secret, logged)  # ...without the secret...
         self.assertNotIn(secret.removeprefix("whsec_"), logged)
