@@ -1,11 +1,9 @@
-import io
 import json
-import logging
 import uuid
 
 from django.test import SimpleTestCase, TestCase, override_settings
 
-from tests.helpers import structlog_events
+from tests.helpers import service_log_lines, structlog_events
 from tests.test_settings import manage
 
 # Logs one structlog event and one standard-logging record, as the service does.
@@ -73,13 +71,8 @@ class RequestLogTests(TestCase):
 class ServerErrorLogTests(SimpleTestCase):
     def test_a_bug_is_logged_with_its_traceback_and_request_id(self):
         self.client.raise_request_exception = False
-        handler = logging.getLogger().handlers[0]  # the service's own, as configured by LOGGING
-        output = io.StringIO()
-        previous = handler.setStream(output)
-        try:
+        with service_log_lines() as output:
             self.assertEqual(self.client.get("/broken").status_code, 500)
-        finally:
-            handler.setStream(previous)
 
         lines = [json.loads(line) for line in output.getvalue().splitlines()]
         [failed] = [line for line in lines if line["event"] == "request_failed"]
