@@ -1,9 +1,11 @@
 """WSGI entry point, served by granian (see couponsite/serve.py)."""
 
+import gc
 import os
 import sys
 
 from django.core.wsgi import get_wsgi_application
+from django.urls import get_resolver
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "couponsite.settings")
 
@@ -14,6 +16,13 @@ if os.environ.get("WEB_SWITCH_INTERVAL_MS"):
     sys.setswitchinterval(float(os.environ["WEB_SWITCH_INTERVAL_MS"]) / 1000)
 
 django_application = get_wsgi_application()
+
+# The URL conf (every view, DRF, the API's modules) imported now, not by the first request, then every object made
+# so far (~110,000 that live as long as the worker) moved out of the garbage collector's reach. Left in, each of
+# its full collections walked them all: 50-65 ms with the worker's threads stopped, a claim group's row lock held
+# meanwhile, and every worker's claims of that coupon waiting (docs/performance.md: the hot claim's p99).
+get_resolver().url_patterns  # noqa: B018 - imported for its effect
+gc.freeze()
 
 
 def application(environ, start_response):

@@ -180,6 +180,26 @@ class ServerConfigTests(SimpleTestCase):
         )
         self.assertEqual(worker.stdout.strip(), "0.0005", worker.stderr)
 
+    def test_a_worker_freezes_what_it_loaded_before_its_first_request(self):
+        # A worker imports couponsite.wsgi: by then the URL conf (the claim view among it) is loaded, and all of it
+        # is out of the collector's generations, so that no full collection walks it; the collector still runs.
+        worker = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import gc, couponsite.wsgi; from coupons.api.views import ClaimApi;"
+                " print(gc.isenabled(), gc.get_freeze_count(), any(o is ClaimApi for o in gc.get_objects()))",
+            ],
+            cwd=ROOT,
+            env={**os.environ, "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        enabled, frozen, claim_view_collectable = worker.stdout.split()
+        self.assertEqual((enabled, claim_view_collectable), ("True", "False"), worker.stderr)
+        self.assertGreater(int(frozen), 50_000)
+
     def test_granian_accepts_the_options(self):
         server = Granian(**self.options())
         self.assertEqual(server.blocking_threads, 16)
