@@ -19,7 +19,7 @@ django_application = get_wsgi_application()
 
 # The URL conf (every view, DRF, the API's modules) imported now, not by the first request, then every object made
 # so far (~110,000 that live as long as the worker) moved out of the garbage collector's reach. Left in, each of
-# its full collections walked them all: 50-65 ms with the worker's threads stopped, a claim group's row lock held
+# its full collections walked them all: up to 66 ms with the worker's threads stopped, a claim group's row lock held
 # meanwhile, and every worker's claims of that coupon waiting (docs/performance.md: the hot claim's p99).
 get_resolver().url_patterns  # noqa: B018 - imported for its effect
 gc.freeze()
