@@ -45,14 +45,15 @@ def count(outcome, requests):
 
 
 def inner(outcome_name, requests):
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="couponsite-bench-metrics-"))
+    from request_profile import Caller, use_own_metrics_directory
+
+    use_own_metrics_directory()
     os.environ.update(DEBUG="0", LOG_FORMAT="json", SECRET_KEY=secrets.token_urlsafe(50))
     os.environ["DJANGO_SETTINGS_MODULE"] = "couponsite.settings"
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)  # the log lines: rendered and written, not shown
 
     from django.core.management import call_command
     from outcomes import prepare
-    from request_profile import Caller
 
     from couponsite.wsgi import application
 

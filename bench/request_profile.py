@@ -15,11 +15,13 @@ bench/cpu_per_request.py's to measure.
 """
 
 import argparse
+import atexit
 import cProfile
 import io
 import os
 import pstats
 import secrets
+import shutil
 import statistics
 import sys
 import tempfile
@@ -33,6 +35,14 @@ sys.path.insert(0, str(ROOT))
 sys.path.append(str(ROOT / "bench"))
 
 from outcomes import prepare  # noqa: E402
+
+
+def use_own_metrics_directory():
+    """Prometheus in multiprocess mode, as under the server, in a directory of this process's removed at its exit
+    (unless PROMETHEUS_MULTIPROC_DIR is set). Before Django is set up: prometheus_client reads it on import."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="couponsite-bench-metrics-")
+        atexit.register(shutil.rmtree, os.environ["PROMETHEUS_MULTIPROC_DIR"], ignore_errors=True)
 
 
 def environ(method, path, body):
@@ -102,7 +112,7 @@ def main():
         raise SystemExit("set DATABASE_URL to a PostgreSQL database (the benchmark's data is added to it)")
 
     # As under the server: metrics in multiprocess mode, JSON logs (to /dev/null), DEBUG off.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", tempfile.mkdtemp(prefix="couponsite-bench-metrics-"))
+    use_own_metrics_directory()
     os.environ.update(DEBUG="0", LOG_FORMAT="json", SECRET_KEY=secrets.token_urlsafe(50))
     os.environ["DJANGO_SETTINGS_MODULE"] = "couponsite.settings"
     stdout = os.fdopen(os.dup(1), "w", buffering=1)
