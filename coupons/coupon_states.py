@@ -191,7 +191,7 @@ class CouponStates:
             if state is None:
                 raise CouponNotFound()
             return state
-        state = self._kept(name)
+        state, _ = self._kept(name)
         if state is None:
             raise CouponNotFound()
         if state is not _UNKNOWN and self._fresh(state):
@@ -232,24 +232,26 @@ class CouponStates:
         The claim path's first step (coupons/api/memory_refusals.py); no statement, no connection."""
         if not self._usable():
             return None
-        state = self._kept(name)
+        state, holders = self._kept(name)
         if state is None:
             return CouponNotFound()
         if state is _UNKNOWN or not self._fresh(state):
             return None
-        holders = self._holders.get(state.coupon_id)
         refusal, reason = self._refusal_of(state)
         if reason is None or holders is None or state.holders_read_for != reason or holders.may_hold(user_id):
             return None
         return refusal
 
     def _kept(self, name):
-        """What this process keeps for `name` (a state, None: no such coupon, or _UNKNOWN), now its most recent."""
+        """What this process keeps for `name`, the name now its most recent: (its state — None: no such coupon, or
+        _UNKNOWN —, the coupon's holders or None), read together, so that a state forgotten meanwhile is never
+        judged with holders read for a newer one."""
         with self._mutex:
             state = self._coupons.get(name, _UNKNOWN)
-            if state is not _UNKNOWN:
-                self._coupons.move_to_end(name)
-            return state
+            if state is _UNKNOWN:
+                return state, None
+            self._coupons.move_to_end(name)
+            return state, None if state is None else self._holders.get(state.coupon_id)
 
     def _refusal_of(self, state):
         """(the refusal the state proves for a user who holds nothing, why), or (None, None)."""

@@ -170,31 +170,15 @@ class ServerConfigTests(SimpleTestCase):
             with self.subTest(malformed), self.assertRaisesRegex(SystemExit, "WEB_SWITCH_INTERVAL_MS"):
                 switch_interval_ms({"WEB_SWITCH_INTERVAL_MS": malformed})
         # A worker imports couponsite.wsgi: that is where the interval is set.
-        worker = subprocess.run(
-            [sys.executable, "-c", "import sys, couponsite.wsgi; print(sys.getswitchinterval())"],
-            cwd=ROOT,
-            env={**os.environ, "WEB_SWITCH_INTERVAL_MS": "0.5", "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        worker = as_a_worker("import sys; print(sys.getswitchinterval())", WEB_SWITCH_INTERVAL_MS="0.5")
         self.assertEqual(worker.stdout.strip(), "0.0005", worker.stderr)
 
     def test_a_worker_freezes_what_it_loaded_before_its_first_request(self):
         # A worker imports couponsite.wsgi: by then the URL conf (the claim view among it) is loaded, and all of it
         # is out of the collector's generations, so that no full collection walks it; the collector still runs.
-        worker = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import gc, couponsite.wsgi; from coupons.api.views import ClaimApi;"
-                " print(gc.isenabled(), gc.get_freeze_count(), any(o is ClaimApi for o in gc.get_objects()))",
-            ],
-            cwd=ROOT,
-            env={**os.environ, "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        worker = as_a_worker(
+            "import gc; from coupons.api.views import ClaimApi;"
+            " print(gc.isenabled(), gc.get_freeze_count(), any(o is ClaimApi for o in gc.get_objects()))"
         )
         enabled, frozen, claim_view_collectable = worker.stdout.split()
         self.assertEqual((enabled, claim_view_collectable), ("True", "False"), worker.stderr)
@@ -203,6 +187,18 @@ class ServerConfigTests(SimpleTestCase):
     def test_granian_accepts_the_options(self):
         server = Granian(**self.options())
         self.assertEqual(server.blocking_threads, 16)
+
+
+def as_a_worker(code, **environ):
+    """Run `code` in a fresh interpreter once it has imported couponsite.wsgi, as a server's worker does."""
+    return subprocess.run(
+        [sys.executable, "-c", f"import couponsite.wsgi; {code}"],
+        cwd=ROOT,
+        env={**os.environ, **environ, "DJANGO_SETTINGS_MODULE": "couponsite.settings"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def compose_config(path):
