@@ -78,10 +78,16 @@ class Service:
             **environment,
         }
         self.process = None
+        # Unless the test gives one, a metrics directory of the Service's, not the server's own: a server that a
+        # test SIGKILLs cannot remove its own.
+        self.own_metrics, self.metrics = "PROMETHEUS_MULTIPROC_DIR" not in environment, None
 
     def __enter__(self):
         self.port = self.port or free_port()
         self.environment["WEB_BIND"] = f"{self.host}:{self.port}"
+        if self.own_metrics and self.metrics is None:
+            self.metrics = tempfile.TemporaryDirectory(prefix="couponsite-test-metrics-")
+            self.environment["PROMETHEUS_MULTIPROC_DIR"] = self.metrics.name
         self.log = tempfile.TemporaryFile(mode="w+")
         self.process = subprocess.Popen(
             [*self.launcher, *self.command()],
@@ -110,17 +116,19 @@ class Service:
             time.sleep(0.2)
 
     def __exit__(self, *exc_info):
-        if self.process is None:
-            return
-        try:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            self.process.wait(timeout=30)
-        except ProcessLookupError:
-            pass
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        self.process = None
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGTERM)
+                self.process.wait(timeout=30)
+            except ProcessLookupError:
+                pass
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+            self.process = None
+        if self.metrics is not None:
+            self.metrics.cleanup()
+            self.metrics = None
 
     def kill(self):
         """SIGKILL the master and every worker at once, as when the host dies; returns once all are gone."""
